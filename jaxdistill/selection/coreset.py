@@ -1,0 +1,242 @@
+"""Selection baselines: random, herding, k-center greedy, k-means centroids, class-average images.
+
+Each ``*_indices`` function returns, per class, the indices of the selected real images (class-major,
+``[K * ipc]``); the public functions return a ``SyntheticSet`` (rows ordered class-major, hard labels), the
+type every distillation method starts from. Herding and k-center work in a feature space: pass
+``features`` ``[N, D]`` (e.g. from ``embed``), else flattened pixels are used.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.types import SyntheticSet
+
+
+def _per_class(labels: np.ndarray, num_classes: int, ipc: int) -> list:
+  """Per-class index arrays, checking that every class has at least ``ipc`` members."""
+  labels = np.asarray(labels)
+  if ipc < 1:
+    raise ValueError(f"ipc must be >= 1; got {ipc}.")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"Labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}].")
+  out = []
+  for c in range(num_classes):
+    idx = np.flatnonzero(labels == c)
+    if idx.size < ipc:
+      raise ValueError(f"ipc={ipc} is larger than class {c}, which has {idx.size} images.")
+    out.append(idx)
+  return out
+
+
+def _flat(x) -> jax.Array:
+  x = jnp.asarray(x, jnp.float32)
+  return x.reshape(x.shape[0], -1)
+
+
+def random_indices(key: jax.Array, labels: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
+  """``[K * ipc]`` indices: ``ipc`` distinct random images per class (class-major)."""
+  per = _per_class(labels, num_classes, ipc)
+  keys = jax.random.split(key, num_classes)
+  return np.concatenate([idx[np.asarray(jax.random.choice(k, idx.size, (ipc,), replace=False))]
+                         for k, idx in zip(keys, per)])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _herding_order(f: jax.Array, k: int) -> jax.Array:
+  """Greedy herding over rows of ``f`` ``[n, D]``; returns ``k`` picks."""
+  mu = f.mean(0)
+  n = f.shape[0]
+
+  def body(carry, t):
+    total, chosen = carry
+    # Running mean if each candidate were added; pick the one closest to the class mean.
+    cand = (total[None, :] + f) / (t + 1.0)
+    d = jnp.sum(jnp.square(cand - mu[None, :]), axis=1)
+    d = jnp.where(chosen, jnp.inf, d)
+    i = jnp.argmin(d)
+    return (total + f[i], chosen.at[i].set(True)), i
+
+  (_, _), picks = jax.lax.scan(body, (jnp.zeros_like(mu), jnp.zeros(n, bool)),
+                               jnp.arange(k, dtype=jnp.float32))
+  return picks
+
+
+def herding_indices(labels: np.ndarray, num_classes: int, ipc: int,
+                    features: jax.Array) -> np.ndarray:
+  """Herding (Welling 2009, as in the DC baselines): per class, greedily add the image whose addition
+  keeps the running feature mean closest to the class mean. ``features``: ``[N, D]``."""
+  per = _per_class(labels, num_classes, ipc)
+  f = _flat(features)
+  return np.concatenate([idx[np.asarray(_herding_order(f[idx], ipc))] for idx in per])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _kcenter_order(f: jax.Array, k: int) -> jax.Array:
+  """Greedy k-center on ``f`` ``[n, D]``, starting from the point nearest the mean."""
+  first = jnp.argmin(jnp.sum(jnp.square(f - f.mean(0)), axis=1))
+  dist = jnp.sum(jnp.square(f - f[first]), axis=1)
+
+  def body(dist, _):
+    i = jnp.argmax(dist)
+    return jnp.minimum(dist, jnp.sum(jnp.square(f - f[i]), axis=1)), i
+
+  _, rest = jax.lax.scan(body, dist, None, length=k - 1)
+  return jnp.concatenate([first[None], rest])
+
+
+def kcenter_indices(labels: np.ndarray, num_classes: int, ipc: int,
+                    features: jax.Array) -> np.ndarray:
+  """K-center greedy (Sener & Savarese 2018): per class, start at the image nearest the class mean,
+  then repeatedly add the image farthest from all chosen ones. ``features``: ``[N, D]``."""
+  per = _per_class(labels, num_classes, ipc)
+  f = _flat(features)
+  return np.concatenate([idx[np.asarray(_kcenter_order(f[idx], ipc))] for idx in per])
+
+
+def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``[n, m]`` squared Euclidean distances between rows of ``a`` ``[n, D]`` and ``b`` ``[m, D]``."""
+  return jnp.sum(a * a, 1)[:, None] - 2.0 * a @ b.T + jnp.sum(b * b, 1)[None, :]
+
+
+def kmeans(key: jax.Array, points: jax.Array, k: int, iters: int = 50) -> tuple:
+  """Lloyd's k-means with k-means++ seeding. ``points``: ``[n, D]``.
+
+  Returns:
+    ``(centroids [k, D], assignment [n])``. Empty clusters keep their previous centroid.
+  """
+  points = _flat(points)
+  n = points.shape[0]
+  if k > n:
+    raise ValueError(f"k={k} is larger than the number of points {n}.")
+  return _kmeans(key, points, k, iters)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _kmeans(key, points, k, iters):
+  n = points.shape[0]
+  k0, key = jax.random.split(key)
+  first = jax.random.randint(k0, (), 0, n)
+  cents = jnp.zeros((k, points.shape[1]), points.dtype).at[0].set(points[first])
+  d2 = jnp.sum(jnp.square(points - points[first]), axis=1)
+
+  def seed(i, carry):  # k-means++: sample proportional to squared distance
+    cents, d2, key = carry
+    key, sub = jax.random.split(key)
+    j = jax.random.choice(sub, n, p=d2 / jnp.maximum(d2.sum(), 1e-12))
+    cents = cents.at[i].set(points[j])
+    return cents, jnp.minimum(d2, jnp.sum(jnp.square(points - points[j]), axis=1)), key
+
+  cents, _, _ = jax.lax.fori_loop(1, k, seed, (cents, d2, key))
+
+  def assign(c):
+    return jnp.argmin(_sq_dists(points, c), axis=1)
+
+  def lloyd(c, _):
+    a = assign(c)
+    onehot = jax.nn.one_hot(a, k, dtype=points.dtype)
+    counts = onehot.sum(0)
+    new = (onehot.T @ points) / jnp.maximum(counts, 1.0)[:, None]
+    return jnp.where(counts[:, None] > 0, new, c), None
+
+  cents, _ = jax.lax.scan(lloyd, cents, None, length=iters)
+  return cents, assign(cents)
+
+
+def _check_images(images, labels) -> tuple:
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [N, H, W, C]; got shape {images.shape}.")
+  if labels.shape != (images.shape[0],):
+    raise ValueError(f"labels must be [N] = [{images.shape[0]}]; got shape {labels.shape}.")
+  return images, labels
+
+
+def _from_indices(images, labels, idx) -> SyntheticSet:
+  return SyntheticSet(jnp.asarray(images[idx], jnp.float32), jnp.asarray(labels[idx], jnp.int32))
+
+
+def random(key: jax.Array, images, labels, num_classes: int, ipc: int) -> SyntheticSet:
+  """``ipc`` random real images per class. ``images``: ``[N, H, W, C]``, ``labels``: ``[N]``."""
+  images, labels = _check_images(images, labels)
+  return _from_indices(images, labels, random_indices(key, labels, num_classes, ipc))
+
+
+def herding(images, labels, num_classes: int, ipc: int, features=None) -> SyntheticSet:
+  """Herding selection in ``features`` ``[N, D]`` (default: pixels)."""
+  images, labels = _check_images(images, labels)
+  f = images if features is None else features
+  return _from_indices(images, labels, herding_indices(labels, num_classes, ipc, f))
+
+
+def k_center(images, labels, num_classes: int, ipc: int, features=None) -> SyntheticSet:
+  """K-center greedy selection in ``features`` ``[N, D]`` (default: pixels)."""
+  images, labels = _check_images(images, labels)
+  f = images if features is None else features
+  return _from_indices(images, labels, kcenter_indices(labels, num_classes, ipc, f))
+
+
+def k_means(key: jax.Array, images, labels, num_classes: int, ipc: int, features=None,
+            nearest: bool = False, iters: int = 50) -> SyntheticSet:
+  """Per class, ``ipc`` k-means clusters (in ``features``, default pixels); each row is the mean image
+  of a cluster, or with ``nearest=True`` the real image nearest the cluster's centroid."""
+  images, labels = _check_images(images, labels)
+  per = _per_class(labels, num_classes, ipc)
+  f = _flat(images if features is None else features)
+  rows = []
+  for k, idx in zip(jax.random.split(key, num_classes), per):
+    cents, assign = kmeans(k, f[idx], ipc, iters)
+    if nearest:
+      d = _sq_dists(f[idx], cents)
+      rows.append(jnp.asarray(images[idx[np.asarray(jnp.argmin(d, axis=0))]], jnp.float32))
+    else:
+      onehot = jax.nn.one_hot(assign, ipc, dtype=jnp.float32)
+      x = jnp.asarray(images[idx], jnp.float32).reshape(idx.size, -1)
+      means = (onehot.T @ x) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
+      rows.append(means.reshape(ipc, *images.shape[1:]))
+  return SyntheticSet(jnp.concatenate(rows), jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc))
+
+
+def average(key: jax.Array, images, labels, num_classes: int, ipc: int) -> SyntheticSet:
+  """Class-average images: each class split at random into ``ipc`` near-equal groups, one mean image
+  per group (``ipc=1``: the class mean)."""
+  images, labels = _check_images(images, labels)
+  per = _per_class(labels, num_classes, ipc)
+  rows = []
+  for k, idx in zip(jax.random.split(key, num_classes), per):
+    perm = idx[np.asarray(jax.random.permutation(k, idx.size))]
+    rows += [images[g].mean(0) for g in np.array_split(perm, ipc)]
+  return SyntheticSet(jnp.asarray(np.stack(rows), jnp.float32),
+                      jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc))
+
+
+def embed(apply_fn: Callable, params, images, batch_size: int = 1000) -> jax.Array:
+  """Features ``[N, D]`` of ``images`` ``[N, H, W, C]`` under ``apply_fn(params, x) -> [B, D]``."""
+  images = np.asarray(images)
+  fn = jax.jit(apply_fn)
+  return jnp.concatenate([fn(params, jnp.asarray(images[i:i + batch_size]))
+                          for i in range(0, images.shape[0], batch_size)])
+
+
+METHODS = ("random", "herding", "k_center", "k_means", "average")
+
+
+def select(method: str, key: jax.Array, images, labels, num_classes: int, ipc: int,
+           features=None) -> SyntheticSet:
+  """Runs the baseline named ``method`` (one of ``METHODS``)."""
+  if method == "random":
+    return random(key, images, labels, num_classes, ipc)
+  if method == "herding":
+    return herding(images, labels, num_classes, ipc, features)
+  if method == "k_center":
+    return k_center(images, labels, num_classes, ipc, features)
+  if method == "k_means":
+    return k_means(key, images, labels, num_classes, ipc, features)
+  if method == "average":
+    return average(key, images, labels, num_classes, ipc)
+  raise ValueError(f"Unknown selection method {method!r}; known: {', '.join(METHODS)}.")

@@ -1,0 +1,103 @@
+"""Selection baselines: shapes, class balance, determinism, hand-checkable picks, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdistill import selection
+from jaxdistill.types import SyntheticSet
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def toy():
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(K), [20, 25, 30]).astype(np.int32)
+  images = (rng.normal(size=(labels.size, 4, 4, 1)) + labels[:, None, None, None]).astype(np.float32)
+  return images, labels
+
+
+@pytest.mark.parametrize("method", selection.METHODS)
+@pytest.mark.parametrize("ipc", [1, 5])
+def test_shape_balance_determinism(toy, method, ipc):
+  images, labels = toy
+  a = selection.select(method, jax.random.key(1), images, labels, K, ipc)
+  b = selection.select(method, jax.random.key(1), images, labels, K, ipc)
+  assert isinstance(a, SyntheticSet)
+  assert a.images.shape == (K * ipc, 4, 4, 1) and a.images.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(a.labels), np.repeat(np.arange(K), ipc))
+  np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+
+
+@pytest.mark.parametrize("fn", ["random_indices", "herding_indices", "kcenter_indices"])
+def test_real_selections_are_distinct_members_of_their_class(toy, fn):
+  images, labels = toy
+  f = images.reshape(len(images), -1)
+  if fn == "random_indices":
+    idx = selection.random_indices(jax.random.key(0), labels, K, 6)
+  else:
+    idx = getattr(selection, fn)(labels, K, 6, f)
+  assert idx.shape == (K * 6,)
+  assert len(set(idx.tolist())) == idx.size
+  np.testing.assert_array_equal(labels[idx], np.repeat(np.arange(K), 6))
+
+
+def test_random_differs_across_keys(toy):
+  images, labels = toy
+  a = selection.random_indices(jax.random.key(0), labels, K, 5)
+  b = selection.random_indices(jax.random.key(1), labels, K, 5)
+  assert not np.array_equal(a, b)
+
+
+def test_herding_first_pick_is_nearest_to_mean():
+  feats = np.array([[0.0], [10.0], [4.0], [6.0]], np.float32)  # mean 5
+  idx = selection.herding_indices(np.zeros(4, np.int32), 1, 2, feats)
+  assert idx[0] in (2, 3)  # both at distance 1 from the mean
+  # Second pick brings the running mean back to 5: the other of (4, 6).
+  assert sorted(idx.tolist()) == [2, 3]
+
+
+def test_kcenter_picks_farthest_points():
+  feats = np.array([[0.0], [1.0], [2.0], [-9.0], [12.0]], np.float32)  # mean 1.2 -> start at 1
+  idx = selection.kcenter_indices(np.zeros(5, np.int32), 1, 3, feats)
+  assert idx.tolist() == [1, 4, 3]
+
+
+def test_kmeans_recovers_separated_clusters():
+  rng = np.random.default_rng(0)
+  centers = np.array([[0, 0], [10, 10], [-10, 10]], np.float32)
+  pts = np.concatenate([c + 0.1 * rng.normal(size=(30, 2)) for c in centers]).astype(np.float32)
+  cents, assign = selection.kmeans(jax.random.key(0), pts, 3)
+  got = np.sort(np.asarray(cents), axis=0)
+  np.testing.assert_allclose(got, np.sort(centers, axis=0), atol=0.1)
+  assert len(set(np.asarray(assign).tolist())) == 3
+
+
+def test_average_ipc1_is_class_mean(toy):
+  images, labels = toy
+  syn = selection.average(jax.random.key(0), images, labels, K, 1)
+  for c in range(K):
+    np.testing.assert_allclose(np.asarray(syn.images[c]), images[labels == c].mean(0), atol=1e-5)
+
+
+def test_kmeans_nearest_returns_real_images(toy):
+  images, labels = toy
+  syn = selection.k_means(jax.random.key(0), images, labels, K, 2, nearest=True)
+  flat = images.reshape(len(images), -1)
+  for row in np.asarray(syn.images).reshape(K * 2, -1):
+    assert np.min(np.abs(flat - row).sum(1)) == 0
+
+
+def test_bad_inputs(toy):
+  images, labels = toy
+  with pytest.raises(ValueError, match="larger than class 0, which has 20"):
+    selection.random(jax.random.key(0), images, labels, K, 21)
+  with pytest.raises(ValueError, match="Unknown selection method 'foo'.*herding"):
+    selection.select("foo", jax.random.key(0), images, labels, K, 1)
+  with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+    selection.herding(images[..., 0], labels, K, 1)
+  with pytest.raises(ValueError, match="Labels must lie in"):
+    selection.random(jax.random.key(0), images, labels + 1, K, 1)
+  with pytest.raises(ValueError, match="ipc must be >= 1"):
+    selection.random(jax.random.key(0), images, labels, K, 0)
