@@ -1,0 +1,70 @@
+"""Run outputs: metrics to JSONL and TensorBoard event files, synthetic images to PNG grids."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class MetricLogger:
+  """Appends ``{"step": s, **metrics}`` lines to ``<log_dir>/metrics.jsonl`` and writes TensorBoard
+  scalars (tensorboardX, no TensorFlow needed) to ``log_dir``."""
+
+  def __init__(self, log_dir: str, tensorboard: bool = True):
+    os.makedirs(log_dir, exist_ok=True)
+    self.path = os.path.join(log_dir, "metrics.jsonl")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(log_dir)
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items() if k != "step"}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path: str) -> list:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def image_grid(images: np.ndarray, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+               nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
+  """Un-normalizes ``images`` ``[N, H, W, C]`` and tiles them into a ``uint8`` grid ``[h, w, C]``.
+
+  ``nrow`` images per row (default: ceil(sqrt(N))), e.g. the IPC so that each row is one class.
+  """
+  x = np.asarray(images, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  x = np.clip(np.nan_to_num(x), 0.0, 1.0)
+  n, h, w, c = x.shape
+  nrow = nrow or int(np.ceil(np.sqrt(n)))
+  ncol = -(-n // nrow)
+  grid = np.ones((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, q = divmod(i, nrow)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+  return (grid * 255 + 0.5).astype(np.uint8)
+
+
+def save_grid(path: str, images: np.ndarray, mean=(0.0,), std=(1.0,), nrow: Optional[int] = None,
+              scale: int = 2) -> str:
+  """Writes ``images`` as a PNG grid (see ``image_grid``), each pixel ``scale`` x ``scale``."""
+  from PIL import Image
+  grid = image_grid(images, mean, std, nrow)
+  if scale > 1:
+    grid = grid.repeat(scale, 0).repeat(scale, 1)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return path

@@ -1,0 +1,6 @@
+"""Distillation objectives: each a pure loss over a synthetic set (see ``base.Objective``)."""
+from jaxdistill.objectives.base import Objective, pmean
+from jaxdistill.objectives.distribution import distribution_matching
+from jaxdistill.objectives.gradient import (gradient_distance, gradient_matching, loops_for_ipc,
+                                            LOOPS_BY_IPC)
+from jaxdistill.objectives.nets import NetFns, flax_net

@@ -1,0 +1,64 @@
+"""Data parallelism: one device mesh over every device, the real batch split along its batch axis.
+
+The per-device program is pmap's (each device computes the loss on its shard of the real batch and the
+results are averaged with a collective), written in today's form: ``jax.shard_map`` over a
+``jax.make_mesh`` mesh with ``NamedSharding``. Multi-host runs call ``initialize()`` first
+(``jax.distributed.initialize``); the mesh then spans every process's devices.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None) -> None:
+  """Joins a multi-host run through ``jax.distributed.initialize``.
+
+  With no arguments JAX reads the cluster from its environment (SLURM, Cloud TPU, or the
+  ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` variables). Call it before
+  any other JAX work; single-host runs never need it.
+  """
+  if coordinator_address is None and "JAX_COORDINATOR_ADDRESS" in os.environ:
+    coordinator_address = os.environ["JAX_COORDINATOR_ADDRESS"]
+    num_processes = num_processes or int(os.environ["JAX_NUM_PROCESSES"])
+    process_id = process_id if process_id is not None else int(os.environ["JAX_PROCESS_ID"])
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def data_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
+  """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices (default: all)."""
+  n = jax.device_count() if num_devices is None else num_devices
+  if not 1 <= n <= jax.device_count():
+    raise ValueError(f"Asked for {n} devices; {jax.device_count()} are available.")
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+def batch_spec(ndim: int, batch_axis: int) -> P:
+  """``PartitionSpec`` splitting axis ``batch_axis`` of an ``ndim``-array over the data axis."""
+  spec = [None] * ndim
+  spec[batch_axis] = DATA_AXIS
+  return P(*spec)
+
+
+def batch_sharding(mesh, batch, batch_axis: int):
+  """A pytree of ``NamedSharding`` splitting every leaf of ``batch`` along ``batch_axis``."""
+  return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(x.ndim, batch_axis)), batch)
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_divisible(batch, batch_axis: int, mesh) -> None:
+  n = mesh.devices.size
+  for x in jax.tree.leaves(batch):
+    if x.shape[batch_axis] % n:
+      raise ValueError(f"The real batch's axis {batch_axis} has size {x.shape[batch_axis]}, which "
+                       f"does not split evenly over {n} devices; choose a batch size divisible by {n}.")

@@ -1,0 +1,190 @@
+"""The distillation loop and the DC/DM objectives on tiny problems."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxdistill import distill, objectives
+from jaxdistill.types import SyntheticSet
+
+K, IPC, P, HW = 3, 2, 4, 8
+
+
+class TinyConv(nn.Module):
+  num_classes: int = K
+
+  @nn.compact
+  def __call__(self, x, train=True, return_features=False):
+    h = nn.relu(nn.Conv(4, (3, 3))(x))
+    f = h.reshape(h.shape[0], -1)
+    logits = nn.Dense(self.num_classes)(f)
+    return (logits, f) if return_features else logits
+
+
+def toy_data(seed=0, n_per=12):
+  rng = np.random.default_rng(seed)
+  y = np.repeat(np.arange(K), n_per).astype(np.int32)
+  x = (rng.normal(size=(y.size, HW, HW, 1)) + y[:, None, None, None]).astype(np.float32)
+  return x, y
+
+
+def toy_syn(seed=1):
+  rng = np.random.default_rng(seed)
+  return SyntheticSet(jnp.asarray(rng.normal(size=(K * IPC, HW, HW, 1)), jnp.float32),
+                      jnp.repeat(jnp.arange(K, dtype=jnp.int32), IPC))
+
+
+def make(method="dm", mask=None, lr=0.1):
+  x, y = toy_data()
+  if method == "dm":
+    obj = objectives.distribution_matching(TinyConv(), K)
+  else:
+    obj = objectives.gradient_matching(TinyConv(), K, outer_loop=2, inner_loop=1)
+  tx = distill.optimizer(optax.sgd(lr, momentum=0.5))
+  return distill.Distiller(obj, tx, distill.class_balanced_sampler(x, y, K, P), mask=mask)
+
+
+@pytest.mark.parametrize("method", ["dm", "dc"])
+def test_objective_finite_grad_shape_and_step_moves(method, key):
+  d = make(method)
+  syn = toy_syn()
+  state = distill.init_state(key, syn, d)
+  batch = distill.make_sample(d)(state)
+  loss, aux = d.objective.loss(syn, batch, key, state.obj_state)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  g = jax.grad(lambda im: d.objective.loss(syn._replace(images=im), batch, key, state.obj_state)[0])(
+      syn.images)
+  assert g.shape == syn.images.shape and np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0
+  new, metrics = distill.make_step(d)(state, batch)
+  assert int(new.step) == 1 and np.isfinite(metrics["loss"])
+  assert not np.allclose(np.asarray(new.syn.images), np.asarray(syn.images))
+
+
+def test_dm_loss_zero_when_synthetic_equals_real(key):
+  x, y = toy_data()
+  obj = objectives.distribution_matching(TinyConv(), K)
+  real = jnp.stack([jnp.asarray(x[y == c][:IPC]) for c in range(K)])  # [K, IPC, ...]
+  syn = SyntheticSet(real.reshape(K * IPC, HW, HW, 1), jnp.repeat(jnp.arange(K), IPC))
+  loss, _ = obj.loss(syn, {"images": real}, key, ())
+  assert float(loss) == 0.0
+  loss2, _ = obj.loss(syn._replace(images=syn.images + 0.1), {"images": real}, key, ())
+  assert float(loss2) > 0
+
+
+def test_gradient_distance_zero_for_identical_and_positive_otherwise():
+  g = {"conv": {"kernel": jnp.arange(36.0).reshape(3, 3, 1, 4) - 10, "bias": jnp.ones(4)},
+       "dense": {"kernel": jnp.arange(12.0).reshape(4, 3) - 5}}
+  np.testing.assert_allclose(objectives.gradient_distance(g, g), 0.0, atol=1e-5)
+  flipped = jax.tree.map(lambda a: -a, g)
+  # Every output row anti-parallel: 1 - (-1) = 2 per row: 4 conv rows + 3 dense rows.
+  np.testing.assert_allclose(objectives.gradient_distance(g, flipped), 2.0 * 7, rtol=1e-5)
+  only_bias = {**g, "conv": {**g["conv"], "bias": -g["conv"]["bias"]}}
+  np.testing.assert_allclose(objectives.gradient_distance(g, only_bias), 0.0, atol=1e-5)
+
+
+def test_frozen_rows_bit_identical_while_distilled_rows_move(key):
+  mask = np.array([True, False] * K)  # one distilled and one frozen row per class
+  d = make("dm", mask=mask, lr=1.0)
+  d = d._replace(tx=distill.optimizer(optax.adamw(0.05, weight_decay=0.1)))  # decay + eps: still 0
+  syn = toy_syn()
+  with jax.numpy_dtype_promotion("standard"):  # optax's Adam bias correction mixes int and float
+    state, _ = distill.run(key, syn, d, num_steps=15, progress=False)
+  got, init = np.asarray(state.syn.images), np.asarray(syn.images)
+  np.testing.assert_array_equal(got[~mask], init[~mask])
+  assert np.all(np.abs(got[mask] - init[mask]).reshape(K, -1).max(1) > 1e-3)
+
+
+def test_step_compiles_once(key):
+  d = make("dc")
+  state = distill.init_state(key, toy_syn(), d)
+  step, sample = distill.make_step(d), distill.make_sample(d)
+  for _ in range(4):
+    state, _ = step(state, sample(state))
+  assert step._cache_size() == 1
+
+
+def test_resume_is_bit_identical(tmp_path, key):
+  d = make("dc")
+  full, _ = distill.run(key, toy_syn(), d, 6, progress=False)
+  ckpt = str(tmp_path / "ck")
+  distill.run(key, toy_syn(), d, 3, checkpoint_dir=ckpt, checkpoint_every=1, progress=False)
+  resumed, hist = distill.run(key, toy_syn(seed=9), d, 6, checkpoint_dir=ckpt, checkpoint_every=1,
+                              progress=False)
+  assert [h["step"] for h in hist] == [4, 5, 6]
+  jax.tree.map(np.testing.assert_array_equal, jax.random.key_data(full.key),
+               jax.random.key_data(resumed.key))
+  np.testing.assert_array_equal(np.asarray(full.syn.images), np.asarray(resumed.syn.images))
+  jax.tree.map(np.testing.assert_array_equal, full.obj_state, resumed.obj_state)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, key):
+  d = make("dm")
+  dm = d.objective
+
+  def loss(syn, batch, k, count, axis_name=None):  # NaN from the third step on
+    value, aux = dm.loss(syn, batch, k, (), axis_name)
+    return jnp.where(count >= 2, jnp.nan, value), aux
+
+  bad = d._replace(objective=dm._replace(init=lambda k, s: jnp.zeros((), jnp.int32), loss=loss,
+                                         update=lambda count, s, k: count + 1))
+  ckpt = str(tmp_path / "ck")
+  with pytest.raises(FloatingPointError, match=r"step 3.*last good checkpoint \(step 2\)"):
+    distill.run(key, toy_syn(), bad, 5, checkpoint_dir=ckpt, checkpoint_every=1, progress=False,
+                config={"m": 1})
+  from jaxdistill.checkpoint import Checkpointer
+  c = Checkpointer(ckpt, {"m": 1})
+  assert c.latest_step() == 2
+  restored = c.restore(distill.init_state(key, toy_syn(), bad))
+  assert int(restored.step) == 2 and np.all(np.isfinite(np.asarray(restored.syn.images)))
+
+
+def test_bad_input(tmp_path, key):
+  with pytest.raises(ValueError, match="one entry per synthetic row"):
+    distill.init_state(key, toy_syn(), make(mask=np.ones(5, bool)))
+  with pytest.raises(ValueError, match="Unknown optimizer 'sgdd'"):
+    distill.make_optimizer("sgdd", learning_rate=1.0)
+  with pytest.raises(ValueError, match="class 0 has only 12"):
+    distill.class_balanced_sampler(*toy_data(), K, 13)
+  ckpt = str(tmp_path / "ck")
+  distill.run(key, toy_syn(), make(), 1, checkpoint_dir=ckpt, config={"lr": 0.1}, progress=False)
+  with pytest.raises(ValueError, match="(?s)another configuration.*lr: checkpoint has 0.1, this run has 0.2"):
+    distill.run(key, toy_syn(), make(), 2, checkpoint_dir=ckpt, config={"lr": 0.2}, progress=False)
+  bad = toy_syn()._replace(images=toy_syn().images.at[0, 0, 0, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match="NaN"):
+    distill.init_state(key, bad, make())
+  with pytest.raises(ValueError, match="class-major"):
+    from jaxdistill.objectives.nets import check_class_major
+    check_class_major(np.array([0, 1, 0, 1, 2, 2]), K)
+
+
+MULTI = textwrap.dedent("""
+  import os, sys
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  sys.path.insert(0, {tests!r})
+  import jax, numpy as np
+  from test_distill import make, toy_syn
+  from jaxdistill import distill, parallel
+  assert jax.device_count() == 4
+  out = {{}}
+  for method in ("dm", "dc"):
+    for n in (1, 4):
+      s, h = distill.run(jax.random.key(0), toy_syn(), make(method), 4, progress=False,
+                         mesh=parallel.data_mesh(n))
+      out[(method, n)] = (np.asarray(s.syn.images), [m["loss"] for m in h])
+    np.testing.assert_allclose(out[(method, 1)][0], out[(method, 4)][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[(method, 1)][1], out[(method, 4)][1], rtol=1e-4)
+  print("MATCH")
+""")
+
+
+def test_four_devices_match_one_device():
+  code = MULTI.format(tests=os.path.dirname(__file__))
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0 and "MATCH" in r.stdout, r.stderr[-3000:]
