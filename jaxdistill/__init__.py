@@ -1,4 +1,15 @@
 """jaxdistill: dataset distillation in JAX."""
+from jaxdistill import augment
+from jaxdistill import data
+from jaxdistill import models
+from jaxdistill import evaluate
+from jaxdistill import selection
+from jaxdistill import objectives
+from jaxdistill import partial
+from jaxdistill import parallel
+from jaxdistill import checkpoint
+from jaxdistill import distill
+from jaxdistill import logs
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 __version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""Data: the real Fashion-MNIST IDX files, npz, TFDS under mock_data (no tensorflow), ZCA, sampling,
+bad input."""
+import gzip
+import importlib.util
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdistill import data
+from jaxdistill.data import datasets
+
+@pytest.fixture(scope="module")
+def fmnist():
+  return data.load("fashion_mnist")
+
+
+def test_fashion_mnist_idx_real_files(fmnist):
+  assert fmnist.x_train.shape == (60000, 28, 28, 1) and fmnist.x_train.dtype == np.float32
+  assert fmnist.x_test.shape == (10000, 28, 28, 1)
+  assert fmnist.y_train.dtype == np.int32
+  np.testing.assert_array_equal(np.bincount(fmnist.y_train), np.full(10, 6000))
+  np.testing.assert_array_equal(np.bincount(fmnist.y_test), np.full(10, 1000))
+  assert fmnist.num_classes == 10 and fmnist.class_names[0] == "T-shirt/top"
+  # Normalized with the reference constants: close to zero mean, unit std over the training set.
+  assert abs(float(fmnist.x_train.mean())) < 0.01 and abs(float(fmnist.x_train.std()) - 1) < 0.01
+
+
+def test_max_per_class_is_balanced_and_keyed():
+  a = data.load("fashion_mnist", max_per_class=50, key=jax.random.key(0))
+  b = data.load("fashion_mnist", max_per_class=50, key=jax.random.key(0))
+  c = data.load("fashion_mnist", max_per_class=50, key=jax.random.key(1))
+  np.testing.assert_array_equal(np.bincount(a.y_train), np.full(10, 50))
+  np.testing.assert_array_equal(a.x_train, b.x_train)
+  assert not np.array_equal(a.x_train, c.x_train)
+  assert a.x_test.shape[0] == 10000
+  with pytest.raises(ValueError, match="key"):
+    data.load("fashion_mnist", max_per_class=5)
+
+
+def _write_idx(path, arr):
+  arr = np.asarray(arr, np.uint8)
+  header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + arr.tobytes())
+
+
+def _fake_idx_dir(tmp_path, gz=True, n=30):
+  rng = np.random.default_rng(0)
+  ext = ".gz" if gz else ""
+  for split, m in (("train", n), ("t10k", n // 3)):
+    _write_idx(str(tmp_path / f"{split}-images-idx3-ubyte{ext}"), rng.integers(0, 256, (m, 28, 28)))
+    _write_idx(str(tmp_path / f"{split}-labels-idx1-ubyte{ext}"), np.arange(m) % 10)
+  return tmp_path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_from_explicit_dir(tmp_path, gz):
+  d = data.load("fashion_mnist", data_dir=str(_fake_idx_dir(tmp_path, gz)))
+  assert d.x_train.shape == (30, 28, 28, 1) and d.x_test.shape == (10, 28, 28, 1)
+  np.testing.assert_array_equal(d.y_train, np.arange(30) % 10)
+
+
+def test_corrupt_and_truncated_idx(tmp_path):
+  _fake_idx_dir(tmp_path)
+  p = str(tmp_path / "train-images-idx3-ubyte.gz")
+  with gzip.open(p, "rb") as f:
+    raw = f.read()
+  with gzip.open(p, "wb") as f:
+    f.write(raw[:-100])
+  with pytest.raises(data.DataError, match="corrupt"):
+    data.load("fashion_mnist", data_dir=str(tmp_path))
+  with open(p, "wb") as f:
+    f.write(b"not a gzip file at all")
+  with pytest.raises(data.DataError, match="Cannot read IDX"):
+    data.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+def test_npz_round_trip(tmp_path, fmnist):
+  small = data.load("fashion_mnist", max_per_class=3, key=jax.random.key(0))
+  path = str(tmp_path / "fashion_mnist.npz")
+  data.save_npz(path, small)
+  back = data.load("fashion_mnist", data_dir=str(tmp_path))
+  np.testing.assert_allclose(back.x_train, small.x_train, atol=1e-5)
+  np.testing.assert_array_equal(back.y_train, small.y_train)
+  np.testing.assert_array_equal(data.load("fashion_mnist", data_dir=path).y_test, small.y_test)
+
+
+def test_tfds_path_under_mock_data_without_tensorflow():
+  import tensorflow_datasets as tfds
+  assert importlib.util.find_spec("tensorflow") is None, "this test checks the no-tensorflow path"
+  with tfds.testing.mock_data(num_examples=12):
+    mnist = data.load("mnist", source="tfds")
+    cifar = data.load("cifar10", source="tfds")
+  assert mnist.x_train.shape == (12, 28, 28, 1) and mnist.x_train.dtype == np.float32
+  assert cifar.x_train.shape == (12, 32, 32, 3) and cifar.x_test.shape == (12, 32, 32, 3)
+  assert cifar.class_names[0] == "airplane" and cifar.num_classes == 10
+  assert cifar.y_train.dtype == np.int32 and 0 <= cifar.y_train.min() <= cifar.y_train.max() < 10
+  assert np.isfinite(cifar.x_train).all()
+
+
+def test_zca_round_trip_and_whitening():
+  rng = np.random.default_rng(0)
+  mix = rng.normal(size=(48, 48))
+  x = (rng.normal(size=(2000, 48)) @ mix).reshape(2000, 4, 4, 3).astype(np.float32)
+  z = data.fit_zca(x, eps=1e-4)
+  w = np.asarray(data.apply_zca(z, x))
+  assert w.shape == x.shape
+  np.testing.assert_allclose(np.asarray(data.invert_zca(z, w)), x, atol=2e-3 * np.abs(x).max())
+  cov = np.cov(w.reshape(2000, -1), rowvar=False)
+  np.testing.assert_allclose(cov, np.eye(48), atol=0.05)  # whitened: identity covariance
+  # Regularization (eps=0.1) shrinks the spectrum: covariance eigenvalues strictly below 1.
+  reg = np.asarray(data.apply_zca(data.fit_zca(x, eps=0.1), x)).reshape(2000, -1)
+  assert np.linalg.eigvalsh(np.cov(reg, rowvar=False)).max() < 1.0
+  with pytest.raises(ValueError, match="NaN"):
+    data.fit_zca(np.full((4, 2, 2, 1), np.nan, np.float32))
+
+
+def test_balanced_sampling_keyed():
+  labels = np.repeat(np.arange(4), [5, 6, 7, 8])
+  a = data.sample_balanced(jax.random.key(0), labels, 4, 5)
+  b = data.sample_balanced(jax.random.key(0), labels, 4, 5)
+  c = data.sample_balanced(jax.random.key(1), labels, 4, 5)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  np.testing.assert_array_equal(labels[a], np.repeat(np.arange(4), 5))
+  assert len(set(a.tolist())) == 20
+  idx = data.class_indices(labels, 4)
+  assert [len(i) for i in idx] == [5, 6, 7, 8] and all((labels[i] == c).all() for c, i in enumerate(idx))
+  with pytest.raises(ValueError, match="larger than class 0"):
+    data.sample_balanced(jax.random.key(0), labels, 4, 6)
+
+
+def test_bad_input(tmp_path, monkeypatch):
+  with pytest.raises(ValueError, match="Unknown dataset 'imagenot'.*fashion_mnist"):
+    data.load("imagenot")
+  with pytest.raises(data.DataError, match="does not exist"):
+    data.load("fashion_mnist", data_dir=str(tmp_path / "missing"))
+  with pytest.raises(data.DataError, match="neither IDX"):
+    data.load("fashion_mnist", data_dir=str(tmp_path))
+  monkeypatch.setitem(datasets.KNOWN, "fashion_mnist",
+                      datasets._Info((0.5,), (0.5,), (), str(tmp_path / "gone")))
+  with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):
+    data.load("fashion_mnist", source="local")
+  with pytest.raises(ValueError, match="NaN"):
+    data.validate_images(np.full((2, 4, 4, 1), np.nan))
+  with pytest.raises(ValueError, match="rank"):
+    data.validate_images(np.zeros((4, 4, 1)))
+  with pytest.raises(ValueError, match="3 channel"):
+    data.validate_images(np.zeros((2, 4, 4, 1)), channels=3)
+  with pytest.raises(ValueError, match=r"\[0, 10\)"):
+    data.validate_labels(np.array([0, 10]), 10)
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  np.savez(bad / "data.npz", x_train=np.zeros((2, 4, 4)))
+  with pytest.raises(data.DataError, match="lacks the arrays"):
+    data.load("whatever", data_dir=str(bad))
