@@ -1,0 +1,60 @@
+"""Augmentations as functions ``(key, x) -> x`` on ``[N, H, W, C]`` float images.
+
+``dsa``: Differentiable Siamese Augmentation (shared-key "siamese" or per-image parameters);
+``crop_flip``: torchvision-style random crop (zero padding 4) + horizontal flip; ``identity``.
+"""
+import functools
+from typing import Callable, Optional
+
+import jax
+
+from jaxdistill.augment.dsa import (DEFAULT_STRATEGY, NO_FLIP_STRATEGY, OPS, DSAParams, affine, brightness,
+                                    color, contrast, crop, cutout, cutout_at, dsa, flip, flip_where,
+                                    parse_strategy, rotate, rotate_by, saturation, scale, scale_by,
+                                    strategy_for, translate)
+from jaxdistill.augment.simple import crop_flip, identity
+
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+AUGMENTATIONS = ("dsa", "crop_flip", "none")
+
+
+def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = True,
+                strategy: Optional[str] = None, params: DSAParams = DSAParams(),
+                mode: str = "single") -> AugmentFn:
+  """An augmentation ``(key, x) -> x`` by name.
+
+  Args:
+    name: ``"dsa"``, ``"crop_flip"`` or ``"none"``.
+    dataset_name: picks the DSA strategy (no flip for MNIST/SVHN) when ``strategy`` is None.
+    siamese: DSA only: one parameter set per call derived from the key (DC/DSA/DM matching), or per-image
+      parameters (False; MTT, evaluation). ``crop_flip`` is always per image.
+    strategy: DSA strategy string; default ``strategy_for(dataset_name)``.
+    params: DSA magnitudes.
+    mode: DSA ``"single"`` (one op per call) or ``"multiple"`` (all ops in sequence).
+
+  Returns:
+    A pure function ``(key, x) -> x`` on ``[N, H, W, C]``.
+
+  Raises:
+    ValueError: unknown name, or unknown DSA op / mode.
+  """
+  if name == "dsa":
+    strategy = strategy_for(dataset_name) if strategy is None else strategy
+    parse_strategy(strategy)  # fail early on unknown ops
+    if mode not in ("single", "multiple"):
+      raise ValueError(f"Unknown DSA mode {mode!r}; known: 'single', 'multiple'.")
+    return functools.partial(dsa, strategy=strategy, params=params, siamese=siamese, mode=mode)
+  if name == "crop_flip":
+    return crop_flip
+  if name in ("none", "identity"):
+    return identity
+  raise ValueError(f"Unknown augmentation {name!r}; known: {list(AUGMENTATIONS)}.")
+
+
+__all__ = [
+    "AUGMENTATIONS", "AugmentFn", "DEFAULT_STRATEGY", "DSAParams", "NO_FLIP_STRATEGY", "OPS", "affine",
+    "brightness", "color", "contrast", "crop", "crop_flip", "cutout", "cutout_at", "dsa", "flip",
+    "flip_where", "get_augment", "identity", "parse_strategy", "rotate", "rotate_by", "saturation", "scale",
+    "scale_by", "strategy_for", "translate",
+]
