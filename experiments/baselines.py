@@ -13,7 +13,7 @@ from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import provenance
+from experiments.common import provenance, quiet_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
@@ -28,6 +28,7 @@ def train_feature_net(key, data, model, epochs):
 
 
 def main(_):
+  quiet_logs()
   c = _CONFIG.value
   key = jax.random.key(c.seed)
   data = jd.data.load(c.dataset)

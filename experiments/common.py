@@ -7,6 +7,7 @@ import shlex
 import sys
 
 import jax
+from absl import logging
 
 
 def provenance(config) -> str:
@@ -25,3 +26,8 @@ def _module_name() -> str:
   main = sys.modules["__main__"]
   spec = getattr(main, "__spec__", None)
   return spec.name if spec is not None else sys.argv[0]
+
+
+def quiet_logs() -> None:
+  """Keeps orbax's per-save INFO lines out of the console (warnings and errors still show)."""
+  logging.set_verbosity(logging.WARNING)

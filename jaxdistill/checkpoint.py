@@ -95,6 +95,8 @@ class Checkpointer:
 
   def save(self, step: int, tree, force: bool = False) -> bool:
     """Saves ``tree`` at ``step`` if due (or ``force``); returns whether it saved."""
+    if not force and not self._mngr.should_save(int(step)):
+      return False
     saved = self._mngr.save(int(step), args=ocp.args.StandardSave(_to_storable(tree)), force=force)
     self._mngr.wait_until_finished()
     return bool(saved)

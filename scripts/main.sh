@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: DM distillation of real Fashion-MNIST (IPC 10, CPU-sized), evaluated against random
+# real images of the same IPC. Extra arguments go to the experiment, e.g. --config.ipc=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m experiments.distill --config experiments/configs/dm_fmnist.py "$@"
