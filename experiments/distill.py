@@ -85,9 +85,11 @@ def main(_):
   eval_s = time.time() - t1
   sec_per_step = np.median([b["sec"] - a["sec"] for a, b in zip(history, history[1:])]) \
       if len(history) > 1 else float("nan")
+  timing = (f"Distillation {distill_s:.0f} s ({sec_per_step:.2f} s/step)" if len(history) > 1 else
+            "Distillation resumed from a finished checkpoint in the workdir (no steps run now)")
   print(f"{name}: distilled {acc_syn} vs random real {acc_real} (IPC {c.ipc}; "
         f"{c.eval_model} trained {cfg.num_epochs()} epochs, {c.num_seeds} seeds). "
-        f"Distillation {distill_s:.0f} s ({sec_per_step:.2f} s/step), evaluation {eval_s:.0f} s.")
+        f"{timing}, evaluation {eval_s:.0f} s.")
   print(f"images: {os.path.join(workdir, 'images.png')}")
   if c.results:
     grid_path = os.path.join(os.path.dirname(c.results), f"{name}.png")
@@ -102,8 +104,7 @@ def main(_):
               f"| {c.method.upper()} distilled ({c.steps} steps) | {100 * acc_syn.mean:.2f} ± "
               f"{100 * acc_syn.std:.2f} |\n| random real (its initialization) | "
               f"{100 * acc_real.mean:.2f} ± {100 * acc_real.std:.2f} |\n\n"
-              f"Distillation {distill_s:.0f} s ({sec_per_step:.2f} s/step), evaluation "
-              f"{eval_s:.0f} s. Images: `{grid_path}`.\n\n")
+              f"{timing}, evaluation {eval_s:.0f} s. Images: `{grid_path}`.\n\n")
 
 
 if __name__ == "__main__":

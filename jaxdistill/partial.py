@@ -43,3 +43,64 @@ def mask_updates(updates: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   if mask is None:
     return updates
   return jnp.where(_rows(mask, updates), updates, jnp.zeros_like(updates))
+
+
+def selmatch_mask(labels, num_classes: int, alpha: float) -> np.ndarray:
+  """SelMatch's partial-update mask for a class-major set ordered hardest first within each class.
+
+  Per class with ``n`` rows, the last ``floor(alpha * n)`` rows (the easier images of the window) are
+  distilled and the first ``n - floor(alpha * n)`` (the harder ones) stay frozen real images, as in the
+  SelMatch reference (``cpc = int(ipc * alpha)`` distilled, ``spc = ipc - cpc`` selected; the selected
+  part is the first ``spc`` of the hardest-first window, the distilled part the ``cpc`` after it). The
+  floor tolerates float error just below an integer (``0.29 * 100`` -> 29, where ``int`` gives 28).
+  ``jaxdistill.selection.window`` returns rows in this order.
+
+  Args:
+    labels: ``[N]`` int class ids, class-major (non-decreasing: all of class 0, then class 1, ...).
+    num_classes: K.
+    alpha: fraction of each class distilled, in ``[0, 1]``.
+
+  Returns:
+    ``[N]`` bool NumPy array, True = distilled, False = frozen.
+
+  Raises:
+    ValueError: alpha outside ``[0, 1]``, labels not 1-D ints in ``[0, K)``, or not class-major.
+  """
+  alpha = float(alpha)
+  if not 0.0 <= alpha <= 1.0:  # also rejects NaN
+    raise ValueError(f"alpha (the distilled fraction of each class) must lie in [0, 1]; got {alpha}.")
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be [N] integer class ids (use SyntheticSet.hard_labels() for soft "
+                     f"labels); got shape {labels.shape}, dtype {labels.dtype}.")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"Labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}].")
+  if labels.size > 1 and np.any(np.diff(labels) < 0):
+    i = int(np.flatnonzero(np.diff(labels) < 0)[0])
+    raise ValueError(f"labels must be class-major (all rows of class 0, then class 1, ...); row {i + 1} "
+                     f"has class {labels[i + 1]} after class {labels[i]} at row {i}.")
+  mask = np.zeros(labels.shape, bool)
+  for c in range(num_classes):
+    rows = np.flatnonzero(labels == c)
+    num_distilled = int(np.floor(alpha * rows.size + 1e-9))
+    if num_distilled:
+      mask[rows[rows.size - num_distilled:]] = True
+  return mask
+
+
+def augment_groups(mask) -> np.ndarray:
+  """Row groups for SelMatch's combined augmentation at evaluation time.
+
+  Use with ``EvalConfig(augment=("dsa", "crop_flip"))`` and ``evaluate.accuracy(..., groups=...)``:
+  group 0 (distilled rows) gets DSA, group 1 (frozen real rows) random crop (pad 4) + horizontal flip.
+
+  Args:
+    mask: ``[N]`` bool, True = distilled.
+
+  Returns:
+    ``[N]`` int32 NumPy array: 0 where ``mask`` is True, 1 where it is False.
+  """
+  mask = np.asarray(mask)
+  if mask.ndim != 1 or mask.dtype != bool:
+    raise ValueError(f"mask must be [N] bool (True = distilled); got shape {mask.shape}, dtype {mask.dtype}.")
+  return np.where(mask, 0, 1).astype(np.int32)

@@ -48,7 +48,7 @@ def test_learns_and_is_deterministic(data):
 
 def test_vmap_and_map_seeds_agree(data):
   syn = (data.x_train, data.y_train)
-  a = evaluate.accuracy(jax.random.key(3), syn, data, TinyNet(), 2, CFG)
+  a = evaluate.accuracy(jax.random.key(3), syn, data, TinyNet(), 2, CFG._replace(seed_parallel="vmap"))
   b = evaluate.accuracy(jax.random.key(3), syn, data, TinyNet(), 2, CFG._replace(seed_parallel="map"))
   np.testing.assert_allclose(a.accuracies, b.accuracies, atol=0.02)
 

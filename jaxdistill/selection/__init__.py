@@ -2,3 +2,5 @@
 from jaxdistill.selection.coreset import (METHODS, average, embed, herding, herding_indices, k_center,
                                           k_means, kcenter_indices, kmeans, random, random_indices,
                                           select)
+from jaxdistill.selection.window import (DEFAULT_BETAS, UNITS, difficulty_order, window_indices, window_init,
+                                         window_search, window_start)
