@@ -9,7 +9,9 @@ from jaxdistill import partial
 from jaxdistill import parallel
 from jaxdistill import checkpoint
 from jaxdistill import distill
+from jaxdistill import experts
 from jaxdistill import logs
+from jaxdistill import metrics
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 __version__ = "0.1.0"

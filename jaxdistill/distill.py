@@ -45,9 +45,12 @@ class DistillState(NamedTuple):
 
 class Sampler(NamedTuple):
   """A real-batch sampler: ``fn(key, arrays) -> batch``, with the dataset arrays passed in (not
-  closed over, so they are not baked into the program as constants)."""
-  fn: Callable[[jax.Array, Any], Any]
+  closed over, so they are not baked into the program as constants). With ``uses_step`` the loop calls
+  ``fn(key, arrays, step)`` with the int32 step of the state (curricula such as DATM's growing range
+  of expert start epochs)."""
+  fn: Callable[..., Any]
   arrays: Any
+  uses_step: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,10 +223,13 @@ def make_sample(d: Distiller, mesh=None) -> Callable:
   """``sample(state) -> batch``: the step's real batch, computed once and laid out split over the
   devices along the objective's batch axis."""
   mesh = parallel.data_mesh() if mesh is None else mesh
-  shape = jax.eval_shape(d.sampler.fn, jax.random.key(0), d.sampler.arrays)
+  extra = (jnp.zeros((), jnp.int32),) if d.sampler.uses_step else ()
+  shape = jax.eval_shape(d.sampler.fn, jax.random.key(0), d.sampler.arrays, *extra)
   parallel.check_divisible(shape, d.objective.batch_axis, mesh)
   out = parallel.batch_sharding(mesh, shape, d.objective.batch_axis)
-  fn = jax.jit(lambda key, arrays: d.sampler.fn(key, arrays), out_shardings=out)
+  fn = jax.jit(lambda key, arrays, *step: d.sampler.fn(key, arrays, *step), out_shardings=out)
+  if d.sampler.uses_step:
+    return lambda state: fn(step_keys(state)[0], d.sampler.arrays, state.step)
   return lambda state: fn(step_keys(state)[0], d.sampler.arrays)
 
 

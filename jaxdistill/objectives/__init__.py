@@ -4,3 +4,5 @@ from jaxdistill.objectives.distribution import distribution_matching
 from jaxdistill.objectives.gradient import (gradient_distance, gradient_matching, loops_for_ipc,
                                             LOOPS_BY_IPC)
 from jaxdistill.objectives.nets import NetFns, flax_net
+from jaxdistill.objectives.trajectory import (soft_labels_from_experts, trajectory_matching,
+                                              trajectory_sampler)

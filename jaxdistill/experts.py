@@ -1,0 +1,579 @@
+"""Expert trajectories for trajectory matching (MTT / DATM), and the per-example scores they give for free.
+
+``train`` trains ``num_experts`` networks on a real training set with the MTT reference protocol
+(``buffer.py``: SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA with per-image parameters, one
+op per batch, no learning-rate decay) and saves the variables after every epoch, epoch 0 (the
+initialization) included, through orbax: one directory per expert, ``directory/expert_{i}/``, one
+checkpoint step per epoch. Every epoch is a copy (the reference's ``p.detach().cpu()`` on a CPU aliases
+the live weights, so all its saved epochs were the final ones; see DESIGN.md §6).
+
+A run is resumable: a killed run continues each expert from its last saved epoch, and asking an
+existing directory for more epochs extends the trajectories. The result is bit-identical to an
+uninterrupted run (epoch ``e`` of expert ``i`` draws its shuffling and augmentation from
+``fold_in(fold_in(key, i), e)``, and the epoch program does not depend on the number of epochs).
+
+One epoch is one jitted function: a ``lax.scan`` over the batches of a random permutation; the last
+partial batch is kept and masked (zero weight on the padding rows), as a PyTorch ``DataLoader``
+without ``drop_last`` would (the reference's loader).
+
+After every epoch (and at initialization) each expert's predictions on the *un-augmented* training set
+(eval mode) are recorded; at the end ``correct.npy`` (``[E, N]`` bool, row ``e`` = after epoch
+``e + 1``), ``forgetting.npy`` and ``first_learned.npy`` (``[N]`` int32) are written into the expert's
+directory (see ``forgetting_counts`` and ``first_learned_epoch``).
+
+``load_trajectories`` stacks the saved parameters (the ``params`` collection only, as the reference
+stores ``parameters()``) into a ``Trajectories`` of flat vectors ``[num_experts, E + 1, P]``, which
+``jaxdistill.objectives.trajectory_sampler`` indexes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxdistill import evaluate
+from jaxdistill.types import Dataset
+
+EXPERT_DIR = "expert_{}"
+SCORE_FILES = ("correct.npy", "forgetting.npy", "first_learned.npy")
+_EXPERT_RE = re.compile(r"^expert_(\d+)$")
+
+
+class ExpertConfig(NamedTuple):
+  """Expert training protocol (defaults: the MTT reference ``buffer.py``).
+
+  Attributes:
+    epochs: epochs per expert (the reference trains 50; its distillation uses the first
+      ``max_start_epoch + expert_epochs``).
+    lr: SGD learning rate (``lr_teacher``).
+    momentum: SGD momentum (0 in the reference).
+    weight_decay: L2 added to the gradient, PyTorch-style (0 in the reference).
+    batch_size: training batch (``batch_train``).
+    augment: "dsa" (per-image DSA, the strategy by dataset), "crop_flip", "none", or ``(key, x) -> x``.
+    record_correct: record per-example correctness after every epoch (one eval-mode pass over the
+      training set per epoch) and write the forgetting / first-learned scores.
+    eval_batch_size: batch of those passes.
+  """
+  epochs: int = 50
+  lr: float = 0.01
+  momentum: float = 0.0
+  weight_decay: float = 0.0
+  batch_size: int = 256
+  augment: Union[str, Callable] = "dsa"
+  record_correct: bool = True
+  eval_batch_size: int = 1000
+
+  def describe(self) -> dict:
+    """A JSON-able description without ``epochs`` (a directory may be extended to more epochs)."""
+    d = self._asdict()
+    del d["epochs"]
+    aug = d["augment"]
+    d["augment"] = aug if isinstance(aug, str) else getattr(aug, "__qualname__", type(aug).__name__)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-example scores (pure)
+# ----------------------------------------------------------------------------------------------------
+
+def _check_history(history) -> np.ndarray:
+  h = np.asarray(history)
+  if h.ndim != 2:
+    raise ValueError(f"A correctness history must be [E, N] (epochs x examples); got shape {h.shape}.")
+  if h.dtype != bool:
+    if not np.all((h == 0) | (h == 1)):
+      raise ValueError("A correctness history must be boolean (or 0/1).")
+    h = h.astype(bool)
+  return h
+
+
+def forgetting_counts(history) -> np.ndarray:
+  """Forgetting events per example (Toneva et al., ICLR 2019).
+
+  Args:
+    history: ``[E, N]`` bool, ``history[e, n]`` = example ``n`` classified correctly after epoch
+      ``e + 1``.
+
+  Returns:
+    ``[N]`` int32: the number of transitions correct -> incorrect between consecutive epochs. An example
+    never learned has 0 events, like an unforgettable one; tell them apart with ``first_learned_epoch``
+    (Toneva et al. rank never-learned examples as the most forgotten).
+  """
+  h = _check_history(history)
+  return np.sum(h[:-1] & ~h[1:], axis=0).astype(np.int32)
+
+
+def first_learned_epoch(history) -> np.ndarray:
+  """The epoch after which each example is learned for good.
+
+  Args:
+    history: ``[E, N]`` bool, ``history[e, n]`` = example ``n`` classified correctly after epoch
+      ``e + 1``.
+
+  Returns:
+    ``[N]`` int32 in ``1..E + 1``: the first (1-based) epoch after which the example is correct and
+    stays correct through epoch ``E``; ``E + 1`` means never learned (incorrect after the last epoch).
+  """
+  h = _check_history(history)
+  e = h.shape[0]
+  wrong = ~h
+  # Index (0-based) of the last incorrect epoch, -1 if always correct; learned from the next one on.
+  last_wrong = np.where(wrong.any(0), e - 1 - np.argmax(wrong[::-1], axis=0), -1)
+  return (last_wrong + 2).astype(np.int32)
+
+
+def el2n_scores(apply_fn: Callable, params_list: Sequence[Any], images, labels,
+                batch_size: int = 1000) -> np.ndarray:
+  """EL2N scores (Paul et al., NeurIPS 2021): mean over networks of ``||softmax(f(x)) - onehot(y)||_2``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x [B, H, W, C]) -> logits [B, K]``, e.g.
+      ``lambda p, x: model.apply({"params": p}, x, train=False)``.
+    params_list: the networks' parameters, typically early-epoch checkpoints of several experts
+      (``load_trajectory(dir, i)`` at epoch 1-20, or ``Trajectories.params_at(i, e)``).
+    images: ``[N, H, W, C]`` float32.
+    labels: ``[N]`` int class ids.
+    batch_size: rows per forward pass.
+
+  Returns:
+    ``[N]`` float32 scores; larger = harder.
+  """
+  params_list = list(params_list)
+  if not params_list:
+    raise ValueError("el2n_scores needs at least one network.")
+  images = jnp.asarray(images, jnp.float32)
+  labels = jnp.asarray(labels, jnp.int32)
+  if images.shape[0] != labels.shape[0]:
+    raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
+
+  @jax.jit
+  def err(params, x, y):
+    logits = apply_fn(params, x)
+    return jnp.linalg.norm(jax.nn.softmax(logits) - jax.nn.one_hot(y, logits.shape[-1]), axis=-1)
+
+  total = np.zeros(images.shape[0], np.float64)
+  for params in params_list:
+    total += np.asarray(_batched(lambda x, y: err(params, x, y), images, labels, batch_size), np.float64)
+  return (total / len(params_list)).astype(np.float32)
+
+
+def _batched(fn: Callable, x: jax.Array, y: jax.Array, batch_size: int) -> np.ndarray:
+  """``fn(x_b, y_b) -> [B, ...]`` over fixed-size batches (the last padded), concatenated to ``[N, ...]``."""
+  n = x.shape[0]
+  bs = max(1, min(batch_size, n))
+  out = []
+  for s in range(0, n, bs):
+    xb, yb = x[s:s + bs], y[s:s + bs]
+    m = xb.shape[0]
+    if m < bs:  # keep one shape: one compilation
+      xb = jnp.concatenate([xb, jnp.zeros((bs - m, *xb.shape[1:]), xb.dtype)])
+      yb = jnp.concatenate([yb, jnp.zeros((bs - m, *yb.shape[1:]), yb.dtype)])
+    out.append(np.asarray(fn(xb, yb))[:m])
+  return np.concatenate(out)
+
+
+def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:
+  """Per-example scores from a file: C-scores (Jiang et al.) or anything saved with ``np.save``.
+
+  Args:
+    path: a ``.npy`` file holding ``[N]`` numbers, or an ``.npz`` (the C-score release's
+      ``cifar10-cscores-orig-order.npz`` has ``scores`` and ``labels``): the array ``key``, else
+      ``scores``, else its only array.
+    n: the number of training examples the scores must cover.
+    key: the array to read from an ``.npz``.
+
+  Returns:
+    ``[n]`` float32.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: not 1-D, wrong length, NaN/inf, unknown ``.npz`` key.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No score file at {path}.")
+  loaded = np.load(path, allow_pickle=False)
+  if isinstance(loaded, np.lib.npyio.NpzFile):
+    with loaded:
+      names = list(loaded.files)
+      if key is None:
+        key = "scores" if "scores" in names else (names[0] if len(names) == 1 else None)
+      if key not in names:
+        raise ValueError(f"{path} holds arrays {names}; say which one with key=.")
+      scores = loaded[key]
+  else:
+    scores = loaded
+  scores = np.asarray(scores)
+  if scores.ndim != 1:
+    raise ValueError(f"Scores in {path} must be 1-D [N]; got shape {scores.shape}.")
+  if scores.shape[0] != n:
+    raise ValueError(f"Scores in {path} have length {scores.shape[0]}, but the dataset has {n} "
+                     f"examples.")
+  if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(scores.dtype, np.complexfloating):
+    raise ValueError(f"Scores in {path} must be real numbers; got dtype {scores.dtype}.")
+  scores = scores.astype(np.float32)
+  bad = ~np.isfinite(scores)
+  if bad.any():
+    raise ValueError(f"Scores in {path} contain {int(bad.sum())} NaN/inf value(s) (first at index "
+                     f"{int(np.argmax(bad))}).")
+  return scores
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+
+def _optimizer(cfg: ExpertConfig) -> optax.GradientTransformation:
+  parts = []
+  if cfg.weight_decay:
+    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+  parts.append(optax.sgd(cfg.lr, momentum=cfg.momentum or None))
+  return optax.chain(*parts)
+
+
+def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) -> Callable:
+  """``epoch(variables, opt_state, images, labels, key) -> (variables, opt_state, mean_loss)``, jitted.
+
+  One pass over ``images`` ``[N, H, W, C]`` / ``labels`` ``[N]`` in a random order (``lax.scan`` over
+  ``ceil(N / batch_size)`` batches; the last partial batch is kept, padded and masked), augmenting each
+  batch with ``cfg.augment`` (one key per batch), SGD per ``cfg``. The data are arguments, not constants.
+  """
+  aug = evaluate._resolve_augment(cfg.augment, dataset_name)  # pylint: disable=protected-access
+  tx = _optimizer(cfg)
+
+  def epoch(variables, opt_state, images, labels, key):
+    n = images.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps = -(-n // bs)
+    order_key, aug_key = jax.random.split(key)
+    perm = jax.random.permutation(order_key, n)
+    pad = steps * bs - n
+    idx = jnp.concatenate([perm, perm[:pad]]).reshape(steps, bs)
+    valid = (jnp.arange(steps * bs) < n).astype(jnp.float32).reshape(steps, bs)
+
+    def step(carry, inp):
+      params, stats, opt_state = carry
+      idx_b, valid_b, k = inp
+      x, y = aug(k, images[idx_b]), labels[idx_b]
+
+      def loss_fn(p):
+        v = {"params": p} if stats is None else {"params": p, "batch_stats": stats}
+        logits, new_stats = evaluate._forward(model, v, x, train=True)  # pylint: disable=protected-access
+        return evaluate._loss(logits, y, valid_b, "ce"), new_stats  # pylint: disable=protected-access
+
+      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), new_stats, opt_state), loss * jnp.sum(valid_b)
+
+    carry = (variables["params"], variables.get("batch_stats"), opt_state)
+    (params, stats, opt_state), losses = jax.lax.scan(step, carry,
+                                                      (idx, valid, jax.random.split(aug_key, steps)))
+    out = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+    return out, opt_state, jnp.sum(losses) / n
+
+  return jax.jit(epoch)
+
+
+def _as_arrays(data) -> tuple:
+  if isinstance(data, Dataset):
+    return data.x_train, data.y_train, data.name
+  images, labels = data
+  return images, labels, None
+
+
+def _expert_config(cfg: ExpertConfig, model, key: jax.Array, images, dataset_name) -> dict:
+  return {"protocol": cfg.describe(), "model": repr(model), "dataset": dataset_name,
+          "train_shape": list(np.shape(images)),
+          "key": np.asarray(jax.random.key_data(key)).tolist()}
+
+
+def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, num_experts: int = 1,
+          cfg: ExpertConfig = ExpertConfig(), dataset_name: Optional[str] = None,
+          experts: Optional[Sequence[int]] = None, progress: bool = True) -> "Trajectories":
+  """Trains (or resumes / extends) expert networks and saves every epoch; returns their trajectories.
+
+  Args:
+    key: the run's key; expert ``i`` uses ``fold_in(key, i)``.
+    data: a ``Dataset`` (its training split) or ``(images [N, H, W, C], labels [N])``.
+    model: a Flax module (``jaxdistill.models`` interface: ``apply(variables, x, train=...)``).
+    directory: where ``expert_{i}/`` directories are written (created if missing).
+    num_experts: trains experts ``0..num_experts - 1`` (unless ``experts`` is given).
+    cfg: the protocol; ``cfg.epochs`` is the total (epochs already saved are kept).
+    dataset_name: picks the DSA strategy (no flip for MNIST/SVHN); defaults to ``data.name``.
+    experts: explicit expert indices to train (e.g. one per job on a cluster).
+    progress: print one line per epoch.
+
+  Returns:
+    ``load_trajectories(directory, experts)`` (host memory: experts x (E + 1) x P x 4 bytes; for many
+    long trajectories call ``load_trajectories(directory, max_epoch=...)`` yourself instead).
+
+  Raises:
+    ValueError: bad data, or an expert directory written with another protocol, model, data or key.
+  """
+  from jaxdistill.checkpoint import Checkpointer  # orbax is heavy; import when used
+  images, labels, name = _as_arrays(data)
+  dataset_name = dataset_name or name
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels)
+  if images.ndim != 4:
+    raise ValueError(f"Training images must be [N, H, W, C]; got shape {images.shape}.")
+  if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"Training labels must be int [N={images.shape[0]}]; got {labels.dtype} "
+                     f"{labels.shape}.")
+  if cfg.epochs < 1:
+    raise ValueError(f"cfg.epochs must be >= 1; got {cfg.epochs}.")
+  experts = list(range(num_experts)) if experts is None else list(experts)
+  os.makedirs(directory, exist_ok=True)
+  x, y = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+  epoch_fn = make_epoch_fn(model, cfg, dataset_name)
+  tx = _optimizer(cfg)
+  predict = jax.jit(lambda v, xs: evaluate.predict(model, v, xs, cfg.eval_batch_size))
+
+  def correct_of(variables):
+    return np.asarray(predict(variables, x) == y) if cfg.record_correct else None
+
+  def item(variables, opt_state, correct, loss):
+    """One saved epoch: everything needed to resume, plus the epoch's correctness and mean loss."""
+    out = {"variables": variables, "opt_state": opt_state, "loss": loss}
+    if cfg.record_correct:
+      out["correct"] = correct
+    return out
+
+  for i in experts:
+    ekey = jax.random.fold_in(key, i)
+    init_key, data_key = jax.random.split(ekey)
+    path = os.path.join(directory, EXPERT_DIR.format(i))
+    ckpt = Checkpointer(path, _expert_config(cfg, model, key, images, dataset_name), save_every=1,
+                        keep=None)
+    try:
+      variables = evaluate.init_variables(init_key, model, images.shape[1:])
+      opt_state = tx.init(variables["params"])
+      like = item(variables, opt_state, np.zeros(images.shape[0], bool), np.float32(0))
+      last = ckpt.latest_step()
+      if last is None:
+        ckpt.save(0, item(variables, opt_state, correct_of(variables), np.float32(np.nan)), force=True)
+        last = 0
+      elif last < cfg.epochs:
+        state = ckpt.restore(like, last)
+        variables, opt_state = state["variables"], state["opt_state"]
+      for e in range(last + 1, cfg.epochs + 1):
+        variables, opt_state, loss = epoch_fn(variables, opt_state, x, y,
+                                              jax.random.fold_in(data_key, e))
+        correct = correct_of(variables)
+        ckpt.save(e, item(variables, opt_state, correct, np.float32(loss)), force=True)
+        if progress:
+          acc = f", train acc (eval mode) {correct.mean():.4f}" if correct is not None else ""
+          print(f"expert {i} epoch {e}/{cfg.epochs}: loss {float(loss):.4f}{acc}", flush=True)
+      if cfg.record_correct:
+        _write_scores(path, ckpt, like)
+    finally:
+      ckpt.close()
+  return load_trajectories(directory, experts)
+
+
+def _write_scores(path: str, ckpt, like) -> None:
+  steps = sorted(s for s in ckpt.all_steps() if s > 0)
+  history = np.stack([np.asarray(ckpt.restore(like, s)["correct"]) for s in steps])
+  for fname, arr in zip(SCORE_FILES, (history, forgetting_counts(history),
+                                      first_learned_epoch(history))):
+    tmp = os.path.join(path, fname + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, os.path.join(path, fname))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trajectories:
+  """Expert trajectories as flat parameter vectors.
+
+  Attributes:
+    params: ``[num_experts, E + 1, P]`` float32 (host memory), ``params[i, e]`` = expert ``i`` after
+      epoch ``e`` (0 = initialization), flattened with ``jax.flatten_util.ravel_pytree``.
+    unravel: flat ``[P]`` -> the ``params`` pytree of the model.
+    experts: the expert indices (directory names) of the rows.
+    directory: where they were loaded from (None when built in memory).
+  """
+  params: np.ndarray
+  unravel: Callable
+  experts: tuple = ()
+  directory: Optional[str] = None
+
+  @property
+  def num_experts(self) -> int:
+    return int(self.params.shape[0])
+
+  @property
+  def num_epochs(self) -> int:
+    """E: training epochs saved (``E + 1`` entries with the initialization)."""
+    return int(self.params.shape[1]) - 1
+
+  @property
+  def num_params(self) -> int:
+    return int(self.params.shape[2])
+
+  def params_at(self, expert: int, epoch: int):
+    """The parameter pytree of row ``expert`` after ``epoch``."""
+    return self.unravel(jnp.asarray(self.params[expert, epoch]))
+
+  def check_epochs(self, max_start_epoch: int, expert_epochs: int) -> None:
+    """Raises unless start epochs ``[0, max_start_epoch)`` plus ``expert_epochs`` fit the trajectories."""
+    check_epochs(self.num_epochs, max_start_epoch, expert_epochs, self.directory)
+
+  def __repr__(self) -> str:
+    return (f"Trajectories(num_experts={self.num_experts}, epochs={self.num_epochs}, "
+            f"params={self.num_params}, directory={self.directory!r})")
+
+
+def check_epochs(num_epochs: int, max_start_epoch: int, expert_epochs: int,
+                 where: Optional[str] = None) -> None:
+  """Raises a ValueError unless trajectories with ``num_epochs`` epochs cover every segment.
+
+  Start epochs are drawn from ``[min_start_epoch, max_start_epoch)`` (the reference's
+  ``randint(0, max_start_epoch)``) and the target is ``expert_epochs`` later, so epochs up to
+  ``max_start_epoch - 1 + expert_epochs`` are needed.
+  """
+  if max_start_epoch < 1 or expert_epochs < 1:
+    raise ValueError(f"max_start_epoch ({max_start_epoch}) and expert_epochs ({expert_epochs}) must be "
+                     ">= 1.")
+  need = max_start_epoch - 1 + expert_epochs
+  if num_epochs < need:
+    src = f" in {where}" if where else ""
+    raise ValueError(
+        f"The expert trajectories{src} have {num_epochs} epoch(s), too few for max_start_epoch="
+        f"{max_start_epoch} and expert_epochs={expert_epochs}: start epochs up to "
+        f"{max_start_epoch - 1} with targets {expert_epochs} epochs later need {need} epochs. Train the "
+        f"experts longer (experts.train with cfg.epochs >= {need}) or lower max_start_epoch.")
+
+
+def _manager(path: str):
+  import orbax.checkpoint as ocp  # heavy; import when used
+  return ocp.CheckpointManager(os.path.abspath(path),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def expert_indices(directory: str) -> list:
+  """Sorted indices ``i`` of the ``expert_{i}`` directories under ``directory``."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No expert directory at {directory!r}; train experts with "
+                            f"jaxdistill.experts.train first.")
+  found = sorted(int(m.group(1)) for m in map(_EXPERT_RE.match, os.listdir(directory)) if m)
+  if not found:
+    raise FileNotFoundError(f"{directory!r} holds no expert_{{i}} directories; train experts with "
+                            f"jaxdistill.experts.train first.")
+  return found
+
+
+def _saved_epochs(path: str, mngr) -> list:
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"No saved epochs in {path}.")
+  if steps != list(range(len(steps))):
+    missing = sorted(set(range(steps[-1] + 1)) - set(steps))
+    raise ValueError(f"{path} lacks epoch(s) {missing}; its trajectory is incomplete.")
+  return steps
+
+
+def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
+  """The saved ``params`` of expert ``i`` stacked over epochs: a pytree with leaves ``[E + 1, ...]``.
+
+  Args:
+    directory: the directory given to ``train``.
+    i: expert index (``directory/expert_{i}``).
+    max_epoch: load epochs ``0..max_epoch`` only (default: all saved).
+
+  Raises:
+    FileNotFoundError: no such expert or no saved epoch. ValueError: fewer than ``max_epoch`` epochs.
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.join(directory, EXPERT_DIR.format(i))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"No expert {i} in {directory!r} (expected {path}).")
+  mngr = _manager(path)
+  try:
+    steps = _saved_epochs(path, mngr)
+    if max_epoch is not None:
+      if max_epoch > steps[-1]:
+        raise ValueError(f"Expert {i} in {directory!r} has {steps[-1]} epoch(s); asked for "
+                         f"{max_epoch}.")
+      steps = steps[:max_epoch + 1]
+    per_epoch = [mngr.restore(s, args=ocp.args.StandardRestore())["variables"]["params"]
+                 for s in steps]
+  finally:
+    mngr.close()
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x, np.float32) for x in xs]), *per_epoch)
+
+
+def load_trajectories(directory: str, experts: Optional[Sequence[int]] = None,
+                      max_epoch: Optional[int] = None) -> Trajectories:
+  """Every (or the given) expert's trajectory, flattened and stacked into ``Trajectories``.
+
+  Args:
+    directory: the directory given to ``train``.
+    experts: which expert indices (default: all ``expert_{i}`` found).
+    max_epoch: load epochs ``0..max_epoch`` only; default: the fewest any expert has (so experts of
+      different lengths stack). For MTT, ``max_start_epoch - 1 + expert_epochs`` is enough.
+
+  Returns:
+    ``Trajectories`` with ``params`` ``[num_experts, max_epoch + 1, P]``.
+
+  Raises:
+    FileNotFoundError: missing directory or expert. ValueError: an expert with fewer epochs than
+    ``max_epoch``, or experts of different models.
+  """
+  experts = expert_indices(directory) if experts is None else list(experts)
+  if max_epoch is None:
+    lengths = []
+    for i in experts:
+      path = os.path.join(directory, EXPERT_DIR.format(i))
+      if not os.path.isdir(path):
+        raise FileNotFoundError(f"No expert {i} in {directory!r} (expected {path}).")
+      mngr = _manager(path)
+      try:
+        lengths.append(_saved_epochs(path, mngr)[-1])
+      finally:
+        mngr.close()
+    max_epoch = min(lengths)
+  rows, unravel = [], None
+  for i in experts:
+    traj = load_trajectory(directory, i, max_epoch)
+    flat = jax.vmap(lambda t: ravel_pytree(t)[0])(jax.tree.map(jnp.asarray, traj))
+    if unravel is None:
+      unravel = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a[0]), traj))[1]
+    elif rows and flat.shape[1] != rows[0].shape[1]:
+      raise ValueError(f"Expert {i} has {flat.shape[1]} parameters, expert {experts[0]} has "
+                       f"{rows[0].shape[1]}: the directory mixes models.")
+    rows.append(np.asarray(flat))
+  return Trajectories(np.stack(rows), unravel, tuple(experts), os.path.abspath(directory))
+
+
+def from_params(trajectories: Sequence[Sequence[Any]]) -> Trajectories:
+  """``Trajectories`` from in-memory parameter pytrees: ``trajectories[i][e]`` = expert ``i``, epoch ``e``."""
+  if not trajectories or not trajectories[0]:
+    raise ValueError("from_params needs at least one expert with at least one epoch.")
+  unravel = ravel_pytree(trajectories[0][0])[1]
+  rows = [np.stack([np.asarray(ravel_pytree(p)[0], np.float32) for p in t]) for t in trajectories]
+  if len({r.shape for r in rows}) != 1:
+    raise ValueError(f"Experts differ in epochs or parameters: {[r.shape for r in rows]}.")
+  return Trajectories(np.stack(rows), unravel, tuple(range(len(rows))), None)
+
+
+def load_expert_scores(directory: str, i: int) -> dict:
+  """``{"correct": [E, N] bool, "forgetting": [N], "first_learned": [N]}`` of expert ``i``."""
+  path = os.path.join(directory, EXPERT_DIR.format(i))
+  out = {}
+  for fname in SCORE_FILES:
+    f = os.path.join(path, fname)
+    if not os.path.exists(f):
+      raise FileNotFoundError(f"No {fname} for expert {i} in {directory!r}: train it with "
+                              f"record_correct=True to the end.")
+    out[fname[:-4]] = np.load(f)
+  return out
