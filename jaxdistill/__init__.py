@@ -12,6 +12,8 @@ from jaxdistill import distill
 from jaxdistill import experts
 from jaxdistill import logs
 from jaxdistill import metrics
+from jaxdistill import kernels
+from jaxdistill import parameterization
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 __version__ = "0.1.0"

@@ -6,3 +6,6 @@ from jaxdistill.objectives.gradient import (gradient_distance, gradient_matching
 from jaxdistill.objectives.nets import NetFns, flax_net
 from jaxdistill.objectives.trajectory import (soft_labels_from_experts, trajectory_matching,
                                               trajectory_sampler)
+from jaxdistill.objectives.kernel import (FRePoState, frepo, kip, kip_labels, krr_test_accuracy,
+                                          label_margin)
+from jaxdistill.objectives.unrolled import dataset_distillation
