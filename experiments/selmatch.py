@@ -81,7 +81,8 @@ def main(_):
            provenance(c)]
 
   # Experts and difficulty.
-  ecfg = jd.experts.ExpertConfig(epochs=c.experts.epochs, lr=c.experts.lr)
+  ecfg = jd.experts.ExpertConfig(epochs=c.experts.epochs, lr=c.experts.lr,
+                                 batch_size=c.experts.batch_size)
   expert_dir = os.path.join(root, "experts")
   traj = jd.experts.train(expert_key, data, model, expert_dir, c.experts.num, ecfg, progress=False)
   scores = difficulty_scores(expert_dir, traj.experts, traj.num_epochs)

@@ -214,14 +214,17 @@ def window_search(key: jax.Array, scores, data: Dataset, ipc: int,
   order = difficulty_order(scores, data.y_train, data.num_classes, higher_is_harder)
   images = np.asarray(data.x_train)
   labels = np.asarray(data.y_train)
-  results, skipped = {}, []
+  results, skipped, seen = {}, [], {}
   for beta in betas:
     if any(window_start(beta, ipc, i.size, unit) + ipc > i.size for i in order):
       skipped.append(beta)
       continue
     idx = np.concatenate(_window_per_class(order, ipc, beta, unit))
-    syn = SyntheticSet(jnp.asarray(images[idx], jnp.float32), jnp.asarray(labels[idx], jnp.int32))
-    results[beta] = evaluate_fn(key, syn)
+    # Betas that round to the same start give the same window (e.g. 0.0 and 0.1 at ipc 5): train once.
+    if idx.tobytes() not in seen:
+      syn = SyntheticSet(jnp.asarray(images[idx], jnp.float32), jnp.asarray(labels[idx], jnp.int32))
+      seen[idx.tobytes()] = evaluate_fn(key, syn)
+    results[beta] = seen[idx.tobytes()]
   if skipped:
     warnings.warn(f"window_search skipped beta(s) {skipped}: with ipc={ipc} and unit {unit!r} their window "
                   f"runs past the end of a class (smallest class: {min(i.size for i in order)} images).",

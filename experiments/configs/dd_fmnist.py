@@ -1,0 +1,24 @@
+"""The original DD (unrolled SGD with learned step sizes) on real Fashion-MNIST, IPC 10.
+
+Command:
+  .venv/bin/python -m experiments.distill --config experiments/configs/dd_fmnist.py [--config.ipc=1 --config.dd_unroll_steps=1 --config.dd_epochs=10]
+
+From a fresh ConvNet (width 32) each iteration: 10 unrolled SGD steps, step s on the s-th image of every
+class, 1 epoch (DD: 10 steps x 3 epochs), one learnable step size per step (init 0.02, DD), then
+cross-entropy on a real batch of 640; images and log step sizes by Adam (lr 0.01 and 0.001; DD: Adam
+0.01, betas 0.5/0.999). 150 iterations. Evaluated with the standard protocol (not DD's own fixed-step
+training). Run time on the 2-core CPU: ~8 minutes.
+"""
+from experiments.configs.common import base
+
+
+def get_config():
+  c = base("dd", ipc=10)
+  c.steps = 150
+  c.optimizer = "adam"
+  c.optimizer_kwargs = {"learning_rate": 0.01, "b1": 0.5}
+  c.lr_optimizer_kwargs = {"learning_rate": 0.001, "b1": 0.5}
+  c.dd_unroll_steps = 10
+  c.dd_epochs = 1
+  c.dd_lr_init = 0.02
+  return c
