@@ -160,7 +160,9 @@ def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> Di
   _check_syn(syn)
   partial.check_mask(None if d.mask is None else np.asarray(d.mask), syn.images.shape[0])
   obj_key, run_key = jax.random.split(key)
-  syn = jax.tree.map(jnp.array, syn)  # a copy: the step donates the state's buffers
+  # A copy (the step donates the state's buffers) with strong dtypes: a weakly typed leaf such as
+  # log_lr=jnp.log(0.01) would otherwise change type after the first update and recompile the step.
+  syn = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), syn)
   params = learnable(syn, d.learn_labels, d.learn_lr)
   state = DistillState(jnp.zeros((), jnp.int32), syn, d.tx.init(params),
                        d.objective.init(obj_key, _training_view(syn, d)), run_key)

@@ -15,17 +15,14 @@ import pytest
 from jaxdistill import distill, models, objectives, parameterization
 from jaxdistill.objectives import unrolled
 from jaxdistill.types import SyntheticSet
+import toys
 
 K, IPC, HW, B = 3, 2, 8, 12
 N = K * IPC
 STEPS, EPOCHS = 2, 2
 
 
-def toy_data(seed=0, n_per=12):
-  rng = np.random.default_rng(seed)
-  y = np.repeat(np.arange(K), n_per).astype(np.int32)
-  x = (rng.normal(size=(y.size, HW, HW, 1)) + y[:, None, None, None]).astype(np.float32)
-  return x, y
+toy_data = toys.toy_data  # K = 3 classes, 8x8
 
 
 def toy_syn(seed=1, soft=True, n=N):
@@ -221,15 +218,7 @@ def test_idc_bad_input():
     parameterization.idc_decode(2)(syn._replace(labels=jnp.zeros((3,), jnp.int32)))
 
 
-class TinyConv(nn.Module):
-  num_classes: int = K
-
-  @nn.compact
-  def __call__(self, x, train=True, return_features=False):
-    h = nn.relu(nn.Conv(4, (3, 3))(x))
-    f = h.reshape(h.shape[0], -1)
-    logits = nn.Dense(self.num_classes)(f)
-    return (logits, f) if return_features else logits
+TinyConv = toys.TinyConv  # K = 3 classes, width 4
 
 
 def test_idc_with_partial_update_mask_in_the_loop(key):

@@ -13,26 +13,15 @@ import pytest
 
 from jaxdistill import distill, objectives
 from jaxdistill.types import SyntheticSet
+import toys
 
 K, IPC, P, HW = 3, 2, 4, 8
 
 
-class TinyConv(nn.Module):
-  num_classes: int = K
-
-  @nn.compact
-  def __call__(self, x, train=True, return_features=False):
-    h = nn.relu(nn.Conv(4, (3, 3))(x))
-    f = h.reshape(h.shape[0], -1)
-    logits = nn.Dense(self.num_classes)(f)
-    return (logits, f) if return_features else logits
+TinyConv = toys.TinyConv  # K = 3 classes, width 4
 
 
-def toy_data(seed=0, n_per=12):
-  rng = np.random.default_rng(seed)
-  y = np.repeat(np.arange(K), n_per).astype(np.int32)
-  x = (rng.normal(size=(y.size, HW, HW, 1)) + y[:, None, None, None]).astype(np.float32)
-  return x, y
+toy_data = toys.toy_data  # K = 3 classes, 8x8
 
 
 def toy_syn(seed=1):
@@ -106,6 +95,16 @@ def test_step_compiles_once(key):
   state = distill.init_state(key, toy_syn(), d)
   step, sample = distill.make_step(d), distill.make_sample(d)
   for _ in range(4):
+    state, _ = step(state, sample(state))
+  assert step._cache_size() == 1
+
+
+def test_weakly_typed_log_lr_does_not_recompile(key):
+  # jnp.log(0.01) is weakly typed; the updated value is not: init_state must make it strong.
+  d = make("dm")._replace(learn_lr=True, tx=distill.optimizer(optax.sgd(0.1), log_lr=optax.sgd(0.1)))
+  state = distill.init_state(key, toy_syn()._replace(log_lr=jnp.log(0.01)), d)
+  step, sample = distill.make_step(d), distill.make_sample(d)
+  for _ in range(3):
     state, _ = step(state, sample(state))
   assert step._cache_size() == 1
 

@@ -6,26 +6,17 @@ import numpy as np
 import pytest
 
 from jaxdistill import experts, objectives
+import toys
 
 K, HW = 3, 8
 
 
-class TinyConv(nn.Module):
-  num_classes: int = K
-
-  @nn.compact
-  def __call__(self, x, train=True, return_features=False):
-    h = nn.relu(nn.Conv(3, (3, 3))(x))
-    f = h.reshape(h.shape[0], -1)
-    logits = nn.Dense(self.num_classes)(f)
-    return (logits, f) if return_features else logits
+def TinyConv():
+  return toys.TinyConv(num_classes=K, width=3)
 
 
 def toy_data(n_per=7, seed=0):
-  rng = np.random.default_rng(seed)
-  y = np.repeat(np.arange(K), n_per).astype(np.int32)
-  x = (rng.normal(size=(y.size, HW, HW, 1)) + y[:, None, None, None]).astype(np.float32)
-  return x, y
+  return toys.toy_data(seed, n_per, K, HW)
 
 
 CFG = experts.ExpertConfig(epochs=3, batch_size=8, lr=0.05, momentum=0.5, weight_decay=5e-4,

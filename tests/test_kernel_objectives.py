@@ -8,6 +8,7 @@ import pytest
 
 from jaxdistill import distill, kernels, objectives
 from jaxdistill.types import SyntheticSet
+import toys
 
 K, IPC, HW, B = 3, 2, 6, 12
 N = K * IPC
@@ -23,11 +24,7 @@ class TinyNet(nn.Module):
     return (logits, f) if return_features else logits
 
 
-def toy_data(seed=0, n_per=12):
-  rng = np.random.default_rng(seed)
-  y = np.repeat(np.arange(K), n_per).astype(np.int32)
-  x = (rng.normal(size=(y.size, HW, HW, 1)) + y[:, None, None, None]).astype(np.float32)
-  return x, y
+toy_data = toys.toy_data  # K = 3 classes, 8x8
 
 
 def toy_syn(seed=1, soft=True):
