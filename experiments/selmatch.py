@@ -11,8 +11,9 @@ Steps (every number in the results file comes from this one command):
    test-image difficulty = mean EL2N of the final experts (for the easy / hard test accuracies);
 3. per subset ratio (IPC = ratio * per_class):
    - random real images;
-   - window search: the window of IPC images per class starting ``int(beta * IPC)`` places from the
-     hardest (the reference code's unit), beta in 0, 0.1, ..., 0.9, each evaluated by training networks
+   - window search: the window of IPC images per class starting ``int(beta * IPC)`` (the reference
+     code's unit) or ``int(beta * class size)`` (the paper's, ``search.unit``) places from the hardest,
+     beta in 0, 0.1, ..., 0.9, each evaluated by training networks
      on it (cheaper search protocol, stated); the best beta;
    - MTT from random real images, every row distilled;
    - SelMatch: the best window as initialization, the harder ``1 - alpha`` of each class frozen, MTT on the
@@ -135,7 +136,8 @@ def main(_):
 
     search_cfg = jd.evaluate.EvalConfig(epochs=c.search.eval_epochs, augment="dsa")
     best_beta, results = jd.selection.window_search(
-        search_key, scores, data, ipc, betas=tuple(c.search.betas), model=c.eval_model,
+        search_key, scores, data, ipc, betas=tuple(c.search.betas), unit=c.search.unit,
+        model=c.eval_model,
         model_kwargs=dict(c.eval_model_kwargs), num_seeds=c.search.num_seeds, cfg=search_cfg)
     search_lines.append(f"| {tag} | " + " | ".join(
         f"{100 * results[b].mean:.1f}" if b in results else "-" for b in c.search.betas)
@@ -143,7 +145,7 @@ def main(_):
     print(f"[{tag}] window search: best beta {best_beta} "
           f"{ {b: round(100 * v.mean, 1) for b, v in results.items()} }", flush=True)
     win = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, ipc,
-                                   best_beta)
+                                   best_beta, unit=c.search.unit)
     r = ev(win)
     rows.append(f"| {tag} | best window (beta {best_beta:g}) | {cell(r)} | {cov(win)} |")
 
@@ -177,7 +179,9 @@ def main(_):
             f"test images split at the median expert EL2N. Coverage: of the {len(data.y_train)} "
             f"training-subset images, in expert 0's feature space, halves by training difficulty.",
             "", *rows, "", f"Window search ({c.search.eval_epochs} epochs DSA, {c.search.num_seeds} "
-            f"seeds; test accuracy % by beta, code unit: start = int(beta * IPC)):", "",
+            f"seeds; test accuracy % by beta; unit {c.search.unit!r}: the window starts "
+            f"{'int(beta * IPC)' if c.search.unit == 'code' else 'int(beta * class size)'} places from "
+            f"the hardest image of each class):", "",
             "| ratio (IPC) | " + " | ".join(f"{b:g}" for b in c.search.betas) + " | best |",
             "|---|" + "---|" * (len(c.search.betas) + 1), *search_lines, "",
             f"Total run time: {time.time() - t_start:.0f} s.", ""]
