@@ -24,7 +24,8 @@ class TinyNet(nn.Module):
     return (logits, f) if return_features else logits
 
 
-toy_data = toys.toy_data  # K = 3 classes, 8x8
+def toy_data(seed=0, n_per=12):
+  return toys.toy_data(seed, n_per, K, HW)  # K = 3 classes, HW x HW
 
 
 def toy_syn(seed=1, soft=True):
