@@ -9,6 +9,8 @@ distillation's own initialization) under the same protocol, writes the image gri
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 
@@ -88,6 +90,30 @@ def build(c, model, data, key):
   raise ValueError(f"Unknown method {c.method!r}; known: {', '.join(METHODS)}.")
 
 
+def _baseline_id(c) -> str:
+  """Everything the random-real baseline's accuracy depends on (its images come from the seed)."""
+  parts = (c.dataset, c.ipc, c.seed, c.eval_model, sorted(dict(c.eval_model_kwargs).items()),
+           c.eval_epochs, c.eval_augment, c.num_seeds)
+  return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _cached(directory: str, ident: str, fn):
+  """``fn()`` (an ``EvalResult``), stored as JSON under ``directory/ident.json`` and reused: the
+  evaluation is deterministic for a key, so every method run of one config shares its baseline."""
+  path = os.path.join(directory, f"{ident}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      d = json.load(f)
+    return jd.types.EvalResult(**{k: np.asarray(v) if isinstance(v, list) else v
+                                  for k, v in d.items()})
+  res = fn()
+  os.makedirs(directory, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump({k: np.asarray(v).tolist() for k, v in res._asdict().items()}, f)
+  os.replace(path + ".tmp", path)
+  return res
+
+
 def main(_):
   quiet_logs()
   c = _CONFIG.value
@@ -126,7 +152,8 @@ def main(_):
   t1 = time.time()
   # Learned soft labels (KIP, FRePo) are regression targets: train the finite networks with MSE.
   syn_cfg = cfg._replace(loss="mse") if syn.labels.ndim == 2 and c.method in ("kip", "frepo") else cfg
-  acc_syn, acc_real = ev(syn, syn_cfg), ev(syn0)
+  acc_syn = ev(syn, syn_cfg)
+  acc_real = _cached(os.path.join(c.workdir, "baselines"), _baseline_id(c), lambda: ev(syn0))
   krr = krr0 = None
   if kernel is not None:
     krr, krr0 = (jd.objectives.krr_test_accuracy(kernel, s, data.x_test, data.y_test, reg=c.kip_reg,

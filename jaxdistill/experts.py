@@ -457,7 +457,8 @@ def check_epochs(num_epochs: int, max_start_epoch: int, expert_epochs: int,
 def _manager(path: str):
   import orbax.checkpoint as ocp  # heavy; import when used
   return ocp.CheckpointManager(os.path.abspath(path),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+                               options=ocp.CheckpointManagerOptions(
+                                   read_only=True, save_interval_steps=0, create=False))
 
 
 def expert_indices(directory: str) -> list:
