@@ -173,6 +173,7 @@ def main(_):
     grid_path = os.path.join(os.path.dirname(c.results), f"{name}.png")
     jd.logs.save_grid(grid_path, np.asarray(syn.images), data.mean, data.std,
                       nrow=syn.images.shape[0] // data.num_classes)
+    os.makedirs(os.path.dirname(c.results) or ".", exist_ok=True)
     new = not os.path.exists(c.results)
     with open(c.results, "a") as f:
       if new:
