@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import flax.linen as nn
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +90,24 @@ def test_dd_loss_matches_python_loop_and_gradients_reach_everything(key):
   g_hard = jax.jit(jax.grad(lambda im, lr: obj.loss(hard._replace(images=im, log_lr=lr), batch, key,
                                                    ())[0], argnums=(0, 1)))(hard.images, hard.log_lr)
   assert np.all(np.isfinite(g_hard[0])) and float(g_hard[1]) != 0
+
+
+def test_dd_train_is_the_network_the_loss_scores(key):
+  syn, batch = toy_syn(), real_batch()
+  loss, _ = objectives.dataset_distillation(MLP, K, unroll_steps=STEPS, epochs=EPOCHS).loss(
+      syn, batch, key, ())
+  variables = objectives.dd_train(MLP, syn, key, unroll_steps=STEPS, epochs=EPOCHS)
+  logits = MLP.apply(variables, batch["images"], train=False)
+  np.testing.assert_allclose(float(unrolled._cross_entropy(logits, batch["labels"])), float(loss),
+                             rtol=1e-5)
+  # Untrained (step sizes ~0) it is the fresh network: the learned step sizes are what it uses.
+  still = objectives.dd_train(MLP, syn._replace(log_lr=jnp.full_like(syn.log_lr, -60.0)), key,
+                              STEPS, EPOCHS)
+  fresh = MLP.init(jax.random.split(key)[0], syn.images[:1], train=False)
+  chex.assert_trees_all_close(still, fresh, atol=1e-6)
+  with pytest.raises(ValueError, match=r"Soft labels must be float \[N, 3\]"):
+    objectives.dd_train(MLP, syn._replace(labels=syn.labels[:, :2]), key, STEPS, EPOCHS,
+                        num_classes=K)
 
 
 def test_dd_bad_input(key):

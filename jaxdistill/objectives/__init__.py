@@ -8,4 +8,4 @@ from jaxdistill.objectives.trajectory import (soft_labels_from_experts, trajecto
                                               trajectory_sampler)
 from jaxdistill.objectives.kernel import (FRePoState, frepo, kip, kip_labels, krr_test_accuracy,
                                           label_margin)
-from jaxdistill.objectives.unrolled import dataset_distillation
+from jaxdistill.objectives.unrolled import dataset_distillation, dd_train

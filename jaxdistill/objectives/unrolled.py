@@ -68,6 +68,61 @@ def dd_step_sizes(log_lr: Optional[jax.Array], total_steps: int) -> jax.Array:
   return jnp.exp(log_lr)
 
 
+def _check_labels(syn, num_classes: int) -> None:
+  images, labels = syn.images, syn.labels
+  if labels.ndim == 2 and (labels.shape[1] != num_classes
+                           or not jnp.issubdtype(labels.dtype, jnp.floating)):
+    raise ValueError(f"Soft labels must be float [N, {num_classes}]; got {labels.dtype} "
+                     f"{labels.shape}.")
+  if labels.ndim == 1 and not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"Hard labels must be [N] int class ids; got {labels.dtype}.")
+  if labels.ndim not in (1, 2) or labels.shape[0] != images.shape[0]:
+    raise ValueError(f"Labels must be [N] or [N, K] with N = {images.shape[0]}; got {labels.shape}.")
+
+
+def _unroll(fns, syn, key, unroll_steps: int, epochs: int, per_step_batches: bool, aug,
+            remat: bool):
+  """DD's training: a fresh network from ``key``, ``unroll_steps * epochs`` SGD steps on the synthetic
+  set with the learned step sizes. Returns ``(trained variables, rows of the last step)``."""
+  images, labels = syn.images, syn.labels
+  total = unroll_steps * epochs
+  lrs = dd_step_sizes(syn.log_lr, total)
+  rows = jnp.tile(step_rows(images.shape[0], unroll_steps, per_step_batches), (epochs, 1))
+  net_key, aug_key = jax.random.split(key)
+  variables = fns.init(net_key, images[:1])
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  theta0, unravel = ravel_pytree(variables["params"])
+
+  def step(theta, inp):
+    r, k, lr = inp
+    loss = lambda th: _cross_entropy(fns.apply({**rest, "params": unravel(th)}, aug(k, images[r])),
+                                     labels[r])
+    return theta - lr * jax.grad(loss)(theta), None
+
+  if remat:
+    step = jax.checkpoint(step, prevent_cse=False)
+  theta, _ = jax.lax.scan(step, theta0, (rows, jax.random.split(aug_key, total), lrs))
+  return {**rest, "params": unravel(theta)}, rows[-1]
+
+
+def dd_train(net, syn, key: jax.Array, unroll_steps: int, epochs: int = 1,
+             per_step_batches: bool = True, augment: Optional[Callable] = None,
+             num_classes: Optional[int] = None):
+  """DD's own training procedure, the one its images are distilled for: a fresh network (``key``)
+  trained by the ``unroll_steps * epochs`` SGD steps with the learned step sizes ``exp(syn.log_lr)``.
+  With the same ``key`` it is the network that ``dataset_distillation(...).loss`` scores on the real
+  batch. Returns the trained Flax variables (evaluate with ``jaxdistill.evaluate.predict``)."""
+  if unroll_steps < 1 or epochs < 1:
+    raise ValueError(f"unroll_steps and epochs must be >= 1; got {unroll_steps} and {epochs}.")
+  k = num_classes if num_classes is not None else (
+      syn.labels.shape[1] if syn.labels.ndim == 2 else None)
+  if k is not None:
+    _check_labels(syn, k)
+  variables, _ = _unroll(as_net(net), syn, key, unroll_steps, epochs, per_step_batches,
+                         augment or identity_augment, remat=False)
+  return variables
+
+
 def dataset_distillation(net, num_classes: int, unroll_steps: int, epochs: int = 1,
                          per_step_batches: bool = True, augment: Optional[Callable] = None,
                          remat: bool = True) -> Objective:
@@ -86,51 +141,25 @@ def dataset_distillation(net, num_classes: int, unroll_steps: int, epochs: int =
   ``learn_lr=True``); labels ``[N]`` int or ``[N, K]`` float logits (``learn_labels=True``). The batch:
   ``{"images": [B, ...], "labels": [B]}`` (``distill.random_sampler``), split over devices along B (every
   device unrolls the same network; the final cross-entropy is ``pmean``-ed). Aux: ``syn_loss``, the
-  cross-entropy of the trained network on the synthetic set (its last step's batch).
+  cross-entropy of the trained network on the synthetic set (its last step's batch). ``dd_train``
+  runs the same training on its own (DD's evaluation).
   """
   if unroll_steps < 1 or epochs < 1:
     raise ValueError(f"unroll_steps and epochs must be >= 1; got {unroll_steps} and {epochs}.")
   fns = as_net(net)
   aug = augment or identity_augment
-  total = unroll_steps * epochs
 
   def loss(syn, batch, key, state, axis_name=None):
-    images, labels = syn.images, syn.labels
-    if labels.ndim == 2 and (labels.shape[1] != num_classes
-                             or not jnp.issubdtype(labels.dtype, jnp.floating)):
-      raise ValueError(f"Soft labels must be float [N, {num_classes}]; got {labels.dtype} "
-                       f"{labels.shape}.")
-    if labels.ndim == 1 and not jnp.issubdtype(labels.dtype, jnp.integer):
-      raise ValueError(f"Hard labels must be [N] int class ids; got {labels.dtype}.")
-    if labels.ndim not in (1, 2) or labels.shape[0] != images.shape[0]:
-      raise ValueError(f"Labels must be [N] or [N, K] with N = {images.shape[0]}; got {labels.shape}.")
+    _check_labels(syn, num_classes)
     if "images" not in batch or "labels" not in batch:
       raise ValueError(f"The batch must be {{'images', 'labels'}} (distill.random_sampler); got keys "
                        f"{sorted(batch)}.")
     if batch["labels"].ndim != 1:
       raise ValueError(f"The batch labels must be [B] int; got shape {batch['labels'].shape}.")
-    lrs = dd_step_sizes(syn.log_lr, total)
-    rows = jnp.tile(step_rows(images.shape[0], unroll_steps, per_step_batches), (epochs, 1))
-    net_key, aug_key = jax.random.split(key)
-
-    variables = fns.init(net_key, images[:1])
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    theta0, unravel = ravel_pytree(variables["params"])
-
-    def apply_flat(theta, x):
-      return fns.apply({**rest, "params": unravel(theta)}, x)
-
-    def step(theta, inp):
-      r, k, lr = inp
-      g = jax.grad(lambda th: _cross_entropy(apply_flat(th, aug(k, images[r])), labels[r]))(theta)
-      return theta - lr * g, None
-
-    if remat:
-      step = jax.checkpoint(step, prevent_cse=False)
-    theta, _ = jax.lax.scan(step, theta0, (rows, jax.random.split(aug_key, total), lrs))
-    value = pmean(_cross_entropy(apply_flat(theta, batch["images"]), batch["labels"]), axis_name)
-    last = rows[-1]
-    syn_loss = _cross_entropy(apply_flat(jax.lax.stop_gradient(theta), images[last]), labels[last])
+    variables, last = _unroll(fns, syn, key, unroll_steps, epochs, per_step_batches, aug, remat)
+    value = pmean(_cross_entropy(fns.apply(variables, batch["images"]), batch["labels"]), axis_name)
+    frozen = jax.lax.stop_gradient(variables)
+    syn_loss = _cross_entropy(fns.apply(frozen, syn.images[last]), syn.labels[last])
     return value, {"syn_loss": jax.lax.stop_gradient(syn_loss)}
 
   return Objective(no_state, loss, keep_state, batch_axis=0, name="dd")
