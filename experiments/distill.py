@@ -114,6 +114,21 @@ def _cached(directory: str, ident: str, fn):
   return res
 
 
+def _dd_own_accuracy(c, model, data, syn, key) -> "jd.types.EvalResult":
+  """Test accuracy of ``c.num_seeds`` fresh networks trained by DD's own procedure
+  (``objectives.dd_train``: the unrolled steps with the set's step sizes), as the DD paper evaluates."""
+  x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+
+  @jax.jit
+  def one(k):
+    v = jd.objectives.dd_train(model, syn, k, c.dd_unroll_steps, c.dd_epochs,
+                               num_classes=data.num_classes)
+    return jnp.mean(jd.evaluate.predict(model, v, x_test) == y_test)
+
+  accs = np.array([float(one(jax.random.fold_in(key, i))) for i in range(c.num_seeds)])
+  return jd.types.EvalResult(float(accs.mean()), float(accs.std()), accs)
+
+
 def main(_):
   quiet_logs()
   c = _CONFIG.value
@@ -158,6 +173,10 @@ def main(_):
   if kernel is not None:
     krr, krr0 = (jd.objectives.krr_test_accuracy(kernel, s, data.x_test, data.y_test, reg=c.kip_reg,
                                                  num_classes=data.num_classes) for s in (syn, syn0))
+  dd_own = dd_own0 = None
+  if c.method == "dd":  # DD's own evaluation: fresh networks trained by its unroll, learned step sizes
+    dd_own, dd_own0 = (_dd_own_accuracy(c, model, data, s, eval_key) for s in (
+        syn, syn0._replace(log_lr=jnp.full_like(syn.log_lr, np.log(c.dd_lr_init)))))
   eval_s = time.time() - t1
   sec_per_step = np.median([b["sec"] - a["sec"] for a, b in zip(history, history[1:])]) \
       if len(history) > 1 else float("nan")
@@ -165,6 +184,8 @@ def main(_):
             "Distillation resumed from a finished checkpoint in the workdir (no steps run now)")
   krr_note = (f"; KRR test accuracy {100 * krr:.2f}% (random real {100 * krr0:.2f}%)"
               if krr is not None else "")
+  if dd_own is not None:
+    krr_note += f"; DD's own training {dd_own} (random real {dd_own0})"
   print(f"{name}: distilled {acc_syn} vs random real {acc_real}{krr_note} (IPC {c.ipc}; "
         f"{c.eval_model} trained {cfg.num_epochs()} epochs, {c.num_seeds} seeds). "
         f"{timing}, evaluation {eval_s:.0f} s.")
@@ -187,6 +208,11 @@ def main(_):
               + (f"| {c.method.upper()} distilled, KRR predictor on the test set | {100 * krr:.2f} |\n"
                  f"| random real, KRR predictor on the test set | {100 * krr0:.2f} |\n"
                  if krr is not None else "")
+              + (f"| {c.method.upper()} distilled, DD's own training (its {c.dd_unroll_steps} x "
+                 f"{c.dd_epochs} unrolled steps, learned step sizes) | {100 * dd_own.mean:.2f} ± "
+                 f"{100 * dd_own.std:.2f} |\n| random real, DD's own training (initial step size "
+                 f"{c.dd_lr_init:g}) | {100 * dd_own0.mean:.2f} ± {100 * dd_own0.std:.2f} |\n"
+                 if dd_own is not None else "")
               + f"\nStored images: {syn_init.images.shape[0]}; training images after decoding: "
               f"{syn.images.shape[0]}; finite-network loss {syn_cfg.loss}.\n\n"
               f"{timing}, evaluation {eval_s:.0f} s. Images: `{grid_path}`.\n\n")
