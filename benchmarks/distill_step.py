@@ -59,9 +59,12 @@ def main():
   p.add_argument("--ipc", type=int, default=10)
   p.add_argument("--batch-real", type=int, default=256)
   p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--conv-impl", default=None, help="ConvNet conv_impl: patches (default), shift, lax")
+  p.add_argument("--methods", default="DM,DC", help="comma-separated subset of DM,DC")
   a = p.parse_args()
   data = jd.data.load("fashion_mnist")
-  model = jd.models.get_model("convnet", 10, width=a.width)
+  model = jd.models.get_model("convnet", 10, width=a.width,
+                              **({"conv_impl": a.conv_impl} if a.conv_impl else {}))
   syn = jd.selection.random(jax.random.key(0), data.x_train, data.y_train, 10, a.ipc)
   sampler = jd.distill.class_balanced_sampler(data.x_train, data.y_train, 10, a.batch_real)
   tx = jd.distill.optimizer(optax.sgd(1.0, momentum=0.5))
@@ -69,12 +72,14 @@ def main():
   outer, inner = jd.objectives.loops_for_ipc(a.ipc)
   peak = matmul_flops_per_s()
   print(f"dense matmul: {peak / 1e9:.1f} GFLOP/s; ConvNet width {a.width}, IPC {a.ipc}, "
-        f"{a.batch_real} real images per class, {jax.device_count()} device(s)")
+        f"{a.batch_real} real images per class, {jax.device_count()} device(s), conv_impl {model.conv_impl}")
   print(f"{'method':6s} {'s/step':>8s} {'GFLOP/step':>11s} {'GFLOP/s':>8s} {'of matmul':>9s}")
   for name, obj in [
       ("DM", jd.objectives.distribution_matching(model, 10, augment=dsa)),
       ("DC", jd.objectives.gradient_matching(model, 10, outer, inner)),
   ]:
+    if name not in a.methods.split(","):
+      continue
     sec, flops = bench(name, jd.distill.Distiller(obj, tx, sampler), syn, a.steps)
     print(f"{name:6s} {sec:8.2f} {flops / 1e9:11.1f} {flops / sec / 1e9:8.1f} {flops / sec / peak:9.1%}")
 
