@@ -22,6 +22,7 @@ import optax
 
 from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
+from jaxdistill import partial as partial_lib
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -94,14 +95,7 @@ def _loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kind: str) 
 def _apply_augment(augs: Sequence[AugmentFn], key: jax.Array, x: jax.Array,
                    groups: Optional[jax.Array]) -> jax.Array:
   """Applies ``augs[g]`` to the rows whose group is ``g`` (one function: all rows)."""
-  if len(augs) == 1:
-    return augs[0](key, x)
-  keys = jax.random.split(key, len(augs))
-  out = augs[0](keys[0], x)
-  for g in range(1, len(augs)):
-    sel = (groups == g)[:, None, None, None]
-    out = jnp.where(sel, augs[g](keys[g], x), out)
-  return out
+  return partial_lib.route_augment(tuple(augs), key, x, groups)
 
 
 def init_variables(key: jax.Array, model, image_shape: Sequence[int]):

@@ -104,3 +104,22 @@ def augment_groups(mask) -> np.ndarray:
   if mask.ndim != 1 or mask.dtype != bool:
     raise ValueError(f"mask must be [N] bool (True = distilled); got shape {mask.shape}, dtype {mask.dtype}.")
   return np.where(mask, 0, 1).astype(np.int32)
+
+
+def route_augment(augs, key: jax.Array, x: jax.Array, groups: Optional[jax.Array]) -> jax.Array:
+  """Applies ``augs[g]`` to the rows of ``x`` ``[B, H, W, C]`` whose group (``groups`` ``[B]`` int) is
+  ``g``; one function (or a 1-tuple) applies to every row and needs no groups. Each function gets its
+  own key from ``key``. This is SelMatch's combined augmentation, used in evaluation
+  (``EvalConfig(augment=("dsa", "crop_flip"))``) and, optionally, inside trajectory matching."""
+  if not isinstance(augs, (tuple, list)):
+    return augs(key, x)
+  if len(augs) == 1:
+    return augs[0](key, x)
+  if groups is None:
+    raise ValueError(f"{len(augs)} augmentations need `groups` (one group id per row).")
+  keys = jax.random.split(key, len(augs))
+  out = augs[0](keys[0], x)
+  for g in range(1, len(augs)):
+    sel = (groups == g)[:, None, None, None]
+    out = jnp.where(sel, augs[g](keys[g], x), out)
+  return out

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdistill import distill, experts, objectives
+from jaxdistill import distill, experts, objectives, partial
 from jaxdistill.objectives import trajectory
 from jaxdistill.types import SyntheticSet
 
@@ -238,3 +238,33 @@ def test_two_devices_match_one_device():
   code = MULTI.format(tests=os.path.dirname(__file__))
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert r.returncode == 0 and "MATCH" in r.stdout, r.stderr[-3000:]
+
+
+def test_combined_augmentation_inside_the_unroll_routes_rows_by_group(key):
+  """augment=(a0, a1) with groups: rows of group g get a_g in every unrolled step."""
+  traj, syn = toy_trajectories(), toy_syn()
+  batch = segment_batch(traj)
+  shift = lambda k, x: x + 1.0   # stands for DSA (distilled rows)
+  flip = lambda k, x: -x          # stands for crop+flip (frozen rows)
+  loss = lambda **kw: float(objectives.trajectory_matching(TinyMLP(), K, syn_steps=3, batch_syn=2,
+                                                           **kw).loss(syn, batch, key, ())[0])
+  mask = np.array([True, False] * K)  # one distilled, one frozen row per class
+  groups = partial.augment_groups(mask)
+  # All rows in one group: the same as that augmentation alone.
+  np.testing.assert_allclose(loss(augment=(shift, flip), groups=np.zeros(N, np.int32)),
+                             loss(augment=shift), rtol=1e-6)
+  np.testing.assert_allclose(loss(augment=(shift, flip), groups=np.ones(N, np.int32)),
+                             loss(augment=flip), rtol=1e-6)
+  # Mixed: the same as augmenting the images by hand, row by row, with no augmentation in the unroll.
+  by_hand = syn._replace(images=jnp.where(mask[:, None, None, None], syn.images + 1.0, -syn.images))
+  mixed = loss(augment=(shift, flip), groups=groups)
+  np.testing.assert_allclose(
+      mixed, float(objectives.trajectory_matching(TinyMLP(), K, syn_steps=3, batch_syn=2).loss(
+          by_hand, batch, key, ())[0]), rtol=1e-6)
+  assert mixed != loss(augment=shift) and mixed != loss(augment=flip)
+  with pytest.raises(ValueError, match="pass groups"):
+    objectives.trajectory_matching(TinyMLP(), K, 3, augment=(shift, flip))
+  with pytest.raises(ValueError, match=r"groups must lie in \[0, 2\)"):
+    objectives.trajectory_matching(TinyMLP(), K, 3, augment=(shift, flip), groups=np.full(N, 2))
+  with pytest.raises(ValueError, match="groups has 4 rows but the synthetic set has 6"):
+    loss(augment=(shift, flip), groups=np.zeros(4, np.int32))

@@ -46,6 +46,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
 from jaxdistill.objectives.nets import as_net, identity_augment
+from jaxdistill.partial import route_augment
 
 
 def minibatch_indices(key: jax.Array, n: int, batch_syn: int, syn_steps: int) -> jax.Array:
@@ -125,7 +126,8 @@ def flat_net(net, image_shape: Sequence[int]) -> tuple:
 
 def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: jax.Array,
            lrs: jax.Array, idx: jax.Array, aug_keys: jax.Array,
-           augment: Callable = identity_augment, remat: bool = True) -> jax.Array:
+           augment: Any = identity_augment, remat: bool = True,
+           groups: Optional[jax.Array] = None) -> jax.Array:
   """``len(lrs)`` SGD steps of the student on synthetic minibatches; returns the final ``[P]``.
 
   Args:
@@ -133,13 +135,14 @@ def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: ja
     theta: ``[P]`` starting parameters.
     images: ``[N, H, W, C]``; labels: ``[N]`` int or ``[N, K]`` float logits.
     lrs: ``[S]`` step sizes; idx: ``[S, B]`` rows per step; aug_keys: ``[S]`` keys.
-    augment: ``(key, x) -> x``.
+    augment: ``(key, x) -> x``, or a tuple of them routed by ``groups`` (``partial.route_augment``).
     remat: ``jax.checkpoint`` each step (memory nearly flat in ``S``).
+    groups: ``[N]`` int row groups for a tuple ``augment``.
   """
 
   def step(theta, inp):
     rows, k, lr = inp
-    x = augment(k, images[rows])
+    x = route_augment(augment, k, images[rows], None if groups is None else groups[rows])
     g = jax.grad(lambda th: cross_entropy(apply_flat(th, x), labels[rows]))(theta)
     return theta - lr * g, None
 
@@ -150,7 +153,8 @@ def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: ja
 
 
 def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Optional[int] = None,
-                        augment: Optional[Callable] = None, remat: bool = True) -> Objective:
+                        augment: Optional[Any] = None, remat: bool = True,
+                        groups: Optional[Any] = None) -> Objective:
   """The MTT / DATM objective.
 
   Args:
@@ -161,6 +165,9 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
     augment: ``(key, x) -> x`` per student step, e.g. ``get_augment("dsa", dataset_name=...,
       siamese=False)``; None: no augmentation.
     remat: checkpoint each student step (default on: memory ~flat in ``syn_steps``, same speed).
+    groups: ``[N]`` int row groups when ``augment`` is a tuple, e.g. SelMatch's combined augmentation
+      inside the unroll: ``augment=(dsa, crop_flip)``, ``groups=partial.augment_groups(mask)`` (DSA on
+      the distilled rows, crop+flip on the frozen ones; the reference uses DSA on every row here).
 
   The synthetic set needs ``log_lr`` (scalar, or ``[syn_steps]`` per step); distill with
   ``Distiller(..., learn_lr=True)`` to learn it (reference: SGD lr_lr 1e-5-1e-7, momentum 0.5) and
@@ -176,10 +183,25 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
   if batch_syn is not None and batch_syn < 1:
     raise ValueError(f"batch_syn must be >= 1 (or None for all rows); got {batch_syn}.")
   aug = augment or identity_augment
+  if isinstance(aug, (tuple, list)):
+    aug = tuple(aug)
+    if len(aug) > 1 and groups is None:
+      raise ValueError(f"augment has {len(aug)} functions: pass groups=[N] row groups "
+                       f"(e.g. partial.augment_groups(mask)).")
+  if groups is not None:
+    groups = jnp.asarray(groups, jnp.int32)
+    if groups.ndim != 1:
+      raise ValueError(f"groups must be [N] int; got shape {groups.shape}.")
+    num_augs = len(aug) if isinstance(aug, tuple) else 1
+    if int(groups.min()) < 0 or int(groups.max()) >= num_augs:
+      raise ValueError(f"groups must lie in [0, {num_augs}) for {num_augs} augmentation(s); got "
+                       f"values in [{int(groups.min())}, {int(groups.max())}].")
 
   def loss(syn, batch, key, state, axis_name=None):
     images, labels = syn.images, syn.labels
     n = images.shape[0]
+    if groups is not None and groups.shape[0] != n:
+      raise ValueError(f"groups has {groups.shape[0]} rows but the synthetic set has {n}.")
     bs = n if batch_syn is None else batch_syn
     if bs > n:
       raise ValueError(f"batch_syn={bs} is larger than the synthetic set ({n} rows).")
@@ -205,7 +227,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
       perm_key, aug_key = segment_key(key, offset + j)
       idx = _varying(minibatch_indices(perm_key, n, bs, syn_steps), axis_name)
       theta = unroll(apply_flat, theta0, images, labels, lrs, idx,
-                     jax.random.split(aug_key, syn_steps), aug, remat)
+                     jax.random.split(aug_key, syn_steps), aug, remat, groups)
       dist = jnp.sum(jnp.square(theta0 - theta_target))
       return jnp.sum(jnp.square(theta - theta_target)) / dist, dist
 
