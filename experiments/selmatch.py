@@ -50,12 +50,18 @@ def difficulty_scores(directory: str, experts: tuple, num_epochs: int) -> np.nda
   return np.mean(per, axis=0)
 
 
-def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
-  """MTT (or SelMatch with ``mask``) on ``syn0``; returns the distilled ``SyntheticSet`` and seconds."""
+def mtt_distill(c, key, syn0, mask, model, data, traj, workdir, combined=False):
+  """MTT (or SelMatch with ``mask``) on ``syn0``; returns the distilled ``SyntheticSet`` and seconds.
+  ``combined``: inside the unroll, DSA on the distilled rows and crop+flip on the frozen ones (the
+  reference: DSA on every row)."""
   aug = jd.augment.get_augment("dsa", dataset_name=data.name, siamese=False)
+  groups = None
+  if combined:
+    aug = (aug, jd.augment.get_augment("crop_flip", dataset_name=data.name))
+    groups = jd.partial.augment_groups(mask)
   obj = jd.objectives.trajectory_matching(model, data.num_classes, c.mtt.syn_steps,
                                           batch_syn=c.mtt.batch_syn or None, augment=aug,
-                                          remat=True)
+                                          remat=True, groups=groups)
   sampler = jd.objectives.trajectory_sampler(traj, c.mtt.expert_epochs, c.mtt.max_start_epoch)
   tx = jd.distill.optimizer(optax.sgd(c.mtt.lr_img, momentum=0.5),
                             log_lr=optax.sgd(c.mtt.lr_lr, momentum=0.5))
@@ -166,6 +172,18 @@ def main(_):
     rows.append(f"| {tag} | SelMatch, DSA on every row | {cell(r_dsa)} | (same set) |")
     print(f"[{tag}] SelMatch: combined {r_comb}, DSA {r_dsa}, frozen rows unchanged: {frozen_same} "
           f"({sel_s:.0f} s)", flush=True)
+    if c.get("compare_distill_augment", False):
+      sel_c, selc_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
+                                  os.path.join(root, f"selmatch_ipc{ipc}_combined_distill"),
+                                  combined=True)
+      rc_comb = ev(sel_c, combined_cfg, groups=jd.partial.augment_groups(mask))
+      rc_dsa = ev(sel_c)
+      rows.append(f"| {tag} | SelMatch, combined aug also inside the unroll, combined aug | "
+                  f"{cell(rc_comb)} | {cov(sel_c)} |")
+      rows.append(f"| {tag} | SelMatch, combined aug also inside the unroll, DSA on every row | "
+                  f"{cell(rc_dsa)} | (same set) |")
+      print(f"[{tag}] SelMatch with combined augmentation in distillation: combined {rc_comb}, "
+            f"DSA {rc_dsa} ({selc_s:.0f} s)", flush=True)
     for name, syn in (("mtt", mtt), ("selmatch", sel)):
       jd.logs.save_grid(os.path.join(os.path.dirname(c.out), f"{name}_{data.name}_ipc{ipc}.png"),
                         np.asarray(syn.images), data.mean, data.std, nrow=ipc)

@@ -35,6 +35,9 @@ def get_config():
                                      "lr_teacher": 0.01, "steps": 40})
   c.search = ml_collections.ConfigDict({"betas": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                         "eval_epochs": 200, "num_seeds": 2, "unit": "percent"})
+  # Also distill SelMatch with combined augmentation inside the unroll (DSA on distilled rows,
+  # crop+flip on frozen ones; the reference uses DSA on every row) and report it beside.
+  c.compare_distill_augment = False
   c.eval_model = "convnet"
   c.eval_model_kwargs = ml_collections.ConfigDict({"width": 32, "depth": 3})
   c.eval_epochs = 300
