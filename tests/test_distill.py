@@ -187,3 +187,49 @@ def test_four_devices_match_one_device():
   code = MULTI.format(tests=os.path.dirname(__file__))
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0 and "MATCH" in r.stdout, r.stderr[-3000:]
+
+
+SIGTERM_RUN = textwrap.dedent("""
+  import sys
+  sys.path.insert(0, {tests!r})
+  import jax, test_distill as td
+  from jaxdistill import distill
+  # Far more steps than the test waits for: it is stopped by SIGTERM after its first checkpoints.
+  distill.run(jax.random.key(0), td.toy_syn(), td.make("dm"), 100000, checkpoint_dir={ckpt!r},
+              checkpoint_every=1, keep=2, progress=False)
+""")
+
+
+def test_sigterm_leaves_the_last_checkpoint_loadable_and_resumable(tmp_path, key):
+  """A run killed by SIGTERM mid-training keeps a checkpoint that restores and resumes."""
+  import signal
+  import time
+
+  from jaxdistill.checkpoint import Checkpointer
+  ckpt = str(tmp_path / "ck")
+  proc = subprocess.Popen([sys.executable, "-c", SIGTERM_RUN.format(tests=os.path.dirname(__file__),
+                                                                    ckpt=ckpt)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      steps = [int(n) for n in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if n.isdigit()]
+      if steps and max(steps) >= 3:
+        break
+      time.sleep(0.2)
+    assert proc.poll() is None, f"the run ended before it was signalled: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+  last = Checkpointer(ckpt, None).latest_step()
+  assert last is not None and last >= 3
+  d = make("dm")
+  resumed, hist = distill.run(key, toy_syn(seed=9), d, last + 2, checkpoint_dir=ckpt,
+                              checkpoint_every=1, progress=False)
+  assert [h["step"] for h in hist] == [last + 1, last + 2]
+  # The same steps as an uninterrupted run with the run's key (key(0) in the subprocess).
+  full, _ = distill.run(jax.random.key(0), toy_syn(), d, last + 2, progress=False)
+  np.testing.assert_array_equal(np.asarray(full.syn.images), np.asarray(resumed.syn.images))
