@@ -165,25 +165,22 @@ def main(_):
     sel, sel_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
                              os.path.join(root, f"selmatch_ipc{ipc}"))
     frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask], np.asarray(win.images)[~mask]))
-    r_comb = ev(sel, combined_cfg, groups=jd.partial.augment_groups(mask))
-    r_dsa = ev(sel)
-    rows.append(f"| {tag} | SelMatch (alpha {alpha:g}, beta {best_beta:g}), combined aug | "
-                f"{cell(r_comb)} | {cov(sel)} |")
-    rows.append(f"| {tag} | SelMatch, DSA on every row | {cell(r_dsa)} | (same set) |")
-    print(f"[{tag}] SelMatch: combined {r_comb}, DSA {r_dsa}, frozen rows unchanged: {frozen_same} "
-          f"({sel_s:.0f} s)", flush=True)
+
+    def report(label, syn, secs):
+      """Evaluates a SelMatch set with combined augmentation and with DSA on every row; adds rows."""
+      r_comb = ev(syn, combined_cfg, groups=jd.partial.augment_groups(mask))
+      r_dsa = ev(syn)
+      rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(syn)} |")
+      rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")
+      print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa} ({secs:.0f} s)", flush=True)
+
+    report(f"SelMatch (alpha {alpha:g}, beta {best_beta:g})", sel, sel_s)
+    print(f"[{tag}] SelMatch frozen rows unchanged: {frozen_same}", flush=True)
     if c.get("compare_distill_augment", False):
       sel_c, selc_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
                                   os.path.join(root, f"selmatch_ipc{ipc}_combined_distill"),
                                   combined=True)
-      rc_comb = ev(sel_c, combined_cfg, groups=jd.partial.augment_groups(mask))
-      rc_dsa = ev(sel_c)
-      rows.append(f"| {tag} | SelMatch, combined aug also inside the unroll, combined aug | "
-                  f"{cell(rc_comb)} | {cov(sel_c)} |")
-      rows.append(f"| {tag} | SelMatch, combined aug also inside the unroll, DSA on every row | "
-                  f"{cell(rc_dsa)} | (same set) |")
-      print(f"[{tag}] SelMatch with combined augmentation in distillation: combined {rc_comb}, "
-            f"DSA {rc_dsa} ({selc_s:.0f} s)", flush=True)
+      report("SelMatch, combined aug also inside the unroll", sel_c, selc_s)
     for name, syn in (("mtt", mtt), ("selmatch", sel)):
       jd.logs.save_grid(os.path.join(os.path.dirname(c.out), f"{name}_{data.name}_ipc{ipc}.png"),
                         np.asarray(syn.images), data.mean, data.std, nrow=ipc)

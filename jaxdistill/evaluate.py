@@ -92,12 +92,6 @@ def _loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kind: str) 
   return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _apply_augment(augs: Sequence[AugmentFn], key: jax.Array, x: jax.Array,
-                   groups: Optional[jax.Array]) -> jax.Array:
-  """Applies ``augs[g]`` to the rows whose group is ``g`` (one function: all rows)."""
-  return partial_lib.route_augment(tuple(augs), key, x, groups)
-
-
 def init_variables(key: jax.Array, model, image_shape: Sequence[int]):
   """Initializes a model's variables for ``[1, *image_shape]`` inputs."""
   return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
@@ -160,7 +154,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   def step(carry, inputs):
     params, stats, opt_state = carry
     idx, valid, k = inputs
-    x = _apply_augment(augs, k, images[idx], None if groups is None else groups[idx])
+    x = partial_lib.route_augment(augs, k, images[idx], None if groups is None else groups[idx])
     y = labels[idx]
 
     def loss_fn(p):

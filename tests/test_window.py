@@ -158,7 +158,7 @@ def test_apply_augment_routes_rows_by_group():
   x = jnp.ones((4, 2, 2, 1), jnp.float32)
   groups = jnp.asarray(partial.augment_groups(np.array([True, False, True, False])))
   augs = (lambda k, v: v * 10.0, lambda k, v: v * -1.0)
-  out = np.asarray(evaluate._apply_augment(augs, jax.random.key(0), x, groups))
+  out = np.asarray(partial.route_augment(augs, jax.random.key(0), x, groups))
   np.testing.assert_array_equal(out[:, 0, 0, 0], [10.0, -1.0, 10.0, -1.0])
 
 
@@ -187,7 +187,7 @@ def test_combined_augmentation_frozen_rows_crop_flip_distilled_rows_dsa():
   assert augs[1] is augment.crop_flip
   dsa_not_crop_flip = 0
   for i in range(8):
-    out = np.asarray(evaluate._apply_augment(augs, jax.random.key(i), x, jnp.asarray(groups)))
+    out = np.asarray(partial.route_augment(augs, jax.random.key(i), x, jnp.asarray(groups)))
     xs = np.asarray(x)
     for r in np.flatnonzero(~mask):
       assert _is_crop_flip(out[r], xs[r]), f"frozen row {r} is not a crop+flip of its input (key {i})"
