@@ -35,7 +35,8 @@ def _tx(c, learn_labels=False, learn_lr=False):
   labels = jd.distill.make_optimizer(c.optimizer, **c.get("label_optimizer_kwargs",
                                                           c.optimizer_kwargs)) if learn_labels else None
   log_lr = jd.distill.make_optimizer(c.optimizer, **c.lr_optimizer_kwargs) if learn_lr else None
-  return jd.distill.optimizer(images, labels=labels, log_lr=log_lr)
+  return jd.distill.optimizer(images, labels=labels, log_lr=log_lr,
+                              step_size=c.get("step_size_space", "lr"))
 
 
 def build(c, model, data, key):

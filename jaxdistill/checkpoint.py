@@ -1,13 +1,19 @@
 """Checkpoints through orbax's ``CheckpointManager``: atomic saves, keep the last K, exact resume.
 
-A checkpoint directory also holds ``run_config.json``, the configuration of the run that wrote it; a run
-with another configuration refuses to resume from (or overwrite) it and says what differs.
-Typed PRNG keys are stored as their raw ``key_data`` and wrapped again on restore.
+A checkpoint directory also holds ``run_config.json``, the configuration of the run that wrote it, and
+optionally ``run_identity.json`` (what makes the run this run); a run with another configuration or
+identity refuses to resume from (or overwrite) it and says what differs. Every saved step carries a
+checksum of each array (saved in the same atomic orbax step, item ``checksums``), verified on restore: a corrupt or
+unverifiable latest step is reported by step and array, and the newest verified step is restored
+instead, with a warning. Typed PRNG keys are stored as their raw ``key_data`` and wrapped again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -15,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CONFIG_FILE = "run_config.json"
+IDENTITY_FILE = "run_identity.json"
+_log = logging.getLogger(__name__)
 
 
 def _to_storable(tree):
@@ -44,48 +52,85 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list:
   return out
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint step whose arrays do not match their checksums, or that cannot be read."""
+
+
+def checksums(tree) -> dict:
+  """``{leaf path: blake2b of its bytes, dtype and shape}`` of a pytree of arrays (keys as key data)."""
+  out = {}
+  for path, x in jax.tree_util.tree_leaves_with_path(_to_storable(tree)):
+    a = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.blake2b(a.tobytes(), digest_size=16)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    out[jax.tree_util.keystr(path)] = h.hexdigest()
+  return out
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 class Checkpointer:
   """Saves and restores a pytree of arrays (e.g. ``DistillState``) under ``directory``.
 
   Args:
     directory: where the steps are written (created if missing).
     config: JSON-able description of the run; checked against the directory's ``run_config.json``.
-    save_every: save when ``step % save_every == 0`` (and always when ``force=True``).
-    keep: how many recent checkpoints to keep.
+    save_every: ``save`` writes when ``step % save_every == 0`` (and always when ``force=True``); >= 1.
+    keep: how many recent checkpoints to keep; >= 1 (the newest is never deleted); None: all.
+    identity: JSON-able identity of the run (``distill.run_identity``), checked like ``config``.
   """
 
   def __init__(self, directory: str, config: Optional[dict] = None, save_every: int = 100,
-               keep: int = 3):
+               keep: int = 3, identity: Optional[dict] = None):
+    for name, v in (("save_every", save_every), ("keep", keep)):
+      if name == "keep" and v is None:  # keep everything
+        continue
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {v!r}"
+                         + (" (keep=0 would delete every checkpoint)." if name == "keep" else "."))
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
-    self._check_config(config)
+    self._check_json(CONFIG_FILE, config or {}, "configuration", first=True)
+    if identity is not None:
+      self._check_json(IDENTITY_FILE, identity, "run identity (key, objective, shapes, optimizer, data)")
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                              enable_async_checkpointing=False))
 
-  def _check_config(self, config) -> None:
-    path = os.path.join(self.directory, CONFIG_FILE)
-    config = _jsonable(config or {})
+  def _check_json(self, name: str, value, what: str, first: bool = False) -> None:
+    path = os.path.join(self.directory, name)
+    value = _jsonable(value)
     if os.path.exists(path):
       try:
         with open(path) as f:
           old = json.load(f)
       except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is unreadable ({e}); not resuming into {self.directory}.") from e
-      diff = _diff(old, config)
+      diff = _diff(old, value) if isinstance(old, dict) and isinstance(value, dict) else (
+          [] if old == value else [f"checkpoint has {old!r}, this run has {value!r}"])
       if diff:
         raise ValueError(f"The checkpoint directory {self.directory} was written by another "
-                         f"configuration; refusing to resume or overwrite it. Differences:\n  "
+                         f"{what}; refusing to resume or overwrite it. Differences:\n  "
                          + "\n  ".join(diff) + "\nUse another directory or delete this one.")
-    elif any(os.scandir(self.directory)):
+      return
+    if first and any(os.scandir(self.directory)):
       raise ValueError(f"{self.directory} is not empty and has no {CONFIG_FILE}; refusing to write "
                        f"checkpoints into it.")
-    else:
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-      os.replace(tmp, path)
+    if not first and self._has_steps():
+      # A directory written before identities were stored: adopt this run's identity.
+      _log.warning("%s has checkpoints but no %s; recording this run's.", self.directory, name)
+    _write_json(path, value)
+
+  def _has_steps(self) -> bool:
+    return any(e.name.isdigit() for e in os.scandir(self.directory))
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -93,28 +138,88 @@ class Checkpointer:
   def all_steps(self) -> list:
     return list(self._mngr.all_steps())
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(int(step)))
+
   def save(self, step: int, tree, force: bool = False) -> bool:
-    """Saves ``tree`` at ``step`` if due (or ``force``); returns whether it saved."""
+    """Saves ``tree`` at ``step`` if due (or ``force``), with its checksums; returns whether it saved."""
     if not force and not self._mngr.should_save(int(step)):
       return False
-    saved = self._mngr.save(int(step), args=ocp.args.StandardSave(_to_storable(tree)), force=force)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(tree)),
+                              checksums=ocp.args.JsonSave(checksums(tree)))
+    saved = self._mngr.save(int(step), args=args, force=force)
     self._mngr.wait_until_finished()
     return bool(saved)
 
-  def restore(self, like, step: Optional[int] = None):
-    """Restores the checkpoint at ``step`` (default: latest) into the structure of ``like``."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+  def verify(self, step: int, tree, expected: dict) -> None:
+    """Raises ``CorruptCheckpointError`` unless ``tree`` (restored from ``step``) matches the
+    ``expected`` checksums saved with it."""
+    got = checksums(tree)
+    bad = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+    if bad:
+      raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} is corrupt: "
+                                   f"array(s) {', '.join(bad)} do not match the checksums written "
+                                   f"with it.")
+
+  def restore(self, like, step: Optional[int] = None, fallback: bool = True):
+    """Restores and verifies the checkpoint at ``step`` (default: the newest) into the structure of
+    ``like``.
+
+    With ``step=None`` and ``fallback=True``, a newest step that is corrupt, unreadable or unverifiable
+    is reported (a warning naming the step and the array or file) and the next older step is tried,
+    down to the oldest; ``CorruptCheckpointError`` when none verifies. An explicit ``step`` is
+    restored or refused, never replaced.
+    """
+    steps = sorted(self.all_steps(), reverse=True) if step is None else [int(step)]
+    if not steps:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    errors = []
+    for s in steps:
+      try:
+        tree = self._restore_verified(like, s)
+        if errors:
+          self._quarantine([t for t in steps if t > s])
+        return tree
+      except CorruptCheckpointError as e:
+        errors.append(str(e))
+        if step is not None or not fallback:
+          raise
+        msg = f"{e} Trying the previous checkpoint."
+        _log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    raise CorruptCheckpointError("No checkpoint in " + self.directory + " verifies:\n  "
+                                 + "\n  ".join(errors))
+
+  def _quarantine(self, steps) -> None:
+    """Moves unverifiable steps aside (``<step>.corrupt``, kept for inspection) so the resumed run can
+    write those steps again."""
+    for s in steps:
+      src = self._step_dir(s)
+      dst = f"{src}.corrupt"
+      n = 1
+      while os.path.exists(dst):
+        dst, n = f"{src}.corrupt{n}", n + 1
+      os.replace(src, dst)
+      _log.warning("Moved the unverifiable checkpoint %s to %s.", src, dst)
+    self._mngr.reload()
+
+  def _restore_verified(self, like, step: int):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
                             if not hasattr(x, "sharding") else
                             jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             _to_storable(like))
     try:
-      stored = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+      stored = self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), checksums=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises several types for corrupt / incompatible files
-      raise ValueError(f"Checkpoint step {step} in {self.directory} could not be restored: {e}") from e
-    return _from_storable(stored, like)
+      raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} could not be "
+                                   f"read: {type(e).__name__}: {str(e)[:300]}") from e
+    if not isinstance(stored["checksums"], dict):
+      raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} has no "
+                                   f"checksums; it cannot be verified.")
+    tree = _from_storable(stored["state"], like)
+    self.verify(step, tree, stored["checksums"])
+    return tree
 
   def close(self) -> None:
     self._mngr.wait_until_finished()

@@ -31,9 +31,6 @@ from jaxdistill import parallel, partial
 from jaxdistill.objectives.base import Objective
 from jaxdistill.types import SyntheticSet
 
-LEAVES = ("images", "labels", "log_lr")
-
-
 class DistillState(NamedTuple):
   """Everything a run needs to resume exactly; arrays only."""
   step: jax.Array  # int32 scalar: steps done
@@ -61,7 +58,14 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
                            per_class: int) -> Sampler:
   """Batches ``{"images": [K, per_class, H, W, C]}``: per class, ``per_class`` distinct random images
   (the DC/DM reference's ``get_images``). Classes smaller than ``per_class`` raise."""
+  _check_positive_int("per_class", per_class)
   labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be [N] integer class ids; got shape {labels.shape}, dtype "
+                     f"{labels.dtype}.")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
+                     f"[{labels.min()}, {labels.max()}].")
   counts = np.bincount(labels, minlength=num_classes)
   if counts.min() < per_class:
     c = int(counts.argmin())
@@ -85,6 +89,7 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
 
 def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Sampler:
   """Batches ``{"images": [B, H, W, C], "labels": [B]}`` drawn uniformly without replacement."""
+  _check_positive_int("batch_size", batch_size)
   if batch_size > len(labels):
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(labels)}).")
   arrays = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}
@@ -110,14 +115,101 @@ def make_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
   return fn(**kwargs)
 
 
-def optimizer(images: optax.GradientTransformation, labels=None, log_lr=None):
-  """One optax transformation over the learnable leaves ``{"images", "labels", "log_lr"}``."""
+def in_lr_space(tx: optax.GradientTransformation,
+                min_lr: float = 1e-8) -> optax.GradientTransformation:
+  """Runs ``tx`` on the step size ``lr = exp(log_lr)`` itself while the stored leaf is ``log_lr``.
+
+  MTT and DATM update their step size directly (``syn_lr -= lr_lr * momentum_buffer``). Since
+  ``d/dlog_lr = lr * d/dlr``, the same optimizer applied to ``log_lr`` would move ``lr`` about ``lr**2``
+  times as far (``1e-4`` times at ``lr = 0.01``): the papers' ``lr_lr`` would leave the step size
+  frozen. This transformation converts the gradient to ``d/dlr``, lets ``tx`` (whose state lives in
+  step-size space, e.g. its momentum) produce ``lr'``, and returns the update that makes
+  ``log_lr' = log(lr')``: exactly the original's update, with ``lr'`` kept ``>= min_lr`` so that it stays
+  positive.
+
+  Args:
+    tx: the optimizer of the step size as the papers give it, e.g. ``optax.sgd(1e-5, momentum=0.5)``.
+    min_lr: the smallest step size an update may reach.
+  """
+  if not min_lr > 0:
+    raise ValueError(f"min_lr must be > 0 (the step size is stored as its log); got {min_lr}.")
+
+  def init(params):
+    return tx.init(params)
+
+  def update(grads, state, params=None):
+    if params is None:
+      raise ValueError("in_lr_space needs the current log step size: call update(grads, state, params).")
+    lr = jax.tree.map(jnp.exp, params)
+    g_lr = jax.tree.map(lambda g, r: g / r, grads, lr)
+    u_lr, state = tx.update(g_lr, state, lr)
+    new_lr = jax.tree.map(lambda r, u: jnp.maximum(r + u, jnp.asarray(min_lr, r.dtype)), lr, u_lr)
+    return jax.tree.map(lambda n, p: jnp.log(n) - p, new_lr, params), state
+
+  return optax.GradientTransformation(init, update)
+
+
+STEP_SIZE_SPACES = ("lr", "log")
+
+
+class LeafOptimizer(NamedTuple):
+  """An optax transformation over the learnable leaves of a ``SyntheticSet`` that also declares them:
+  ``leaves`` is the tuple of leaf names it updates (``"images"``, ``"labels"``, ``"log_lr"``), from which
+  the loop derives what is learnable."""
+  init: Callable
+  update: Callable
+  leaves: tuple
+
+
+def optimizer(images: optax.GradientTransformation, labels=None, log_lr=None,
+              step_size: str = "lr") -> LeafOptimizer:
+  """One optax transformation over the learnable leaves ``{"images", "labels", "log_lr"}``.
+
+  Passing ``labels`` / ``log_lr`` declares those leaves learnable (``Distiller`` derives
+  ``learn_labels`` / ``learn_lr`` from it).
+
+  Args:
+    images: the images' optimizer (MTT: ``optax.sgd(lr_img, momentum=0.5)``).
+    labels: soft labels' optimizer, or None (labels fixed).
+    log_lr: the learnable step size's optimizer, or None (step size fixed).
+    step_size: how ``log_lr``'s optimizer sees the step size. ``"lr"`` (default): it updates the step
+      size itself (``in_lr_space``), as MTT/DATM's original does, so their ``lr_lr`` (1e-5 to 1e-7, SGD
+      momentum 0.5) applies unchanged. ``"log"``: it updates ``log_lr`` directly (a smaller, scale-free
+      move; close to DD's original, whose step sizes are a softplus of the learned parameters).
+  """
+  if step_size not in STEP_SIZE_SPACES:
+    raise ValueError(f"Unknown step_size {step_size!r}; choose 'lr' (update the step size itself, "
+                     f"as MTT) or 'log' (update its log).")
   txs = {"images": images}
   if labels is not None:
     txs["labels"] = labels
   if log_lr is not None:
-    txs["log_lr"] = log_lr
-  return optax.multi_transform(txs, lambda params: {k: k for k in params})
+    txs["log_lr"] = in_lr_space(log_lr) if step_size == "lr" else log_lr
+  tx = optax.multi_transform(txs, lambda params: {k: k for k in params})
+  return LeafOptimizer(tx.init, tx.update, tuple(txs))
+
+
+def learn_flags(d: "Distiller") -> tuple:
+  """``(learn_labels, learn_lr)`` of a ``Distiller``: declared by its optimizer (``optimizer()``), and
+  refused when an explicit flag contradicts the optimizer (a leaf with an optimizer but marked fixed
+  would silently never move; a learnable leaf without an optimizer would fail)."""
+  declared = getattr(d.tx, "leaves", None)
+  out = []
+  for flag, leaf, name in ((d.learn_labels, "labels", "learn_labels"),
+                           (d.learn_lr, "log_lr", "learn_lr")):
+    if declared is None:
+      out.append(bool(flag))
+      continue
+    has = leaf in declared
+    if flag is not None and bool(flag) != has:
+      if has:
+        raise ValueError(f"The optimizer has a {leaf}= optimizer but {name}=False: the {leaf} would "
+                         f"never move. Drop {name}=False (it is derived from the optimizer) or the "
+                         f"{leaf}= optimizer.")
+      raise ValueError(f"{name}=True but the optimizer has no {leaf}= optimizer; pass "
+                       f"distill.optimizer(..., {leaf}=...).")
+    out.append(has)
+  return tuple(out)
 
 
 def learnable(syn: SyntheticSet, learn_labels: bool, learn_lr: bool) -> dict:
@@ -150,8 +242,8 @@ class Distiller(NamedTuple):
   sampler: Sampler
   mask: Optional[jax.Array] = None  # [N] bool, True = distilled
   decode: Optional[Callable[[SyntheticSet], SyntheticSet]] = None  # parameterization
-  learn_labels: bool = False
-  learn_lr: bool = False
+  learn_labels: Optional[bool] = None  # None: derived from the optimizer (``optimizer(labels=...)``)
+  learn_lr: Optional[bool] = None  # None: derived from the optimizer (``optimizer(log_lr=...)``)
 
 
 def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> DistillState:
@@ -163,10 +255,23 @@ def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> Di
   # A copy (the step donates the state's buffers) with strong dtypes: a weakly typed leaf such as
   # log_lr=jnp.log(0.01) would otherwise change type after the first update and recompile the step.
   syn = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), syn)
-  params = learnable(syn, d.learn_labels, d.learn_lr)
+  params = learnable(syn, *learn_flags(d))
+  check_descent(d.tx, params)
   state = DistillState(jnp.zeros((), jnp.int32), syn, d.tx.init(params),
                        d.objective.init(obj_key, _training_view(syn, d)), run_key)
   return place(state, mesh)
+
+
+def check_descent(tx, params: dict) -> None:
+  """Refuses an optimizer whose first update of any leaf goes uphill (a negative learning rate): for
+  a probe gradient of ones, a descent method's update has a negative sum."""
+  probe = jax.tree.map(jnp.ones_like, params)
+  with jax.numpy_dtype_promotion("standard"):  # some optax transforms mix int counts and floats
+    updates, _ = tx.update(probe, tx.init(params), params)
+  for name, u in updates.items():
+    if float(jnp.sum(u)) > 0:
+      raise ValueError(f"The optimizer of {name!r} moves uphill (its update for a positive gradient is "
+                       f"positive): is its learning rate negative? Learning rates must be > 0.")
 
 
 def place(state: DistillState, mesh=None) -> DistillState:
@@ -192,33 +297,50 @@ def make_step(d: Distiller, mesh=None) -> Callable:
   ``mesh`` (default: every device)."""
   mesh = parallel.data_mesh() if mesh is None else mesh
   axis = parallel.DATA_AXIS
+  flags = learn_flags(d)
 
   def per_device(params, syn, batch, key, obj_state):
+    obj_state = d.objective.prepare(obj_state, batch, axis)
+
     def loss_fn(p):
       return d.objective.loss(_training_view(_with(syn, p), d), batch, key, obj_state,
                               axis_name=axis)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, aux, grads
+    return loss, aux, grads, obj_state
 
   def step(state: DistillState, batch):
     _, loss_key, update_key = step_keys(state)
-    params = learnable(state.syn, d.learn_labels, d.learn_lr)
+    params = learnable(state.syn, *flags)
     batch_specs = jax.tree.map(lambda x: parallel.batch_spec(x.ndim, d.objective.batch_axis), batch)
     sharded = jax.shard_map(per_device, mesh=mesh,
                             in_specs=(jax.P(), jax.P(), batch_specs, jax.P(), jax.P()),
-                            out_specs=(jax.P(), jax.P(), jax.P()))
-    loss, aux, grads = sharded(params, state.syn, batch, loss_key, state.obj_state)
+                            out_specs=(jax.P(), jax.P(), jax.P(), jax.P()))
+    loss, aux, grads, obj_state = sharded(params, state.syn, batch, loss_key, state.obj_state)
     updates, opt_state = d.tx.update(grads, state.opt_state, params)
     updates = {k: (partial.mask_updates(u, d.mask) if k in ("images", "labels") else u)
                for k, u in updates.items()}
     syn = _with(state.syn, optax.apply_updates(params, updates))
-    obj_state = d.objective.update(state.obj_state, _training_view(syn, d), update_key)
+    obj_state = d.objective.update(obj_state, _training_view(syn, d), update_key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-    if d.learn_lr:
+    if flags[1]:
       metrics["lr"] = jnp.exp(jnp.mean(syn.log_lr))
+    metrics.update(health(syn, loss))
     return DistillState(state.step + 1, syn, opt_state, obj_state, state.key), metrics
 
   return jax.jit(step, donate_argnums=0)
+
+
+def health(syn: SyntheticSet, loss: jax.Array) -> dict:
+  """Metrics the run checks to stop a diverging or broken run, computed inside the jitted step:
+  ``finite`` (1.0 when the loss, images, float labels and log step size are all finite) and
+  ``max_abs_image`` (the largest image magnitude)."""
+  leaves = [loss, syn.images]
+  if jnp.issubdtype(syn.labels.dtype, jnp.floating):
+    leaves.append(syn.labels)
+  if syn.log_lr is not None:
+    leaves.append(syn.log_lr)
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  return {"finite": finite.astype(jnp.float32), "max_abs_image": jnp.max(jnp.abs(syn.images))}
 
 
 def make_sample(d: Distiller, mesh=None) -> Callable:
@@ -266,66 +388,132 @@ def _sigterm_as_interrupt():
     signal.signal(signal.SIGTERM, old)
 
 
+class Guard(NamedTuple):
+  """When ``run`` stops a run that is going wrong, besides NaN/inf anywhere in the loss, the images,
+  float labels or the log step size (always checked).
+
+  Attributes:
+    image_bound: stop when an image value's magnitude exceeds it. None: ``100 * max(1, max |x0|)``
+      for the initial images ``x0`` (images of a healthy run stay within a few times the data's range).
+    loss_factor: stop when the loss exceeds ``loss_factor`` times the smallest loss seen so far in
+      this process. None: off (some objectives' losses legitimately swing by orders of magnitude).
+  """
+  image_bound: Optional[float] = None
+  loss_factor: Optional[float] = None
+
+
+class DivergenceError(FloatingPointError):
+  """A run stopped by ``run``'s checks (NaN/inf or a ``Guard`` bound); its message names the check, the
+  step and the last checkpoint, which was written before the failing step and is left intact."""
+
+
+def _check_positive_int(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+
+
 def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
         checkpoint_dir: Optional[str] = None, checkpoint_every: int = 100, keep: int = 3,
         config: Optional[dict] = None, logger=None, log_every: int = 10,
         on_images: Optional[Callable[[int, SyntheticSet], None]] = None, image_every: int = 0,
-        progress: bool = True, mesh=None) -> tuple:
+        progress: bool = True, mesh=None, guard: Guard = Guard()) -> tuple:
   """Runs ``num_steps`` distillation steps (resuming from ``checkpoint_dir`` if it holds a run).
+
+  The host reads the step's metrics only every ``log_every`` steps and before each checkpoint (the
+  health checks run inside the jitted step), so the devices are not synchronized every step. Nothing is
+  saved before the steps that led to it passed the checks.
 
   Args:
     key: the run's key (with the same key, a resumed run ends bit-identical to an uninterrupted one).
     syn: the initial synthetic set (ignored when resuming).
     d: objective, optimizer, sampler, mask, parameterization.
-    num_steps: total steps (including those done before a resume).
-    checkpoint_dir: orbax checkpoints here every ``checkpoint_every`` steps and at the end.
-    config: the run's configuration, stored beside the checkpoints and checked on resume.
+    num_steps: total steps (including those done before a resume); may grow between resumes.
+    checkpoint_dir: orbax checkpoints here every ``checkpoint_every`` steps and at the end, each with a
+      checksum of every array, verified on restore (a corrupt latest checkpoint falls back to the newest
+      verified one, with a warning naming the step and the array).
+    checkpoint_every, keep: save interval and how many checkpoints to keep (both >= 1).
+    config: the run's configuration, stored beside the checkpoints and checked on resume. Independently
+      of it, the run's identity (key, objective, synthetic-set shapes, mask, learnable leaves, the
+      optimizer's first update from a fixed probe gradient, the real data) is stored and a resume
+      with another identity is refused with the differences.
     logger: an object with ``write(step, metrics)`` (see ``jaxdistill.logs.MetricLogger``).
     on_images: called as ``on_images(step, decoded_syn)`` every ``image_every`` steps and at the end.
+    guard: divergence bounds (``Guard``).
 
   Returns:
     ``(state, history)``: the final ``DistillState`` and a list of per-step metric dicts.
 
   Raises:
-    FloatingPointError: the loss or the synthetic set turned NaN/inf (nothing of that step is saved).
+    DivergenceError: a check failed (NaN/inf, or a ``Guard`` bound); the last checkpoint is intact.
+    ValueError: bad arguments, a checkpoint of another run, or ``num_steps`` below the steps done.
   """
-  from jaxdistill.checkpoint import Checkpointer  # orbax is heavy; import when used
+  from jaxdistill import checkpoint as ckpt_lib  # orbax is heavy; import when used
+  _check_positive_int("num_steps", num_steps)
+  _check_positive_int("checkpoint_every", checkpoint_every)
+  _check_positive_int("keep", keep)
+  _check_positive_int("log_every", log_every)
   mesh = parallel.data_mesh() if mesh is None else mesh
   state = init_state(key, syn, d, mesh)
+  image_bound = guard.image_bound
+  if image_bound is None:
+    image_bound = 100.0 * max(1.0, float(jnp.max(jnp.abs(state.syn.images))))
   ckpt = None
   if checkpoint_dir is not None:
-    ckpt = Checkpointer(checkpoint_dir, config, save_every=checkpoint_every, keep=keep)
+    ckpt = ckpt_lib.Checkpointer(checkpoint_dir, config, save_every=checkpoint_every, keep=keep,
+                                 identity=run_identity(key, state, d))
     if ckpt.latest_step() is not None:
       state = place(ckpt.restore(state), mesh)
+  start = int(state.step)
+  if start > num_steps:
+    raise ValueError(f"The checkpoint in {ckpt.directory} is at step {start}, past num_steps="
+                     f"{num_steps}; pass num_steps >= {start} (or another checkpoint_dir).")
   step_fn = make_step(d, mesh)
   sample = make_sample(d, mesh)
-  history = []
-  start = int(state.step)
+  history, pending = [], []
+  best = [np.inf]
   bar = _progress(start, num_steps, progress)
   t0 = time.time()
+
+  def flush():
+    """Reads the pending steps' metrics (one transfer), checks them, logs them."""
+    rows = jax.device_get(pending)
+    pending.clear()
+    for step, m in rows:
+      m = {k: float(v) for k, v in m.items()}
+      problem = _problem(m, image_bound, guard.loss_factor, best[0])
+      if problem:
+        last = ckpt.latest_step() if ckpt else None
+        raise DivergenceError(
+            f"Stopped at step {step}: {problem}. " +
+            (f"The last checkpoint, step {last} in {ckpt.directory} (written before step {step}, "
+             f"after its own steps passed these checks, and verified by checksum on restore), is "
+             f"intact; resume from it with a smaller learning rate." if last is not None
+             else "No checkpoint was written."))
+      best[0] = min(best[0], m["loss"])
+      m["step"] = step
+      m["sec"] = time.time() - t0
+      history.append(m)
+      if logger is not None and (step % log_every == 0 or step == num_steps):
+        logger.write(step, m)
+    if rows:
+      bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
+
   try:
     with _sigterm_as_interrupt():
-      while int(state.step) < num_steps:
+      step = start
+      while step < num_steps:
         state, metrics = step_fn(state, sample(state))
-        metrics = {k: float(v) for k, v in metrics.items()}
-        step = int(state.step)
-        if not np.isfinite(metrics["loss"]) or not bool(jnp.all(jnp.isfinite(state.syn.images))):
-          last = ckpt.latest_step() if ckpt else None
-          raise FloatingPointError(
-              f"The loss is {metrics['loss']} at step {step} (or the synthetic images are not "
-              f"finite); stopped. " + (f"The last good checkpoint (step {last}) in {ckpt.directory} "
-                                       f"is intact." if last is not None else "No checkpoint."))
-        metrics["step"] = step
-        metrics["sec"] = time.time() - t0
-        history.append(metrics)
-        if logger is not None and (step % log_every == 0 or step == num_steps):
-          logger.write(step, metrics)
-        if on_images is not None and image_every and step % image_every == 0:
+        step += 1
+        pending.append((step, metrics))
+        save_due = ckpt is not None and (step % checkpoint_every == 0 or step == num_steps)
+        images_due = on_images is not None and image_every and step % image_every == 0
+        if save_due or images_due or step % log_every == 0 or step == num_steps:
+          flush()
+        if images_due:
           on_images(step, _training_view(state.syn, d))
-        if ckpt is not None:
-          ckpt.save(step, state, force=step == num_steps)
+        if save_due:
+          ckpt.save(step, state, force=True)
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4g}")
   finally:
     bar.close()
     if ckpt is not None:
@@ -333,6 +521,48 @@ def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
   if on_images is not None:
     on_images(int(state.step), _training_view(state.syn, d))
   return state, history
+
+
+def _problem(m: dict, image_bound: float, loss_factor: Optional[float], best: float) -> str:
+  """Which check a step's metrics fail ("" when none)."""
+  if m["finite"] < 1.0:
+    return (f"the loss ({m['loss']}), the synthetic images, labels or step size are not finite "
+            f"(NaN or inf)")
+  if m["max_abs_image"] > image_bound:
+    return (f"an image value reached magnitude {m['max_abs_image']:.3g}, above the bound "
+            f"{image_bound:.3g} (Guard.image_bound; the images are diverging)")
+  if loss_factor is not None and np.isfinite(best) and m["loss"] > loss_factor * max(best, 0.0):
+    return (f"the loss {m['loss']:.4g} exceeds {loss_factor:g} times its minimum so far {best:.4g} "
+            f"(Guard.loss_factor)")
+  return ""
+
+
+def run_identity(key: jax.Array, state: DistillState, d: Distiller) -> dict:
+  """What makes a run this run, JSON-able: resuming a checkpoint written with another identity is
+  refused. The optimizer is identified by its first update of the initial learnable leaves for a fixed
+  probe gradient (this tells learning rates, momentum and optimizer kind apart)."""
+  params = learnable(state.syn, *learn_flags(d))
+  probe = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
+  with jax.numpy_dtype_promotion("standard"):
+    updates, _ = d.tx.update(probe, d.tx.init(params), params)
+  sig = lambda x: float(f"{float(x):.6g}")
+  arrays = jax.tree.leaves(d.sampler.arrays)
+  return {
+      "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
+      "objective": d.objective.name,
+      "synthetic": {k: [list(np.shape(v)), str(np.asarray(v).dtype)]
+                    for k, v in state.syn._asdict().items() if v is not None},
+      "learnable": sorted(params),
+      "mask": None if d.mask is None else _digest(np.asarray(d.mask)),
+      "optimizer_probe": {k: [sig(jnp.mean(u)), sig(jnp.std(u))] for k, u in updates.items()},
+      "data": [[list(np.shape(a)), _digest(np.asarray(a))] for a in arrays],
+      "decode": d.decode is not None,
+  }
+
+
+def _digest(x: np.ndarray) -> str:
+  import hashlib
+  return hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=8).hexdigest()
 
 
 def _progress(start: int, total: int, enabled: bool):

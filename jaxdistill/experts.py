@@ -506,8 +506,8 @@ def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
         raise ValueError(f"Expert {i} in {directory!r} has {steps[-1]} epoch(s); asked for "
                          f"{max_epoch}.")
       steps = steps[:max_epoch + 1]
-    per_epoch = [mngr.restore(s, args=ocp.args.StandardRestore())["variables"]["params"]
-                 for s in steps]
+    per_epoch = [mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+                 ["state"]["variables"]["params"] for s in steps]
   finally:
     mngr.close()
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x, np.float32) for x in xs]), *per_epoch)

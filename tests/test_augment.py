@@ -208,9 +208,9 @@ def test_dsa_single_mode_picks_several_ops(getkey):
   assert kinds == {"flip", "cutout"}
 
 
-def test_strategy_for():
-  assert A.strategy_for("mnist") == "color_crop_cutout_scale_rotate"
-  assert A.strategy_for("SVHN") == "color_crop_cutout_scale_rotate"
+def test_strategy_for_keeps_the_flip_for_every_dataset_as_the_reference():
+  assert A.strategy_for("mnist") == "color_crop_cutout_flip_scale_rotate"
+  assert A.strategy_for("SVHN") == A.DEFAULT_STRATEGY
   assert A.strategy_for("fashion_mnist") == A.DEFAULT_STRATEGY
   assert A.strategy_for("cifar10") == A.DEFAULT_STRATEGY
   assert A.strategy_for(None) == A.DEFAULT_STRATEGY
@@ -237,8 +237,11 @@ def test_get_augment(getkey):
   key = getkey()
   np.testing.assert_allclose(A.get_augment("dsa")(key, x), A.dsa(key, x), atol=1e-6)
   per = A.get_augment("dsa", dataset_name="mnist", siamese=False)
-  np.testing.assert_allclose(per(key, x), A.dsa(key, x, strategy=A.strategy_for("mnist"), siamese=False),
+  np.testing.assert_allclose(per(key, x), A.dsa(key, x, strategy=A.DEFAULT_STRATEGY, siamese=False),
                              atol=1e-6)
+  no_flip = A.get_augment("dsa", strategy=A.NO_FLIP_STRATEGY, siamese=False)
+  np.testing.assert_allclose(no_flip(key, x), A.dsa(key, x, strategy=A.NO_FLIP_STRATEGY,
+                                                    siamese=False), atol=1e-6)
   assert A.get_augment("crop_flip")(key, x).shape == x.shape
   assert A.get_augment("none")(key, x) is x
   with pytest.raises(ValueError, match="crop_flip"):

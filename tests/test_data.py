@@ -157,4 +157,29 @@ def test_bad_input(tmp_path, monkeypatch):
   bad.mkdir()
   np.savez(bad / "data.npz", x_train=np.zeros((2, 4, 4)))
   with pytest.raises(data.DataError, match="lacks the arrays"):
-    data.load("whatever", data_dir=str(bad))
+    data.load("custom", data_dir=str(bad))
+
+
+def test_layout_mistakes_are_refused_not_guessed(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+  y = np.repeat(np.arange(2), 10)
+
+  def write(name, **arrays):
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, **{**dict(x_train=x, y_train=y, x_test=x, y_test=y), **arrays})
+    return str(path)
+
+  with pytest.raises(ValueError, match=r"NCHW.*transpose\(0, 2, 3, 1\)"):
+    data.load("custom", data_dir=write("nchw", x_train=x.transpose(0, 3, 1, 2),
+                                      x_test=x.transpose(0, 3, 1, 2)))
+  with pytest.raises(ValueError, match="non-integer values"):
+    data.load("custom", data_dir=write("floaty", y_train=y + 0.5))
+  with pytest.raises(ValueError, match=r"one-hot.*argmax"):
+    data.load("custom", data_dir=write("onehot", y_train=np.eye(2)[y]))
+  ok = data.load("custom", data_dir=write("wholefloat", y_train=y.astype(np.float32)))
+  np.testing.assert_array_equal(ok.y_train, y)
+  with pytest.raises(data.DataError, match=r"train images are in \[0, 1\] but test images in \[0, 255\]"):
+    data.load("custom", data_dir=write("scales", x_train=x / 255.0))
+  with pytest.raises(ValueError, match="Unknown dataset name 'fasion_mnist'"):
+    data.load("fasion_mnist", data_dir=write("name"))

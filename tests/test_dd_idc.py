@@ -134,7 +134,8 @@ def test_dd_partial_update_mask_holds(key):
   x, y = toy_data()
   obj = objectives.dataset_distillation(MLP, K, unroll_steps=STEPS, epochs=EPOCHS)
   mask = np.array([True, False] * K)
-  tx = distill.optimizer(optax.adam(0.01), labels=optax.adam(0.01), log_lr=optax.adam(0.01))
+  tx = distill.optimizer(optax.adam(0.01), labels=optax.adam(0.01), log_lr=optax.adam(0.01),
+                         step_size="log")
   d = distill.Distiller(obj, tx, distill.random_sampler(x, y, B), mask=mask, learn_labels=True,
                         learn_lr=True)
   syn = toy_syn()
@@ -278,7 +279,7 @@ MULTI = textwrap.dedent("""
         x, y = tk.toy_data()
         obj, syn = objectives.kip(tk.KERNEL, tk.K), tk.toy_syn()
       tx = distill.optimizer(optax.sgd(0.1), labels=optax.sgd(0.1),
-                             log_lr=optax.sgd(0.01) if method == "dd" else None)
+                             log_lr=optax.sgd(0.01) if method == "dd" else None, step_size="log")
       d = distill.Distiller(obj, tx, distill.random_sampler(x, y, 12), learn_labels=True,
                             learn_lr=method == "dd")
       s, h = distill.run(jax.random.key(0), syn, d, 2, progress=False, mesh=parallel.data_mesh(n))

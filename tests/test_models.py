@@ -1,4 +1,5 @@
 """Tests of jaxdistill.models: shapes, the uniform interface, Conv implementations, errors."""
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -128,12 +129,41 @@ def test_conv_impls_match_flax_conv(k, s, p, getkey):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_default_init_matches_flax(key):
+def test_conv_params_have_flax_names_and_shapes(key):
   x = jnp.ones((1, 8, 8, 3))
   ours = layers.Conv(4, 3, padding=1).init(key, x)
   theirs = nn.Conv(4, (3, 3), padding=1).init(key, x)
-  jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), ours, theirs)
   assert layers.DEFAULT_CONV_IMPL in layers.CONV_IMPLS
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet_bn", "mlp", "alexnet", "vgg11", "resnet18"])
+def test_init_is_pytorchs_default(name, key):
+  """Every conv / dense weight and bias ~ U(+-1/sqrt(fan_in)) (PyTorch's kaiming-uniform with a=sqrt(5)
+  and its bias rule), as the reference networks; norm scales 1, shifts 0."""
+  model = models.get_model(name, 10, **({"width": 16} if name.startswith("convnet") else {}))
+  variables = model.init(key, jnp.zeros((2, 28, 28, 1)), train=False)
+  flat = flax.traverse_util.flatten_dict(variables["params"])
+  checked = 0
+  for path, w in flat.items():
+    w = np.asarray(w)
+    parent = flat.get(path[:-1] + ("kernel",))
+    if path[-1] == "kernel" or (path[-1] == "bias" and parent is not None):
+      kernel = w if path[-1] == "kernel" else np.asarray(parent)
+      fan_in = int(np.prod(kernel.shape[:-1]))
+      bound = 1.0 / np.sqrt(fan_in)
+      assert np.abs(w).max() <= bound + 1e-7, path
+      if w.size >= 500:  # uniform: std = bound / sqrt(3)
+        np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.15, err_msg=str(path))
+      if path[-1] == "bias":
+        assert np.abs(w).max() > 0, f"{path}: PyTorch biases are not zero"
+      checked += 1
+    elif path[-1] == "scale":
+      np.testing.assert_array_equal(w, 1.0)
+    elif path[-1] == "bias":
+      np.testing.assert_array_equal(w, 0.0)
+  assert checked >= 2
 
 
 def test_conv_impls_agree_second_order_through_scan(getkey):

@@ -21,4 +21,7 @@ def get_config():
   c.dd_unroll_steps = 10
   c.dd_epochs = 1
   c.dd_lr_init = 0.02
+  # DD learns its step sizes through a softplus (about their log at these sizes), so its optimizer
+  # updates log step sizes, not the step sizes themselves as MTT does.
+  c.step_size_space = "log"
   return c

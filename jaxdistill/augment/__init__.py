@@ -26,7 +26,7 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
 
   Args:
     name: ``"dsa"``, ``"crop_flip"`` or ``"none"``.
-    dataset_name: picks the DSA strategy (no flip for MNIST/SVHN) when ``strategy`` is None.
+    dataset_name: the dataset (the reference DSA strategy is the same for all, flip included).
     siamese: DSA only: one parameter set per call derived from the key (DC/DSA/DM matching), or per-image
       parameters (False; MTT, evaluation). ``crop_flip`` is always per image.
     strategy: DSA strategy string; default ``strategy_for(dataset_name)``.

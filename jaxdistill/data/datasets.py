@@ -75,6 +75,9 @@ def validate_images(x, name: str = "images", channels: Optional[int] = None) -> 
   x = np.asarray(x)
   if x.ndim != 4:
     raise ValueError(f"{name} must be NHWC [N, H, W, C]; got shape {x.shape} (rank {x.ndim}).")
+  if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3, 4) and x.shape[2] == x.shape[3]:
+    raise ValueError(f"{name} look channels-first (NCHW) with shape {x.shape}; jaxdistill uses NHWC: "
+                     f"pass x.transpose(0, 2, 3, 1).")
   if channels is not None and x.shape[-1] != channels:
     raise ValueError(f"{name} must have {channels} channel(s) (NHWC); got shape {x.shape}.")
   if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
@@ -86,10 +89,19 @@ def validate_images(x, name: str = "images", channels: Optional[int] = None) -> 
 def validate_labels(y, num_classes: int, n: Optional[int] = None, name: str = "labels") -> np.ndarray:
   """Checks ``y`` is ``[N]`` integer class ids in ``[0, num_classes)`` (``N == n`` if given)."""
   y = np.asarray(y)
+  if y.ndim == 2 and y.shape[1] > 1:
+    raise ValueError(f"{name} look one-hot or soft ({y.shape}); pass class ids [N], e.g. "
+                     f"labels.argmax(-1).")
+  if y.ndim == 2 and y.shape[1] == 1:
+    y = y[:, 0]
   if y.ndim != 1:
     raise ValueError(f"{name} must be a vector [N] of class ids; got shape {y.shape}.")
+  if np.issubdtype(y.dtype, np.floating) and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    y = y.astype(np.int64)  # whole-number floats (e.g. from a CSV) are class ids
   if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{name} must be integers; got dtype {y.dtype}.")
+    raise ValueError(f"{name} must be integer class ids; got dtype {y.dtype}"
+                     + (" with non-integer values (truncating them would be wrong)"
+                        if np.issubdtype(y.dtype, np.floating) else "") + ".")
   if n is not None and y.shape[0] != n:
     raise ValueError(f"{name} has {y.shape[0]} entries but there are {n} images.")
   if y.size and (y.min() < 0 or y.max() >= num_classes):
@@ -177,7 +189,7 @@ def _load_npz(path: str) -> tuple:
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     if x.ndim == 3:
       x = x[..., None]
-    out += [x, np.asarray(y).reshape(-1).astype(np.int64)]
+    out += [x, np.asarray(y)]
   return tuple(out)
 
 
@@ -264,6 +276,10 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
     raise ValueError(f"Unknown source {source!r}; use 'auto', 'local' or 'tfds'.")
   info = KNOWN.get(name)
   arrays = None
+  if data_dir is not None and name not in KNOWN and not name.startswith("custom"):
+    raise ValueError(f"Unknown dataset name {name!r} with data_dir=: known names are "
+                     f"{', '.join(sorted(KNOWN))}; for other data name it 'custom' (or 'custom_<name>'), "
+                     f"so that no dataset-specific setting is picked by mistake.")
   if data_dir is not None:
     if os.path.isfile(data_dir) and data_dir.endswith(".npz"):
       arrays = _load_npz(data_dir)
@@ -310,7 +326,7 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
   if not class_names or len(class_names) != k:
     class_names = tuple(str(i) for i in range(k))
 
-  scale = 255.0 if x_train.dtype == np.uint8 or x_train.max() > 1.5 else 1.0
+  scale = _pixel_scale(x_train, x_test, name)
   if info is not None and len(info.mean) == x_train.shape[-1]:
     mean, std = np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32)
   else:
@@ -328,6 +344,16 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
   return Dataset(name=name, x_train=norm(x_train), y_train=y_train, x_test=norm(x_test),
                  y_test=y_test, num_classes=k, class_names=tuple(class_names),
                  mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+def _pixel_scale(x_train: np.ndarray, x_test: np.ndarray, name: str) -> float:
+  """255 for [0, 255] pixels, 1 for [0, 1]; decided from both splits, which must agree."""
+  scales = [255.0 if x.dtype == np.uint8 or float(x.max(initial=0.0)) > 1.5 else 1.0
+            for x in (x_train, x_test)]
+  if scales[0] != scales[1]:
+    raise DataError(f"{name}: train images are in [0, {scales[0]:g}] but test images in "
+                    f"[0, {scales[1]:g}]; store both splits with the same pixel scale.")
+  return scales[0]
 
 
 def denormalize(x, data: Dataset) -> np.ndarray:

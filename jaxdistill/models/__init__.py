@@ -20,7 +20,8 @@ import flax.linen as nn
 
 from jaxdistill.models.alexnet import AlexNet
 from jaxdistill.models.convnet import ConvNet, ConvNetFRePo
-from jaxdistill.models.layers import (CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, conv2d, instance_norm,
+from jaxdistill.models.layers import (CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, Dense, conv2d, instance_norm,
+                                      torch_bias_init, torch_weight_init,
                                       make_norm)
 from jaxdistill.models.mlp import MLP
 from jaxdistill.models.resnet import BasicBlock, ResNet
@@ -77,5 +78,5 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return cls(num_classes=num_classes, **{**defaults, **kwargs})
 
 
-__all__ = ["AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
+__all__ = ["AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "Dense", "torch_bias_init", "torch_weight_init", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
            "MLP", "MODEL_NAMES", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxdistill.models.layers import DEFAULT_CONV_IMPL, Conv, check_images, first_pad, flatten, max_pool2
+from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, Conv, Dense, check_images, first_pad,
+                                      flatten, max_pool2)
 
 
 class AlexNet(nn.Module):
@@ -34,5 +35,5 @@ class AlexNet(nn.Module):
     x = nn.relu(conv(192, 3, 1)(x))
     x = max_pool2(nn.relu(conv(192, 3, 1)(x)))
     feats = flatten(x)
-    logits = nn.Dense(self.num_classes)(feats)
+    logits = Dense(self.num_classes)(feats)
     return (logits, feats) if return_features else logits

@@ -4,8 +4,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, NORMS, POOLINGS, Conv, check_images, first_pad,
-                                      flatten, make_norm, pool)
+from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, NORMS, POOLINGS, Conv, Dense, check_images,
+                                      first_pad, flatten, make_norm, pool)
 
 
 class ConvNet(nn.Module):
@@ -46,7 +46,7 @@ class ConvNet(nn.Module):
       x = nn.relu(x)
       x = pool(self.pooling, x)
     feats = flatten(x)
-    logits = nn.Dense(self.num_classes)(feats)
+    logits = Dense(self.num_classes)(feats)
     return (logits, feats) if return_features else logits
 
 
@@ -91,5 +91,5 @@ class ConvNetFRePo(nn.Module):
       x = nn.relu(x)
       x = pool(self.pooling, x)
     feats = flatten(x)
-    logits = nn.Dense(self.num_classes)(feats)
+    logits = Dense(self.num_classes)(feats)
     return (logits, feats) if return_features else logits

@@ -134,11 +134,55 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
   return _CONV_FNS[impl](x, kernel, stride, padding)
 
 
+def torch_weight_init() -> Callable:
+  """PyTorch's default weight initialization of ``nn.Conv2d`` / ``nn.Linear`` (kaiming-uniform with
+  ``a = sqrt(5)``): ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in`` = the kernel's input size
+  (``k * k * Cin`` for a conv, ``in_features`` for a dense layer). The reference code bases use it."""
+  return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Callable:
+  """PyTorch's default bias initialization: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class Dense(nn.Module):
+  """``flax.linen.Dense`` (same parameter names and shapes: ``kernel`` ``[in, out]``, ``bias``
+  ``[out]``) with PyTorch's default initialization, as the reference networks' ``nn.Linear``.
+
+  Attributes:
+    features: output size.
+    use_bias: add a learned bias.
+    kernel_init: weight initializer (default ``torch_weight_init()``); bias_init: None for PyTorch's
+      ``U(+-1/sqrt(fan_in))``, or an initializer.
+  """
+  features: int
+  use_bias: bool = True
+  kernel_init: Callable = torch_weight_init()
+  bias_init: Optional[Callable] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), jnp.float32)
+    y = jnp.dot(x, kernel)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init or torch_bias_init(fan_in), (self.features,),
+                         jnp.float32)
+    return y
+
+
 class Conv(nn.Module):
   """Drop-in for ``flax.linen.Conv`` with a square kernel and symmetric integer zero padding.
 
-  Parameters have ``nn.Conv``'s names, shapes and default initializers (``kernel`` ``[k, k, Cin, Cout]``
-  lecun-normal, ``bias`` ``[Cout]`` zeros), so variables can be swapped between the two.
+  Parameters have ``nn.Conv``'s names and shapes (``kernel`` ``[k, k, Cin, Cout]``, ``bias``
+  ``[Cout]``), so variables can be swapped between the two; the initialization is PyTorch's default
+  (``nn.Conv2d``: weights and bias ``U(+-1/sqrt(k * k * Cin))``), as in the reference networks.
 
   Attributes:
     features: output channels ``Cout``.
@@ -147,7 +191,8 @@ class Conv(nn.Module):
     padding: symmetric zero padding in both spatial dims (an int, not "SAME"/"VALID").
     use_bias: add a learned bias.
     impl: "patches" (im2col + one matmul), "shift" (sum of k*k matmuls) or "lax" (lax.conv).
-    kernel_init, bias_init: initializers as in ``nn.Conv``.
+    kernel_init: weight initializer (default ``torch_weight_init()``); bias_init: None for PyTorch's
+      ``U(+-1/sqrt(fan_in))``, or an initializer.
   """
   features: int
   kernel_size: int = 3
@@ -155,8 +200,8 @@ class Conv(nn.Module):
   padding: int = 0
   use_bias: bool = True
   impl: str = DEFAULT_CONV_IMPL
-  kernel_init: Callable = nn.initializers.lecun_normal()
-  bias_init: Callable = nn.initializers.zeros_init()
+  kernel_init: Callable = torch_weight_init()
+  bias_init: Optional[Callable] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -173,7 +218,9 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
     y = conv2d(x, kernel, self.strides, self.padding, self.impl)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+      fan_in = k * k * x.shape[-1]
+      y = y + self.param("bias", self.bias_init or torch_bias_init(fan_in), (self.features,),
+                         jnp.float32)
     return y
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxdistill.models.layers import check_images, flatten
+from jaxdistill.models.layers import Dense, check_images, flatten
 
 
 class MLP(nn.Module):
@@ -23,7 +23,7 @@ class MLP(nn.Module):
     layer ``[N, width]``. ``train`` is accepted for the uniform interface and unused."""
     del train
     x = flatten(check_images(x, "MLP"))
-    x = nn.relu(nn.Dense(self.width)(x))
-    feats = nn.relu(nn.Dense(self.width)(x))
-    logits = nn.Dense(self.num_classes)(feats)
+    x = nn.relu(Dense(self.width)(x))
+    feats = nn.relu(Dense(self.width)(x))
+    logits = Dense(self.num_classes)(feats)
     return (logits, feats) if return_features else logits

@@ -6,8 +6,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, Conv, avg_pool2, check_images, first_pad, flatten,
-                                      make_norm)
+from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, Conv, Dense, avg_pool2, check_images,
+                                      first_pad, flatten, make_norm)
 
 
 class BasicBlock(nn.Module):
@@ -85,5 +85,5 @@ class ResNet(nn.Module):
         block = BasicBlock(self.width * 2 ** stage, stride, self.norm, self.avg_pool_down, self.conv_impl)
         x = block(x, train)
     feats = flatten(x) if self.avg_pool_down else x.mean(axis=(1, 2))
-    logits = nn.Dense(self.num_classes)(feats)
+    logits = Dense(self.num_classes)(feats)
     return (logits, feats) if return_features else logits

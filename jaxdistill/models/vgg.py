@@ -6,8 +6,8 @@ from typing import Sequence, Union
 import flax.linen as nn
 import jax
 
-from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, Conv, check_images, first_pad, flatten, make_norm,
-                                      max_pool2)
+from jaxdistill.models.layers import (DEFAULT_CONV_IMPL, Conv, Dense, check_images, first_pad,
+                                      flatten, make_norm, max_pool2)
 
 VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -45,5 +45,5 @@ class VGG(nn.Module):
       x = Conv(c * self.width // 64, 3, padding=pad, impl=self.conv_impl)(x)
       x = nn.relu(make_norm(self.norm, train)(x))
     feats = flatten(x)
-    logits = nn.Dense(self.num_classes)(feats)
+    logits = Dense(self.num_classes)(feats)
     return (logits, feats) if return_features else logits

@@ -11,6 +11,9 @@ An ``Objective`` is a NamedTuple of pure functions:
   the local shard of ``batch``; it must then return the same (mean-reduced) scalar on every device:
   reduce real-batch statistics or the final loss with ``pmean(x, axis_name)`` (which is the identity
   when ``axis_name`` is None), never the gradient.
+- ``prepare(state, batch, axis_name=None) -> state`` (optional): refreshes the state from the step's
+  real batch before the loss, inside the data-parallel region (DC's BatchNorm running statistics);
+  the refreshed state is what ``loss`` sees and what ``update`` advances. Default: the identity.
 - ``update(state, syn, key) -> state``: advances the state after the synthetic set was updated
   (identity for stateless methods).
 
@@ -24,12 +27,17 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 
 
+def no_prepare(state, batch, axis_name: Optional[str] = None):
+  return state
+
+
 class Objective(NamedTuple):
   init: Callable[..., Any]
   loss: Callable[..., tuple]
   update: Callable[..., Any]
   batch_axis: int = 0
   name: str = "objective"
+  prepare: Callable[..., Any] = no_prepare
 
 
 def no_state(key: jax.Array, syn) -> tuple:

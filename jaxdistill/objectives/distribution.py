@@ -12,8 +12,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
-from jaxdistill.objectives.nets import as_net, class_major, identity_augment
+from jaxdistill.objectives.base import Objective, keep_state, pmean
+from jaxdistill.objectives.nets import as_net, check_class_major, class_major, identity_augment
 
 
 def distribution_matching(net, num_classes: int, augment: Optional[Callable] = None) -> Objective:
@@ -26,26 +26,36 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
       e.g. ``jaxdistill.augment.get_augment("dsa", siamese=True)``. None: no augmentation.
 
   The batch is ``{"images": [K, P, H, W, C]}`` (``distill.class_balanced_sampler``), split over devices
-  along P.
+  along P. The real images of all classes go through the network as one batch, and so do the synthetic
+  ones (the reference's order: with a BatchNorm network the statistics cover all classes; under data
+  parallelism they cover each device's shard, as PyTorch's DataParallel).
   """
   fns = as_net(net)
   aug = augment or identity_augment
 
+  def init(key, syn):
+    check_class_major(syn.labels, num_classes)
+    return ()
+
   def loss(syn, batch, key, state, axis_name=None):
     net_key, aug_key = jax.random.split(key)
     real = batch["images"]
+    num_real = real.shape[1]
     variables = fns.init(net_key, real[0])
     syn_c = class_major(syn.images, num_classes)
+    ipc = syn_c.shape[1]
     keys = jax.random.split(aug_key, num_classes)
-
-    def class_means(k, xr, xs):
-      fr = fns.embed(variables, aug(k, xr)).mean(0)
-      fs = fns.embed(variables, aug(k, xs)).mean(0)
-      return jax.lax.stop_gradient(fr), fs
-
-    real_means, syn_means = jax.vmap(class_means)(keys, real, syn_c)
+    # One (siamese) augmentation per class, then every class through the network in one batch, as the
+    # reference: with BatchNorm the statistics are those of all classes together (the same result as
+    # class by class for instance norm or no norm).
+    real_aug = jax.vmap(aug)(keys, real).reshape(num_classes * num_real, *real.shape[2:])
+    syn_aug = jax.vmap(aug)(keys, syn_c).reshape(num_classes * ipc, *syn_c.shape[2:])
+    fr = jax.lax.stop_gradient(fns.embed(variables, real_aug))
+    fs = fns.embed(variables, syn_aug)
+    real_means = fr.reshape(num_classes, num_real, -1).mean(1)
+    syn_means = fs.reshape(num_classes, ipc, -1).mean(1)
     real_means = pmean(real_means, axis_name)  # equal shards: the global per-class mean
     value = jnp.sum(jnp.square(real_means - syn_means))
     return value, {}
 
-  return Objective(no_state, loss, keep_state, batch_axis=1, name="dm")
+  return Objective(init, loss, keep_state, batch_axis=1, name="dm")

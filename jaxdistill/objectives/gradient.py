@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdistill.objectives.base import Objective, pmean
-from jaxdistill.objectives.nets import as_net, class_major, identity_augment
+from jaxdistill.objectives.nets import as_net, check_class_major, class_major, identity_augment
 
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
@@ -63,7 +63,8 @@ def _ce(logits, labels):
 
 def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
                       augment: Optional[Callable] = None, train_augment: Optional[Callable] = None,
-                      lr_net: float = 0.01, batch_train: int = 256) -> Objective:
+                      lr_net: float = 0.01, batch_train: int = 256,
+                      bn_per_class: int = 16) -> Objective:
   """The DC objective (DSA when ``augment`` is a siamese DSA and ``train_augment`` a per-sample DSA).
 
   Args:
@@ -72,7 +73,13 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     outer_loop, inner_loop: the reference schedule (``loops_for_ipc``).
     augment: siamese augmentation for the matching (one key per class, shared by real and synthetic).
     train_augment: augmentation for the inner training of the network on the synthetic set.
-    lr_net: SGD learning rate of the inner training; batch_train: its batch size.
+    lr_net: SGD learning rate of the inner training; batch_train: its batch size (the last batch of
+      an epoch is short when it does not divide the set).
+    bn_per_class: BatchNorm networks only: real images per class (the first of the step's batch) whose
+      training-mode pass refreshes the running statistics before each outer step; the per-class
+      gradients are then computed in eval mode (running statistics), as the reference. The inner
+      training runs in training mode and updates the running statistics too. Under data parallelism
+      the refreshed statistics are averaged over the devices' shards.
 
   The batch is ``{"images": [K, P, H, W, C]}``, split over devices along P.
   """
@@ -80,8 +87,23 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
   aug = augment or identity_augment
   train_aug = train_augment or identity_augment
 
+  apply_eval = fns.apply_eval or fns.apply
+  train_apply = fns.train_apply or (lambda v, x: (fns.apply(v, x), v))
+
   def init(key, syn):
+    check_class_major(syn.labels, num_classes)
     return DCState(fns.init(key, syn.images[:1]), jnp.zeros((), jnp.int32))
+
+  def prepare(state, batch, axis_name=None):
+    # BatchNorm networks: refresh the running statistics with a training-mode pass over bn_per_class
+    # real images per class, then match in eval mode (the reference freezes mu and sigma this way
+    # because a few synthetic images give unstable batch statistics).
+    if "batch_stats" not in state.variables:
+      return state
+    real = batch["images"][:, :bn_per_class]
+    _, variables = train_apply(state.variables, real.reshape(-1, *real.shape[2:]))
+    stats = pmean(variables["batch_stats"], axis_name)
+    return state._replace(variables={**state.variables, "batch_stats": stats})
 
   def loss(syn, batch, key, state, axis_name=None):
     variables = state.variables
@@ -91,7 +113,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
 
     def grads_of(p, x, c):
       v = {**variables, "params": p}
-      return _ce(fns.apply(v, x), jnp.full((x.shape[0],), c, jnp.int32))
+      return _ce(apply_eval(v, x), jnp.full((x.shape[0],), c, jnp.int32))
 
     def per_class(k, xr, xs, c):
       g_real = jax.grad(lambda p: pmean(grads_of(p, aug(k, xr), c), axis_name))(params)
@@ -105,20 +127,24 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     x, y = syn.images, syn.hard_labels()
     n = x.shape[0]
     bs = min(batch_train, n)
-    steps = -(-n // bs)
+    full, rest = divmod(n, bs)
+
+    def sgd(v, idx, ak):
+      def loss_fn(p):
+        logits, v_new = train_apply({**v, "params": p}, train_aug(ak, x[idx]))
+        return _ce(logits, y[idx]), v_new
+      g, v_new = jax.grad(loss_fn, has_aux=True)(v["params"])
+      return {**v_new, "params": jax.tree.map(lambda p, gi: p - lr_net * gi, v["params"], g)}
 
     def epoch(v, k):
+      # A shuffled pass in batches of batch_train, the last one short (a DataLoader without drop_last).
       perm_key, aug_key = jax.random.split(k)
       perm = jax.random.permutation(perm_key, n)
-      perm = jnp.concatenate([perm, perm[:steps * bs - n]]).reshape(steps, bs)
-
-      def sgd(v, inp):
-        idx, ak = inp
-        g = jax.grad(lambda p: _ce(fns.apply({**v, "params": p}, train_aug(ak, x[idx])), y[idx]))(
-            v["params"])
-        return {**v, "params": jax.tree.map(lambda p, gi: p - lr_net * gi, v["params"], g)}, None
-
-      v, _ = jax.lax.scan(sgd, v, (perm, jax.random.split(aug_key, steps)))
+      keys = jax.random.split(aug_key, full + (1 if rest else 0))
+      v, _ = jax.lax.scan(lambda v, inp: (sgd(v, *inp), None), v,
+                          (perm[:full * bs].reshape(full, bs), keys[:full]))
+      if rest:
+        v = sgd(v, perm[full * bs:], keys[full])
       return v, None
 
     variables, _ = jax.lax.scan(epoch, variables, jax.random.split(key, inner_loop))
@@ -132,4 +158,4 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
                              lambda: train_net(state.variables, syn, key))
     return DCState(variables, jnp.where(new_iteration, 0, outer).astype(jnp.int32))
 
-  return Objective(init, loss, update, batch_axis=1, name="dc")
+  return Objective(init, loss, update, batch_axis=1, name="dc", prepare=prepare)

@@ -1,0 +1,203 @@
+"""Fault injection and bad input: every silent-wrong-result case fails loudly, checkpoints are verified,
+a resume is of the same run. Tiny models; the kill test runs the loop in a subprocess."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxdistill import distill, evaluate, objectives
+from jaxdistill.checkpoint import Checkpointer, CorruptCheckpointError
+from jaxdistill.types import Dataset, SyntheticSet
+import toys
+
+K, IPC, P, HW = 3, 2, 4, 8
+
+
+def toy_syn(seed=1):
+  rng = np.random.default_rng(seed)
+  return SyntheticSet(jnp.asarray(rng.normal(size=(K * IPC, HW, HW, 1)), jnp.float32),
+                      jnp.repeat(jnp.arange(K, dtype=jnp.int32), IPC))
+
+
+def make(method="dm", lr=0.1, **kw):
+  x, y = toys.toy_data()
+  if method == "dm":
+    obj = objectives.distribution_matching(toys.TinyConv(), K)
+  else:
+    obj = objectives.gradient_matching(toys.TinyConv(), K, outer_loop=2, inner_loop=1)
+  return distill.Distiller(obj, distill.optimizer(optax.sgd(lr, momentum=0.5), **kw),
+                           distill.class_balanced_sampler(x, y, K, P))
+
+
+@pytest.mark.parametrize("method", ["dm", "dc"])
+def test_per_class_objectives_refuse_rows_that_are_not_class_major(method, key):
+  syn = toy_syn()
+  shuffled = syn._replace(labels=jnp.tile(jnp.arange(K, dtype=jnp.int32), IPC))  # 0,1,2,0,1,2
+  with pytest.raises(ValueError, match="class-major"):
+    distill.init_state(key, shuffled, make(method))
+
+
+def test_learnable_leaves_come_from_the_optimizer_and_contradictions_are_refused(key):
+  syn = toy_syn()._replace(log_lr=jnp.log(jnp.float32(0.01)))
+  d = make(log_lr=optax.sgd(1e-5))
+  assert distill.learn_flags(d) == (False, True)  # derived: the step size learns
+  with pytest.raises(ValueError, match="log_lr= optimizer but learn_lr=False"):
+    distill.init_state(key, syn, d._replace(learn_lr=False))
+  with pytest.raises(ValueError, match="learn_labels=True but the optimizer has no labels="):
+    distill.init_state(key, syn, d._replace(learn_labels=True))
+
+
+@pytest.mark.parametrize("tx", [optax.sgd(-0.1), optax.adam(-0.01)])
+def test_negative_learning_rate_is_refused(tx, key):
+  d = make()._replace(tx=distill.optimizer(tx))
+  with pytest.raises(ValueError, match="uphill"):
+    distill.init_state(key, toy_syn(), d)
+
+
+def test_bad_arguments_name_the_problem(tmp_path, key):
+  x, y = toys.toy_data()
+  with pytest.raises(ValueError, match="per_class must be an integer >= 1; got 0"):
+    distill.class_balanced_sampler(x, y, K, 0)
+  with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=3\).*-1"):
+    distill.class_balanced_sampler(x, np.where(y == 0, -1, y), K, 2)
+  with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=2\)"):
+    distill.class_balanced_sampler(x, y, 2, 2)
+  for kw, msg in (({"keep": 0}, "keep must be an integer >= 1; got 0"),
+                  ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1; got 0")):
+    with pytest.raises(ValueError, match=msg):
+      distill.run(key, toy_syn(), make(), 2, checkpoint_dir=str(tmp_path / "c"), progress=False, **kw)
+
+
+def test_nan_soft_labels_and_step_size_are_refused_by_evaluation(key):
+  x, y = toys.toy_data()
+  data = Dataset("toy", x, y, x, y, K, ("0", "1", "2"), (0.0,), (1.0,))
+  soft = jnp.full((K * IPC, K), jnp.nan, jnp.float32)
+  with pytest.raises(ValueError, match="Soft labels contain NaN"):
+    evaluate.accuracy(key, toy_syn()._replace(labels=soft), data, model=toys.TinyConv(), num_seeds=1,
+                      cfg=evaluate.EvalConfig(epochs=1, augment="none"))
+  with pytest.raises(ValueError, match="step size"):
+    evaluate.accuracy(key, toy_syn()._replace(log_lr=jnp.float32(jnp.nan)), data, model=toys.TinyConv(),
+                      num_seeds=1, cfg=evaluate.EvalConfig(epochs=1, augment="none"))
+
+
+def test_finite_divergence_stops_with_the_checkpoint_intact(tmp_path, key):
+  """Image lr 1e12: the loss stays finite (instance-norm-like invariance) but the images explode."""
+  ckpt = str(tmp_path / "ck")
+  with pytest.raises(distill.DivergenceError, match=r"magnitude .* above the bound .*Guard.image_bound"):
+    distill.run(key, toy_syn(), make(lr=1e12), 10, checkpoint_dir=ckpt, checkpoint_every=100,
+                progress=False)
+  # No checkpoint of a diverged state was written.
+  assert Checkpointer(ckpt).latest_step() is None
+  # The loss guard, opt-in.
+  d = make()
+  dm = d.objective
+  bad = d._replace(objective=dm._replace(
+      init=lambda k, s: jnp.zeros((), jnp.int32), update=lambda c, s, k: c + 1,
+      loss=lambda syn, b, k, c, axis_name=None: _jump(dm.loss(syn, b, k, (), axis_name)[0], c)))
+  with pytest.raises(distill.DivergenceError, match="step 4: the loss .* exceeds 1000 times"):
+    distill.run(key, toy_syn(), bad, 6, progress=False, log_every=1,
+                guard=distill.Guard(loss_factor=1e3))
+
+
+def _jump(loss, count):
+  """The loss a millionfold from the fourth step on, with unchanged gradients."""
+  return loss + jax.lax.stop_gradient(loss * jnp.where(count >= 3, 1e6 - 1.0, 0.0)), {}
+
+
+def _array_files(ckpt_dir, step):
+  files = [f for f in glob.glob(os.path.join(ckpt_dir, str(step), "state", "**", "*"), recursive=True)
+           if os.path.isfile(f)]
+  return sorted(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("fault", ["bitflip", "truncate"])
+def test_corrupt_latest_checkpoint_is_detected_and_the_run_resumes_from_the_verified_one(
+    fault, tmp_path, key):
+  d = make()
+  ref, _ = distill.run(key, toy_syn(), d, 4, progress=False)
+  ckpt = str(tmp_path / "ck")
+  distill.run(key, toy_syn(), d, 4, checkpoint_dir=ckpt, checkpoint_every=2, progress=False)
+  biggest = _array_files(ckpt, 4)[-1]
+  raw = bytearray(open(biggest, "rb").read())
+  if fault == "bitflip":
+    raw[len(raw) // 2] ^= 0x10
+  else:
+    raw = raw[:len(raw) // 2]
+  open(biggest, "wb").write(bytes(raw))
+  like = distill.init_state(key, toy_syn(), d)
+  with pytest.raises(CorruptCheckpointError, match="step 4"):
+    Checkpointer(ckpt).restore(like, step=4)
+  with pytest.warns(RuntimeWarning, match=r"step 4 .*(corrupt|could not be read)"):
+    state, hist = distill.run(key, toy_syn(), d, 4, checkpoint_dir=ckpt, checkpoint_every=2,
+                              progress=False)
+  assert [h["step"] for h in hist] == [3, 4]  # resumed from step 2
+  np.testing.assert_array_equal(np.asarray(state.syn.images), np.asarray(ref.syn.images))
+  assert os.path.isdir(os.path.join(ckpt, "4.corrupt"))  # kept aside for inspection
+
+
+def test_resume_checks_the_run_identity_without_a_config(tmp_path, key):
+  ckpt = str(tmp_path / "ck")
+  d = make()
+  distill.run(key, toy_syn(), d, 2, checkpoint_dir=ckpt, progress=False)
+  with pytest.raises(ValueError, match="(?s)another run identity.*key"):
+    distill.run(jax.random.key(5), toy_syn(), d, 3, checkpoint_dir=ckpt, progress=False)
+  with pytest.raises(ValueError, match="(?s)another run identity.*optimizer_probe"):
+    distill.run(key, toy_syn(), make(lr=0.2), 3, checkpoint_dir=ckpt, progress=False)
+  with pytest.raises(ValueError, match="at step 2, past num_steps=1"):
+    distill.run(key, toy_syn(), d, 1, checkpoint_dir=ckpt, progress=False)
+  # Extending the run is allowed and equals the uninterrupted longer run.
+  state, hist = distill.run(key, toy_syn(), d, 4, checkpoint_dir=ckpt, progress=False)
+  ref, _ = distill.run(key, toy_syn(), d, 4, progress=False)
+  assert [h["step"] for h in hist] == [3, 4]
+  np.testing.assert_array_equal(np.asarray(state.syn.images), np.asarray(ref.syn.images))
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import jax
+    from jaxdistill import distill
+    import test_guarantees as t
+    def slow(step, syn):
+      time.sleep(0.05)
+    distill.run(jax.random.key(0), t.toy_syn(), t.make(), 400, checkpoint_dir={ckpt!r},
+                checkpoint_every=1, keep=2, progress=False, on_images=slow, image_every=1)
+""")
+
+
+def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path):
+  """SIGKILL a child mid-run (between steps or inside a checkpoint write) twice; resuming finishes with
+  exactly the uninterrupted result."""
+  ckpt = str(tmp_path / "ck")
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  script = _CHILD.format(tests=tests_dir, ckpt=ckpt)
+  rng = np.random.default_rng(0)
+  done = 0
+  for _ in range(2):
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tests_dir)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+      steps = [int(n) for n in os.listdir(ckpt) if n.isdigit()] if os.path.isdir(ckpt) else []
+      if steps and max(steps) >= done + 3:
+        done = max(steps)
+        break
+      time.sleep(0.05)
+    time.sleep(float(rng.uniform(0.0, 0.5)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  d = make()
+  key = jax.random.key(0)
+  assert 0 < done < 60
+  state, _ = distill.run(key, toy_syn(), d, 60, checkpoint_dir=ckpt, checkpoint_every=1, keep=2,
+                         progress=False)
+  ref, _ = distill.run(key, toy_syn(), d, 60, progress=False)
+  np.testing.assert_array_equal(np.asarray(state.syn.images), np.asarray(ref.syn.images))
