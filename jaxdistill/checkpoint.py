@@ -97,9 +97,17 @@ class Checkpointer:
                          + (" (keep=0 would delete every checkpoint)." if name == "keep" else "."))
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
-    self._check_json(CONFIG_FILE, config or {}, "configuration", first=True)
-    if identity is not None:
-      self._check_json(IDENTITY_FILE, identity, "run identity (key, objective, shapes, optimizer, data)")
+    # Multi-process runs: process 0 checks and writes the run files, then the others check them.
+    lead = jax.process_index() == 0
+    for turn in ((True, False) if jax.process_count() > 1 else (True,)):
+      if turn == lead:
+        self._check_json(CONFIG_FILE, config or {}, "configuration", first=True)
+        if identity is not None:
+          self._check_json(IDENTITY_FILE, identity,
+                           "run identity (key, objective, shapes, optimizer, data)")
+      if jax.process_count() > 1 and turn:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"jaxdistill checkpoint files {self.directory}")
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,

@@ -277,7 +277,7 @@ def check_descent(tx, params: dict) -> None:
 def place(state: DistillState, mesh=None) -> DistillState:
   """Replicates ``state`` over ``mesh``: the layout the step returns, so it compiles once."""
   mesh = parallel.data_mesh() if mesh is None else mesh
-  return jax.device_put(state, parallel.replicated(mesh))
+  return parallel.replicate(state, mesh)
 
 
 def _training_view(syn: SyntheticSet, d: Distiller) -> SyntheticSet:

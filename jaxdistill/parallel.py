@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -54,6 +55,25 @@ def batch_sharding(mesh, batch, batch_axis: int):
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh):
+  """Places a pytree of arrays (typed PRNG keys included), equal on every process, replicated over
+  ``mesh``. On one process this is ``jax.device_put``; across processes each one fills its own devices
+  from its host copy (``jax.make_array_from_callback``)."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x if x.sharding == sharding else jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  return jax.tree.map(one, tree)
 
 
 def check_divisible(batch, batch_axis: int, mesh) -> None:
