@@ -264,3 +264,17 @@ def test_bad_inputs_raise(key):
     A.get_augment("dsa", strategy="crop_zoom")
   with pytest.raises(ValueError, match="mode"):
     A.dsa(key, x, mode="M")
+
+
+def test_map_groups_applies_one_chosen_op_per_group(getkey):
+  """Siamese DSA with one key per class: each class gets exactly the op its key picks (as applying
+  the augmentation class by class by hand), without computing every op as vmap would."""
+  x = jnp.stack([_images(getkey(), n=3) for _ in range(4)])  # [G=4, 3, H, W, C]
+  keys = jax.random.split(getkey(), 4)
+  aug = A.get_augment("dsa", siamese=True)
+  got = jax.jit(lambda k, x: A.map_groups(aug, k, x))(keys, x)
+  for g in range(4):
+    np.testing.assert_allclose(got[g], aug(keys[g], x[g]), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got, jax.vmap(aug)(keys, x), rtol=1e-5, atol=1e-5)
+  hlo = jax.jit(lambda k, x: A.map_groups(aug, k, x)).lower(keys, x).as_text()
+  assert "case" in hlo or "conditional" in hlo  # a real switch survives (vmap turns it into selects)

@@ -65,11 +65,11 @@ def python_loop_dd(syn, batch, key):
   for _ in range(EPOCHS):
     for s in range(STEPS):
       r = rows[s]
-      g = jax.grad(lambda p: unrolled._cross_entropy(MLP.apply({"params": p}, syn.images[r]),
+      g = jax.grad(lambda p: unrolled.cross_entropy(MLP.apply({"params": p}, syn.images[r]),
                                                      syn.labels[r]))(params)
       params = jax.tree.map(lambda a, b: a - lrs[t] * b, params, g)
       t += 1
-  return unrolled._cross_entropy(MLP.apply({"params": params}, batch["images"]), batch["labels"])
+  return unrolled.cross_entropy(MLP.apply({"params": params}, batch["images"]), batch["labels"])
 
 
 def test_dd_loss_matches_python_loop_and_gradients_reach_everything(key):
@@ -98,7 +98,7 @@ def test_dd_train_is_the_network_the_loss_scores(key):
       syn, batch, key, ())
   variables = objectives.dd_train(MLP, syn, key, unroll_steps=STEPS, epochs=EPOCHS)
   logits = MLP.apply(variables, batch["images"], train=False)
-  np.testing.assert_allclose(float(unrolled._cross_entropy(logits, batch["labels"])), float(loss),
+  np.testing.assert_allclose(float(unrolled.cross_entropy(logits, batch["labels"])), float(loss),
                              rtol=1e-5)
   # Untrained (step sizes ~0) it is the fresh network: the learned step sizes are what it uses.
   still = objectives.dd_train(MLP, syn._replace(log_lr=jnp.full_like(syn.log_lr, -60.0)), key,

@@ -179,7 +179,7 @@ def test_bad_input(key):
   with pytest.raises(ValueError, match="batch_syn=4 does not divide the 6"):
     obj.loss(toy_syn(), segment_batch(traj), key, ())
   obj = objectives.trajectory_matching(TinyMLP(), K, syn_steps=2)
-  with pytest.raises(ValueError, match="needs a learnable step size"):
+  with pytest.raises(ValueError, match="needs learnable step sizes"):
     obj.loss(toy_syn()._replace(log_lr=None), segment_batch(traj), key, ())
   with pytest.raises(ValueError, match="log_lr must be a scalar or"):
     obj.loss(toy_syn()._replace(log_lr=jnp.zeros(3)), segment_batch(traj), key, ())

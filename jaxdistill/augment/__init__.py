@@ -52,9 +52,19 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
   raise ValueError(f"Unknown augmentation {name!r}; known: {list(AUGMENTATIONS)}.")
 
 
+def map_groups(aug: AugmentFn, keys: jax.Array, x: jax.Array) -> jax.Array:
+  """``aug(keys[g], x[g])`` for every group ``g`` of ``x`` ``[G, B, H, W, C]`` (e.g. one class each,
+  siamese DSA with one key per class), one group after another (``lax.map``).
+
+  Equal to ``jax.vmap(aug)(keys, x)``, but DSA's one op per call stays one op: under ``vmap`` the op
+  choice is batched and every op is computed for every group, then selected.
+  """
+  return jax.lax.map(lambda kx: aug(kx[0], kx[1]), (keys, x))
+
+
 __all__ = [
     "AUGMENTATIONS", "AugmentFn", "DEFAULT_STRATEGY", "DSAParams", "NO_FLIP_STRATEGY", "OPS", "affine",
     "brightness", "color", "contrast", "crop", "crop_flip", "cutout", "cutout_at", "dsa", "flip",
-    "flip_where", "get_augment", "identity", "parse_strategy", "rotate", "rotate_by", "saturation", "scale",
+    "flip_where", "get_augment", "identity", "map_groups", "parse_strategy", "rotate", "rotate_by", "saturation", "scale",
     "scale_by", "strategy_for", "translate",
 ]

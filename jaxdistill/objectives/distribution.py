@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.objectives.nets import as_net, check_class_major, class_major, identity_augment
 
@@ -48,8 +49,8 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     # One (siamese) augmentation per class, then every class through the network in one batch, as the
     # reference: with BatchNorm the statistics are those of all classes together (the same result as
     # class by class for instance norm or no norm).
-    real_aug = jax.vmap(aug)(keys, real).reshape(num_classes * num_real, *real.shape[2:])
-    syn_aug = jax.vmap(aug)(keys, syn_c).reshape(num_classes * ipc, *syn_c.shape[2:])
+    real_aug = map_groups(aug, keys, real).reshape(num_classes * num_real, *real.shape[2:])
+    syn_aug = map_groups(aug, keys, syn_c).reshape(num_classes * ipc, *syn_c.shape[2:])
     fr = jax.lax.stop_gradient(fns.embed(variables, real_aug))
     fs = fns.embed(variables, syn_aug)
     real_means = fr.reshape(num_classes, num_real, -1).mean(1)

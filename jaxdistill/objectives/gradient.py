@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, pmean
-from jaxdistill.objectives.nets import as_net, check_class_major, class_major, identity_augment
+from jaxdistill.objectives.nets import (as_net, check_class_major, class_major, cross_entropy,
+                                        identity_augment)
 
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
@@ -55,10 +57,6 @@ def gradient_distance(g_real, g_syn, eps: float = 1e-6) -> jax.Array:
 class DCState(NamedTuple):
   variables: dict  # the network being trained on the synthetic set
   outer: jax.Array  # int32: outer steps done in this iteration
-
-
-def _ce(logits, labels):
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
 def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
@@ -113,14 +111,17 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
 
     def grads_of(p, x, c):
       v = {**variables, "params": p}
-      return _ce(apply_eval(v, x), jnp.full((x.shape[0],), c, jnp.int32))
+      return cross_entropy(apply_eval(v, x), jnp.full((x.shape[0],), c, jnp.int32))
 
-    def per_class(k, xr, xs, c):
-      g_real = jax.grad(lambda p: pmean(grads_of(p, aug(k, xr), c), axis_name))(params)
-      g_syn = jax.grad(lambda p: grads_of(p, aug(k, xs), c))(params)
+    def per_class(xr, xs, c):
+      g_real = jax.grad(lambda p: pmean(grads_of(p, xr, c), axis_name))(params)
+      g_syn = jax.grad(lambda p: grads_of(p, xs, c))(params)
       return gradient_distance(jax.lax.stop_gradient(g_real), g_syn)
 
-    dists = jax.vmap(per_class)(keys, batch["images"], syn_c, jnp.arange(num_classes))
+    # One siamese augmentation per class (one DSA op each), then the per-class gradients batched.
+    real_aug = map_groups(aug, keys, batch["images"])
+    syn_aug = map_groups(aug, keys, syn_c)
+    dists = jax.vmap(per_class)(real_aug, syn_aug, jnp.arange(num_classes))
     return jnp.sum(dists), {}
 
   def train_net(variables, syn, key):
@@ -132,7 +133,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     def sgd(v, idx, ak):
       def loss_fn(p):
         logits, v_new = train_apply({**v, "params": p}, train_aug(ak, x[idx]))
-        return _ce(logits, y[idx]), v_new
+        return cross_entropy(logits, y[idx]), v_new
       g, v_new = jax.grad(loss_fn, has_aux=True)(v["params"])
       return {**v_new, "params": jax.tree.map(lambda p, gi: p - lr_net * gi, v["params"], g)}
 

@@ -5,6 +5,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class NetFns(NamedTuple):
@@ -70,6 +71,14 @@ def check_class_major(labels, num_classes: int) -> None:
     raise ValueError("Per-class objectives need the synthetic rows ordered class-major with the same "
                      f"number per class (labels 0,..,0,1,..,1,...,{num_classes - 1}); got labels "
                      f"{labels[:20].tolist()}{'...' if n > 20 else ''}.")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean cross-entropy: ``labels`` ``[B]`` int (hard) or ``[B, K]`` float logits (soft: targets are
+  ``softmax(labels)``, as DATM's ``SoftCrossEntropy``)."""
+  if labels.ndim == 1:
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  return jnp.mean(optax.softmax_cross_entropy(logits, jax.nn.softmax(labels, axis=-1)))
 
 
 def identity_augment(key, x):

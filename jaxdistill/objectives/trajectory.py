@@ -45,7 +45,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
-from jaxdistill.objectives.nets import as_net, identity_augment
+from jaxdistill.objectives.nets import as_net, cross_entropy, identity_augment
 from jaxdistill.partial import route_augment
 
 
@@ -84,24 +84,22 @@ def _varying(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
   return jax.lax.pcast(x, axis_name, to="varying")
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean cross-entropy: ``labels`` ``[B]`` int (hard) or ``[B, K]`` float logits (soft: targets are
-  ``softmax(labels)``, as DATM's ``SoftCrossEntropy``)."""
-  if labels.ndim == 1:
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-  return jnp.mean(optax.softmax_cross_entropy(logits, jax.nn.softmax(labels, axis=-1)))
+def step_sizes(log_lr: Optional[jax.Array], num_steps: int, who: str = "trajectory_matching",
+               steps_name: str = "syn_steps") -> jax.Array:
+  """``[num_steps]`` student step sizes ``exp(log_lr)`` from a scalar or per-step ``[num_steps]``.
 
-
-def step_sizes(log_lr: Optional[jax.Array], syn_steps: int) -> jax.Array:
-  """``[syn_steps]`` student step sizes ``exp(log_lr)`` from a scalar or per-step ``[syn_steps]``."""
+  ``who`` and ``steps_name`` name the caller and its step count in error messages.
+  """
   if log_lr is None:
-    raise ValueError("trajectory_matching needs a learnable step size: a SyntheticSet with log_lr set "
-                     "(the reference initializes it to log(0.01), the experts' learning rate).")
+    raise ValueError(f"{who} needs learnable step sizes: a SyntheticSet with log_lr set, a scalar or "
+                     f"[{steps_name}] = [{num_steps}] (the references initialize it to log(0.01) for "
+                     f"MTT, the experts' learning rate, and log(0.02) for DD).")
   log_lr = jnp.asarray(log_lr)
   if log_lr.size == 1:
-    return jnp.broadcast_to(jnp.exp(log_lr.reshape(())), (syn_steps,))
-  if log_lr.shape != (syn_steps,):
-    raise ValueError(f"log_lr must be a scalar or [syn_steps={syn_steps}]; got shape {log_lr.shape}.")
+    return jnp.broadcast_to(jnp.exp(log_lr.reshape(())), (num_steps,))
+  if log_lr.shape != (num_steps,):
+    raise ValueError(f"log_lr must be a scalar or [{steps_name}] = [{num_steps}]; got shape "
+                     f"{log_lr.shape}.")
   return jnp.exp(log_lr)
 
 

@@ -33,14 +33,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
-from jaxdistill.objectives.nets import as_net, identity_augment
-
-
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean cross-entropy: ``labels`` ``[B]`` int, or ``[B, K]`` float logits (targets ``softmax``)."""
-  if labels.ndim == 1:
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-  return jnp.mean(optax.softmax_cross_entropy(logits, jax.nn.softmax(labels, axis=-1)))
+from jaxdistill.objectives.nets import as_net, cross_entropy, identity_augment
+from jaxdistill.objectives.trajectory import step_sizes, unroll
 
 
 def step_rows(n: int, unroll_steps: int, per_step_batches: bool = True) -> jax.Array:
@@ -51,21 +45,6 @@ def step_rows(n: int, unroll_steps: int, per_step_batches: bool = True) -> jax.A
     raise ValueError(f"{n} synthetic rows do not split into unroll_steps={unroll_steps} equal batches; "
                      "use a multiple of unroll_steps rows or per_step_batches=False.")
   return jnp.arange(n, dtype=jnp.int32).reshape(n // unroll_steps, unroll_steps).T
-
-
-def dd_step_sizes(log_lr: Optional[jax.Array], total_steps: int) -> jax.Array:
-  """``[T]`` step sizes ``exp(log_lr)`` from a scalar or ``[T]`` ``log_lr``."""
-  if log_lr is None:
-    raise ValueError("dataset_distillation needs learnable step sizes: a SyntheticSet with log_lr of "
-                     f"shape [{total_steps}] (unroll_steps * epochs), e.g. "
-                     f"jnp.full(({total_steps},), jnp.log(0.02)) as the reference initializes them.")
-  log_lr = jnp.asarray(log_lr)
-  if log_lr.ndim == 0 or log_lr.shape == (1,):
-    return jnp.broadcast_to(jnp.exp(log_lr.reshape(())), (total_steps,))
-  if log_lr.shape != (total_steps,):
-    raise ValueError(f"log_lr must be a scalar or [unroll_steps * epochs] = [{total_steps}]; got shape "
-                     f"{log_lr.shape}.")
-  return jnp.exp(log_lr)
 
 
 def _check_labels(syn, num_classes: int) -> None:
@@ -86,22 +65,15 @@ def _unroll(fns, syn, key, unroll_steps: int, epochs: int, per_step_batches: boo
   set with the learned step sizes. Returns ``(trained variables, rows of the last step)``."""
   images, labels = syn.images, syn.labels
   total = unroll_steps * epochs
-  lrs = dd_step_sizes(syn.log_lr, total)
+  lrs = step_sizes(syn.log_lr, total, "dataset_distillation", "unroll_steps * epochs")
   rows = jnp.tile(step_rows(images.shape[0], unroll_steps, per_step_batches), (epochs, 1))
   net_key, aug_key = jax.random.split(key)
   variables = fns.init(net_key, images[:1])
   rest = {k: v for k, v in variables.items() if k != "params"}
   theta0, unravel = ravel_pytree(variables["params"])
-
-  def step(theta, inp):
-    r, k, lr = inp
-    loss = lambda th: _cross_entropy(fns.apply({**rest, "params": unravel(th)}, aug(k, images[r])),
-                                     labels[r])
-    return theta - lr * jax.grad(loss)(theta), None
-
-  if remat:
-    step = jax.checkpoint(step, prevent_cse=False)
-  theta, _ = jax.lax.scan(step, theta0, (rows, jax.random.split(aug_key, total), lrs))
+  apply_flat = lambda th, x: fns.apply({**rest, "params": unravel(th)}, x)
+  theta = unroll(apply_flat, theta0, images, labels, lrs, rows, jax.random.split(aug_key, total), aug,
+                 remat)
   return {**rest, "params": unravel(theta)}, rows[-1]
 
 
@@ -157,9 +129,9 @@ def dataset_distillation(net, num_classes: int, unroll_steps: int, epochs: int =
     if batch["labels"].ndim != 1:
       raise ValueError(f"The batch labels must be [B] int; got shape {batch['labels'].shape}.")
     variables, last = _unroll(fns, syn, key, unroll_steps, epochs, per_step_batches, aug, remat)
-    value = pmean(_cross_entropy(fns.apply(variables, batch["images"]), batch["labels"]), axis_name)
+    value = pmean(cross_entropy(fns.apply(variables, batch["images"]), batch["labels"]), axis_name)
     frozen = jax.lax.stop_gradient(variables)
-    syn_loss = _cross_entropy(fns.apply(frozen, syn.images[last]), syn.labels[last])
+    syn_loss = cross_entropy(fns.apply(frozen, syn.images[last]), syn.labels[last])
     return value, {"syn_loss": jax.lax.stop_gradient(syn_loss)}
 
   return Objective(no_state, loss, keep_state, batch_axis=0, name="dd")
