@@ -2,6 +2,7 @@
 from jaxdistill import augment
 from jaxdistill import data
 from jaxdistill import models
+from jaxdistill import training
 from jaxdistill import evaluate
 from jaxdistill import selection
 from jaxdistill import objectives

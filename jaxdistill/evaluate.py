@@ -25,6 +25,7 @@ import optax
 from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
 from jaxdistill import partial as partial_lib
+from jaxdistill import training
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -75,12 +76,6 @@ class EvalConfig(NamedTuple):
     return e // 2 + 2 if e // 2 + 2 <= e else None
 
 
-def _resolve_augment(aug, dataset_name: Optional[str]) -> AugmentFn:
-  if callable(aug):
-    return aug
-  return augment_lib.get_augment(aug, dataset_name=dataset_name, siamese=False)
-
-
 def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epoch: int):
   """Step-indexed learning rate; ``lr`` may be a traced array (a learned step size)."""
   if cfg.schedule == "step":
@@ -99,35 +94,9 @@ def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epo
   raise ValueError(f"Unknown schedule {cfg.schedule!r}; known: 'step', 'half', 'cosine', 'constant'.")
 
 
-def _loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kind: str) -> jax.Array:
-  """Weighted mean loss. ``targets``: ``[B]`` int or ``[B, K]`` float; ``weights``: ``[B]`` 0/1."""
-  if kind == "ce":
-    if targets.ndim == 1:
-      per = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    else:
-      per = optax.softmax_cross_entropy(logits, targets)
-  elif kind == "mse":
-    if targets.ndim == 1:
-      targets = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
-    per = 0.5 * jnp.sum(jnp.square(logits - targets), axis=-1)
-  else:
-    raise ValueError(f"Unknown loss {kind!r}; known: 'ce', 'mse'.")
-  return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def init_variables(key: jax.Array, model, image_shape: Sequence[int]):
   """Initializes a model's variables for ``[1, *image_shape]`` inputs."""
   return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-
-
-def _forward(model, variables, x: jax.Array, train: bool):
-  """Returns ``(logits, new_batch_stats or None)`` for models with or without BatchNorm."""
-  if "batch_stats" in variables:
-    if train:
-      logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-      return logits, updates["batch_stats"]
-    return model.apply(variables, x, train=False), variables["batch_stats"]
-  return model.apply(variables, x, train=train), None
 
 
 def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: EvalConfig = EvalConfig(),
@@ -153,7 +122,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   steps_per_epoch = -(-n // bs)
   total = cfg.trained_epochs() * steps_per_epoch
   augs = cfg.augment if isinstance(cfg.augment, tuple) else (cfg.augment,)
-  augs = tuple(_resolve_augment(a, dataset_name) for a in augs)
+  augs = tuple(training.resolve_augment(a, dataset_name) for a in augs)
   if len(augs) > 1 and groups is None:
     raise ValueError("A tuple of augmentations needs `groups` (one group id per row).")
   lr = jnp.asarray(cfg.lr if lr is None else lr, jnp.float32)
@@ -170,37 +139,19 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   params = variables["params"]
   stats = variables.get("batch_stats")
 
-  def epoch_order(k):
-    perm = jax.random.permutation(k, n)
-    pad = steps_per_epoch * bs - n
-    idx = jnp.concatenate([perm, perm[:pad]]).reshape(steps_per_epoch, bs)
-    valid = (jnp.arange(steps_per_epoch * bs) < n).astype(jnp.float32).reshape(steps_per_epoch, bs)
-    return idx, valid
-
   def step(carry, inputs):
     params, stats, opt_state, t = carry
     opt_state = jax.tree.map(lambda s: jnp.where(t == restart_step, jnp.zeros_like(s), s), opt_state)
     idx, valid, k = inputs
     x = partial_lib.route_augment(augs, k, images[idx], None if groups is None else groups[idx])
-    y = labels[idx]
-
-    def loss_fn(p):
-      v = {"params": p} if stats is None else {"params": p, "batch_stats": stats}
-      logits, new_stats = _forward(model, v, x, train=True)
-      return _loss(logits, y, valid, cfg.loss), new_stats
-
-    (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    _, new_stats, grads = training.loss_and_grads(model, params, stats, x, labels[idx], valid, cfg.loss)
     updates, opt_state = tx.update(grads, opt_state, params)
     rate = schedule(t)
     params = jax.tree.map(lambda p, u: p - rate * u, params, updates)
     return (params, new_stats, opt_state, t + 1), None
 
   def epoch(carry, k):
-    order_key, aug_key = jax.random.split(k)
-    idx, valid = epoch_order(order_key)
-    keys = jax.random.split(aug_key, steps_per_epoch)
-    carry, _ = jax.lax.scan(step, carry, (idx, valid, keys))
-    return carry, None
+    return training.scan_epoch(step, carry, k, n, cfg.batch_size)[0], None
 
   carry = (params, stats, tx.init(params), jnp.zeros((), jnp.int32))
   (params, stats, _, _), _ = jax.lax.scan(epoch, carry,
@@ -214,7 +165,7 @@ def predict(model, variables, x: jax.Array, batch_size: int = 2000) -> jax.Array
   bs = min(batch_size, m)
   nb = -(-m // bs)
   xp = jnp.concatenate([x, jnp.zeros((nb * bs - m, *x.shape[1:]), x.dtype)]) if nb * bs > m else x
-  preds = jax.lax.map(lambda xb: _forward(model, variables, xb, train=False)[0].argmax(-1),
+  preds = jax.lax.map(lambda xb: training.forward(model, variables, xb, train=False)[0].argmax(-1),
                       xp.reshape(nb, bs, *x.shape[1:]))
   return preds.reshape(-1)[:m]
 

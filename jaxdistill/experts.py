@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxdistill import evaluate
+from jaxdistill import evaluate, training
 from jaxdistill.types import Dataset
 
 EXPERT_DIR = "expert_{}"
@@ -244,36 +244,21 @@ def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) 
   ``ceil(N / batch_size)`` batches; the last partial batch is kept, padded and masked), augmenting each
   batch with ``cfg.augment`` (one key per batch), SGD per ``cfg``. The data are arguments, not constants.
   """
-  aug = evaluate._resolve_augment(cfg.augment, dataset_name)  # pylint: disable=protected-access
+  aug = training.resolve_augment(cfg.augment, dataset_name)
   tx = _optimizer(cfg)
 
   def epoch(variables, opt_state, images, labels, key):
-    n = images.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps = -(-n // bs)
-    order_key, aug_key = jax.random.split(key)
-    perm = jax.random.permutation(order_key, n)
-    pad = steps * bs - n
-    idx = jnp.concatenate([perm, perm[:pad]]).reshape(steps, bs)
-    valid = (jnp.arange(steps * bs) < n).astype(jnp.float32).reshape(steps, bs)
-
     def step(carry, inp):
       params, stats, opt_state = carry
       idx_b, valid_b, k = inp
-      x, y = aug(k, images[idx_b]), labels[idx_b]
-
-      def loss_fn(p):
-        v = {"params": p} if stats is None else {"params": p, "batch_stats": stats}
-        logits, new_stats = evaluate._forward(model, v, x, train=True)  # pylint: disable=protected-access
-        return evaluate._loss(logits, y, valid_b, "ce"), new_stats  # pylint: disable=protected-access
-
-      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      loss, new_stats, grads = training.loss_and_grads(model, params, stats, aug(k, images[idx_b]),
+                                                       labels[idx_b], valid_b, "ce")
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), new_stats, opt_state), loss * jnp.sum(valid_b)
 
     carry = (variables["params"], variables.get("batch_stats"), opt_state)
-    (params, stats, opt_state), losses = jax.lax.scan(step, carry,
-                                                      (idx, valid, jax.random.split(aug_key, steps)))
+    n = images.shape[0]
+    (params, stats, opt_state), losses = training.scan_epoch(step, carry, key, n, cfg.batch_size)
     out = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
     return out, opt_state, jnp.sum(losses) / n
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import evaluate, partial
+from jaxdistill import evaluate, partial, training
 from jaxdistill.types import Dataset, SyntheticSet
 
 
@@ -86,8 +86,8 @@ def test_partial_last_batch_is_masked():
   logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
   y = jnp.array([0, 0, 1])
   w = jnp.array([1.0, 1.0, 0.0])  # the third row is padding
-  got = evaluate._loss(logits, y, w, "ce")
-  want = evaluate._loss(logits[:2], y[:2], jnp.ones(2), "ce")
+  got = training.weighted_loss(logits, y, w, "ce")
+  want = training.weighted_loss(logits[:2], y[:2], jnp.ones(2), "ce")
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import augment, evaluate, partial, selection
+from jaxdistill import augment, evaluate, partial, selection, training
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 # Two interleaved classes: class 0 = rows 0, 2, ..., 14, 16, 17, 18, 19 (12 images), class 1 = rows 1, 3,
@@ -183,7 +183,7 @@ def test_combined_augmentation_frozen_rows_crop_flip_distilled_rows_dsa():
   np.testing.assert_array_equal(mask, [0, 0, 1, 0, 0, 1])
   groups = partial.augment_groups(mask)
   cfg = evaluate.EvalConfig(augment=("dsa", "crop_flip"))
-  augs = tuple(evaluate._resolve_augment(a, "cifar10") for a in cfg.augment)
+  augs = tuple(training.resolve_augment(a, "cifar10") for a in cfg.augment)
   assert augs[1] is augment.crop_flip
   dsa_not_crop_flip = 0
   for i in range(8):
