@@ -28,6 +28,9 @@ import numpy as np
 import optax
 
 from jaxdistill import parallel, partial
+from jaxdistill.checks import check_positive_int
+# Samplers live with the data; re-exported here, where the loop uses them.
+from jaxdistill.data.sampling import Sampler, class_balanced_sampler, random_sampler  # noqa: F401
 from jaxdistill.objectives.base import Objective
 from jaxdistill.types import SyntheticSet
 
@@ -38,67 +41,6 @@ class DistillState(NamedTuple):
   opt_state: Any
   obj_state: Any
   key: jax.Array  # typed PRNG key of the run
-
-
-class Sampler(NamedTuple):
-  """A real-batch sampler: ``fn(key, arrays) -> batch``, with the dataset arrays passed in (not
-  closed over, so they are not baked into the program as constants). With ``uses_step`` the loop calls
-  ``fn(key, arrays, step)`` with the int32 step of the state (curricula such as DATM's growing range
-  of expert start epochs)."""
-  fn: Callable[..., Any]
-  arrays: Any
-  uses_step: bool = False
-
-
-# ----------------------------------------------------------------------------------------------------
-# Samplers
-# ----------------------------------------------------------------------------------------------------
-
-def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: int,
-                           per_class: int) -> Sampler:
-  """Batches ``{"images": [K, per_class, H, W, C]}``: per class, ``per_class`` distinct random images
-  (the DC/DM reference's ``get_images``). Classes smaller than ``per_class`` raise."""
-  _check_positive_int("per_class", per_class)
-  labels = np.asarray(labels)
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be [N] integer class ids; got shape {labels.shape}, dtype "
-                     f"{labels.dtype}.")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
-                     f"[{labels.min()}, {labels.max()}].")
-  counts = np.bincount(labels, minlength=num_classes)
-  if counts.min() < per_class:
-    c = int(counts.argmin())
-    raise ValueError(f"per_class={per_class} real images per batch, but class {c} has only "
-                     f"{counts[c]} images.")
-  order = np.argsort(labels, kind="stable")
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  arrays = {"images": jnp.asarray(images[order], jnp.float32),
-            "labels": jnp.asarray(labels[order], jnp.int32),
-            "starts": jnp.asarray(starts, jnp.int32)}
-
-  def fn(key, a):
-    # A random permutation within each class: sort by (label, uniform noise).
-    noise = jax.random.uniform(key, a["labels"].shape)
-    perm = jnp.lexsort((noise, a["labels"]))
-    pos = a["starts"][:, None] + jnp.arange(per_class)[None, :]
-    return {"images": a["images"][perm[pos]]}
-
-  return Sampler(fn, arrays)
-
-
-def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Sampler:
-  """Batches ``{"images": [B, H, W, C], "labels": [B]}`` drawn uniformly without replacement."""
-  _check_positive_int("batch_size", batch_size)
-  if batch_size > len(labels):
-    raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(labels)}).")
-  arrays = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}
-
-  def fn(key, a):
-    idx = jax.random.choice(key, a["labels"].shape[0], (batch_size,), replace=False)
-    return {"images": a["images"][idx], "labels": a["labels"][idx]}
-
-  return Sampler(fn, arrays)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -407,11 +349,6 @@ class DivergenceError(FloatingPointError):
   step and the last checkpoint, which was written before the failing step and is left intact."""
 
 
-def _check_positive_int(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
-
-
 def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
         checkpoint_dir: Optional[str] = None, checkpoint_every: int = 100, keep: int = 3,
         config: Optional[dict] = None, logger=None, log_every: int = 10,
@@ -448,10 +385,10 @@ def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
     ValueError: bad arguments, a checkpoint of another run, or ``num_steps`` below the steps done.
   """
   from jaxdistill import checkpoint as ckpt_lib  # orbax is heavy; import when used
-  _check_positive_int("num_steps", num_steps)
-  _check_positive_int("checkpoint_every", checkpoint_every)
-  _check_positive_int("keep", keep)
-  _check_positive_int("log_every", log_every)
+  check_positive_int("num_steps", num_steps)
+  check_positive_int("checkpoint_every", checkpoint_every)
+  check_positive_int("keep", keep)
+  check_positive_int("log_every", log_every)
   mesh = parallel.data_mesh() if mesh is None else mesh
   state = init_state(key, syn, d, mesh)
   image_bound = guard.image_bound

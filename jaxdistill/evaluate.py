@@ -51,8 +51,8 @@ class EvalConfig(NamedTuple):
   augment: Union[str, AugmentFn, tuple] = "dsa"
   loss: str = "ce"
   # "map" (seeds one after another inside one program) or "vmap" (seeds batched). "map" is the default:
-  # under vmap the per-batch DSA op choice is batched, so every op is computed and selected (1.7x
-  # slower on this CPU: 134 s vs 78 s for 3 seeds, 300 epochs, IPC 10, width 32); "vmap" may win on
+  # under vmap the per-batch DSA op choice is batched, so every op is computed and selected (clearly
+  # slower on CPU); "vmap" may win on
   # accelerators with augment="none" / "crop_flip".
   seed_parallel: str = "map"
   test_batch_size: int = 2000

@@ -5,7 +5,7 @@
 op per batch, no learning-rate decay) and saves the variables after every epoch, epoch 0 (the
 initialization) included, through orbax: one directory per expert, ``directory/expert_{i}/``, one
 checkpoint step per epoch. Every epoch is a copy (the reference's ``p.detach().cpu()`` on a CPU aliases
-the live weights, so all its saved epochs were the final ones; see DESIGN.md §6).
+the live weights, so all its saved epochs were the final ones and its distillation divided by zero).
 
 A run is resumable: a killed run continues each expert from its last saved epoch, and asking an
 existing directory for more epochs extends the trajectories. The result is bit-identical to an
@@ -161,23 +161,8 @@ def el2n_scores(apply_fn: Callable, params_list: Sequence[Any], images, labels,
 
   total = np.zeros(images.shape[0], np.float64)
   for params in params_list:
-    total += np.asarray(_batched(lambda x, y: err(params, x, y), images, labels, batch_size), np.float64)
+    total += np.asarray(training.batched_apply(lambda x, y: err(params, x, y), images, labels, batch_size), np.float64)
   return (total / len(params_list)).astype(np.float32)
-
-
-def _batched(fn: Callable, x: jax.Array, y: jax.Array, batch_size: int) -> np.ndarray:
-  """``fn(x_b, y_b) -> [B, ...]`` over fixed-size batches (the last padded), concatenated to ``[N, ...]``."""
-  n = x.shape[0]
-  bs = max(1, min(batch_size, n))
-  out = []
-  for s in range(0, n, bs):
-    xb, yb = x[s:s + bs], y[s:s + bs]
-    m = xb.shape[0]
-    if m < bs:  # keep one shape: one compilation
-      xb = jnp.concatenate([xb, jnp.zeros((bs - m, *xb.shape[1:]), xb.dtype)])
-      yb = jnp.concatenate([yb, jnp.zeros((bs - m, *yb.shape[1:]), yb.dtype)])
-    out.append(np.asarray(fn(xb, yb))[:m])
-  return np.concatenate(out)
 
 
 def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Kernels for KIP and FRePo, written here because neural-tangents 0.6.5 no longer imports with current
-JAX (DESIGN.md §6).
+JAX (it imports ``jax.core.Jaxpr``).
 
 - ``fc_nngp`` / ``fc_ntk``: the analytic infinite-width NNGP and NTK of a fully-connected ReLU network
   with ``depth`` hidden layers in the NTK parameterization (as ``stax.Dense(W_std, b_std,

@@ -35,11 +35,6 @@ class MetricLogger:
       self._tb.close()
 
 
-def read_metrics(path: str) -> list:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def image_grid(images: np.ndarray, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
                nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
   """Un-normalizes ``images`` ``[N, H, W, C]`` and tiles them into a ``uint8`` grid ``[h, w, C]``.

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxdistill import augment as augment_lib
@@ -81,3 +82,18 @@ def scan_epoch(step: Callable, carry, key: jax.Array, n: int, batch_size: int):
   order_key, aug_key = jax.random.split(key)
   rows, weights = epoch_batches(order_key, n, batch_size)
   return jax.lax.scan(step, carry, (rows, weights, jax.random.split(aug_key, rows.shape[0])))
+
+
+def batched_apply(fn: Callable, x: jax.Array, y: jax.Array, batch_size: int) -> np.ndarray:
+  """``fn(x_b, y_b) -> [B, ...]`` over fixed-size batches (the last padded), concatenated to ``[N, ...]``."""
+  n = x.shape[0]
+  bs = max(1, min(batch_size, n))
+  out = []
+  for s in range(0, n, bs):
+    xb, yb = x[s:s + bs], y[s:s + bs]
+    m = xb.shape[0]
+    if m < bs:  # keep one shape: one compilation
+      xb = jnp.concatenate([xb, jnp.zeros((bs - m, *xb.shape[1:]), xb.dtype)])
+      yb = jnp.concatenate([yb, jnp.zeros((bs - m, *yb.shape[1:]), yb.dtype)])
+    out.append(np.asarray(fn(xb, yb))[:m])
+  return np.concatenate(out)

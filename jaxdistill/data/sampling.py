@@ -1,8 +1,14 @@
-"""Class-indexed sampling driven by explicit PRNG keys."""
+"""Sampling driven by explicit PRNG keys: class-balanced index sets, and the real-batch samplers of the
+distillation loop (``Sampler``: a pure ``fn(key, arrays[, step]) -> batch`` with its arrays)."""
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from jaxdistill.checks import check_positive_int
 
 
 def class_indices(labels, num_classes: int) -> list:
@@ -35,3 +41,64 @@ def subset_per_class(key: jax.Array, images, labels, num_classes: int, per_class
   """``(images, labels)`` restricted to ``per_class`` random images per class (class-major order)."""
   idx = sample_balanced(key, labels, num_classes, per_class)
   return np.asarray(images)[idx], np.asarray(labels)[idx]
+
+
+class Sampler(NamedTuple):
+  """A real-batch sampler: ``fn(key, arrays) -> batch``, with the dataset arrays passed in (not
+  closed over, so they are not baked into the program as constants). With ``uses_step`` the loop calls
+  ``fn(key, arrays, step)`` with the int32 step of the state (curricula such as DATM's growing range
+  of expert start epochs)."""
+  fn: Callable[..., Any]
+  arrays: Any
+  uses_step: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Samplers
+# ----------------------------------------------------------------------------------------------------
+
+def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                           per_class: int) -> Sampler:
+  """Batches ``{"images": [K, per_class, H, W, C]}``: per class, ``per_class`` distinct random images
+  (the DC/DM reference's ``get_images``). Classes smaller than ``per_class`` raise."""
+  check_positive_int("per_class", per_class)
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be [N] integer class ids; got shape {labels.shape}, dtype "
+                     f"{labels.dtype}.")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
+                     f"[{labels.min()}, {labels.max()}].")
+  counts = np.bincount(labels, minlength=num_classes)
+  if counts.min() < per_class:
+    c = int(counts.argmin())
+    raise ValueError(f"per_class={per_class} real images per batch, but class {c} has only "
+                     f"{counts[c]} images.")
+  order = np.argsort(labels, kind="stable")
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  arrays = {"images": jnp.asarray(images[order], jnp.float32),
+            "labels": jnp.asarray(labels[order], jnp.int32),
+            "starts": jnp.asarray(starts, jnp.int32)}
+
+  def fn(key, a):
+    # A random permutation within each class: sort by (label, uniform noise).
+    noise = jax.random.uniform(key, a["labels"].shape)
+    perm = jnp.lexsort((noise, a["labels"]))
+    pos = a["starts"][:, None] + jnp.arange(per_class)[None, :]
+    return {"images": a["images"][perm[pos]]}
+
+  return Sampler(fn, arrays)
+
+
+def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Sampler:
+  """Batches ``{"images": [B, H, W, C], "labels": [B]}`` drawn uniformly without replacement."""
+  check_positive_int("batch_size", batch_size)
+  if batch_size > len(labels):
+    raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(labels)}).")
+  arrays = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}
+
+  def fn(key, a):
+    idx = jax.random.choice(key, a["labels"].shape[0], (batch_size,), replace=False)
+    return {"images": a["images"][idx], "labels": a["labels"][idx]}
+
+  return Sampler(fn, arrays)

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# benchmarks/conv_impl.py (2026-11-24, 2 shared CPU cores), time relative to "lax": second-order gradient
-# through 10 scanned SGD steps: patches 0.08, shift 0.10; 4 first-order SGD steps in lax.scan: 0.045 for
-# both; one plain training step: patches 0.52, shift 0.62 (shift won this one on a busier machine). On
-# GPU/TPU pass conv_impl="lax" (cuDNN-style convs); this default is for XLA's CPU backend.
+# On XLA's CPU backend "patches" is an order of magnitude faster than "lax" for gradients inside
+# lax.scan and about 2x faster for a plain training step (benchmarks/conv_impl.py measures all three).
+# On GPU/TPU pass conv_impl="lax" (cuDNN-style convs); this default is for XLA's CPU backend.
 DEFAULT_CONV_IMPL = "patches"
 CONV_IMPLS = ("patches", "shift", "lax")
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")

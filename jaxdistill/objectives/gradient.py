@@ -17,7 +17,6 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, pmean

@@ -11,7 +11,7 @@ are learnable (``Distiller(learn_labels=True)``), hard ``[N]`` int labels are co
 
 - **KIP**: ``K`` is a fixed kernel, e.g. ``kernels.fc_kernel_fn("ntk", depth)`` (the infinite FC NTK) or a
   keyed random finite-network NTK (``kernels.empirical_ntk_kernel``, ``keyed_kernel=True``). Reference:
-  Adam lr 0.04 on images and labels (DESIGN.md §5), reg 1e-6.
+  Adam lr 0.04 on images and labels, reg 1e-6.
 - **FRePo**: ``K = f(x) f(x')^T`` with ``f`` the last-layer features of one network of a *pool* trained
   online on the synthetic set (the objective's state). Reference code defaults (``script/distill.py``,
   ``lib/datadistillation/frepo.py``): pool of 10 networks (``num_nn_state``), a network is reinitialized

@@ -18,8 +18,9 @@ per-image parameters, i.e. ``get_augment("dsa", siamese=False)``), and takes one
 cross-entropy on hard labels or on soft labels (``[N, K]`` float logits; targets ``softmax(labels)``,
 DATM). With ``remat=True`` (default) each step is wrapped in ``jax.checkpoint``: the backward pass
 recomputes a step's activations instead of storing them for all steps, so memory is nearly flat in
-``syn_steps`` (DESIGN.md §6: ~10 GB -> ~1.5 GB at 20 steps, width 128) at about the same speed. Use the
-models' default ``conv_impl="patches"`` on CPU: ``lax.conv`` gradients inside ``scan`` are 25-66x slower.
+``syn_steps`` (at width 128 and 20 steps, several times less than storing every step) at about the same
+speed. Use the models' default ``conv_impl="patches"`` on CPU: ``lax.conv`` gradients inside ``scan`` are
+an order of magnitude slower on XLA's CPU backend.
 
 Which segment: ``trajectory_sampler`` (a ``distill.Sampler``) draws an expert uniformly and a start
 epoch ``t`` uniformly in ``[min_start_epoch, upper)``; ``upper`` is ``max_start_epoch`` (MTT) or grows
@@ -41,9 +42,10 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxdistill import training
+from jaxdistill.data.sampling import Sampler
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
 from jaxdistill.objectives.nets import as_net, cross_entropy, identity_augment
 from jaxdistill.partial import route_augment
@@ -280,7 +282,6 @@ def trajectory_sampler(trajectories, expert_epochs: int, max_start_epoch: int,
   Raises:
     ValueError: too few epochs for ``max_start_epoch`` and ``expert_epochs``; inconsistent bounds.
   """
-  from jaxdistill.distill import Sampler  # distill imports objectives; avoid the cycle
   trajectories.check_epochs(max_start_epoch, expert_epochs)
   if not 0 <= min_start_epoch < max_start_epoch:
     raise ValueError(f"Need 0 <= min_start_epoch < max_start_epoch; got {min_start_epoch} and "
@@ -327,14 +328,13 @@ def soft_labels_from_experts(apply_fn: Callable, params: Any, images, labels=Non
   Returns:
     ``[N, K]`` float32 logits, to use as ``SyntheticSet.labels`` (learnable with ``learn_labels``).
   """
-  from jaxdistill.experts import _batched  # pylint: disable=protected-access
   nets = list(params) if isinstance(params, (list, tuple)) else [params]
   if not nets:
     raise ValueError("soft_labels_from_experts needs at least one network.")
   images = jnp.asarray(images, jnp.float32)
   fwd = jax.jit(apply_fn)
   dummy = jnp.zeros((images.shape[0],), jnp.int32)
-  logits = np.stack([_batched(lambda x, _, p=p: fwd(p, x), images, dummy, batch_size) for p in nets])
+  logits = np.stack([training.batched_apply(lambda x, _, p=p: fwd(p, x), images, dummy, batch_size) for p in nets])
   logits = logits.astype(np.float32)  # [M, N, K]
   if labels is None:
     return jnp.asarray(logits.mean(0))

@@ -20,8 +20,8 @@ per class per step, initial step size ``distill_lr`` 0.02 (stored through a soft
 
 Implementation: parameters are one flat vector (``jax.flatten_util.ravel_pytree``) carried through a
 ``lax.scan`` over the T steps, each step ``jax.checkpoint``-ed (``remat``): memory nearly flat in T.
-Use the models' default ``conv_impl="patches"`` on CPU (DESIGN.md §6: ``lax.conv`` gradients inside
-``scan`` are 25-66x slower).
+Use the models' default ``conv_impl="patches"`` on CPU (``lax.conv`` gradients inside ``scan`` are
+an order of magnitude slower on XLA's CPU backend).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
