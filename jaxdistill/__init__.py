@@ -15,6 +15,7 @@ from jaxdistill import logs
 from jaxdistill import metrics
 from jaxdistill import kernels
 from jaxdistill import parameterization
+from jaxdistill import diffusion
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 __version__ = "0.1.0"

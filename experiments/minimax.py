@@ -1,0 +1,246 @@
+"""Minimax Diffusion on a real dataset: pretrain a small DiT, fine-tune it, sample, evaluate.
+
+Usage: python -m experiments.minimax --config experiments/configs/minimax_fmnist.py
+
+Every stage resumes: pretraining and fine-tuning from orbax checkpoints (a finished run is restored,
+not retrained), sampled sets and evaluations from files under ``<workdir>``. Writes the results file
+``<results>`` with the accuracy (standard protocol and a second architecture) and coverage of every set,
+and image grids beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app
+from ml_collections import config_flags
+
+import jaxdistill as jd
+from experiments.common import provenance, quiet_logs
+from jaxdistill import diffusion as dfn
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+
+
+def _json_cache(path: str, fn):
+  """``fn()`` (a JSON-able dict) stored at ``path`` and reused on reruns."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  out = fn()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f)
+  os.replace(path + ".tmp", path)
+  return out
+
+
+def _ident(*parts) -> str:
+  return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def pretrain(c, model, schedule, arrays, image_shape, key):
+  """Trains the DiT from scratch; returns ``(ema params, info)``."""
+  p = c.pretrain
+  params = dfn.init_params(jax.random.fold_in(key, 0), model, image_shape)
+  lr = optax.warmup_cosine_decay_schedule(0.0, p.lr, p.warmup, p.steps, p.end_lr)
+  # gammas stay at 1 while pretraining (DiffFit adds them to a pretrained model)
+  tx = dfn.trainable_tx(optax.chain(optax.clip_by_global_norm(p.clip),
+                                    optax.adamw(lr, weight_decay=0.0)), params, ("",), ("gamma",))
+  state = dfn.init_state(jax.random.fold_in(key, 1), params, tx)
+  step = dfn.make_step(model, schedule, tx, p.batch_size, p.ema_decay)
+  d = os.path.join(c.workdir, "pretrain")
+  logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
+  cfg = {"dataset": c.dataset, "seed": c.seed, "model": c.model.to_dict(), "schedule": c.schedule,
+         "num_timesteps": c.num_timesteps, "pretrain": p.to_dict()}
+  state, info = dfn.run(state, step, arrays, p.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
+                        checkpoint_every=p.checkpoint_every, config=cfg, logger=logger,
+                        desc="pretrain")
+  logger.close()
+  info = _record_time(d, info, p.steps)
+  return state.ema, info
+
+
+def _record_time(d: str, info: dict, steps: int) -> dict:
+  """Accumulates the training seconds of every (resumed) session in ``d/time.json``."""
+  path = os.path.join(d, "time.json")
+  rec = {"seconds": 0.0, "steps": 0, "sessions": 0}
+  if os.path.exists(path):
+    with open(path) as f:
+      rec = json.load(f)
+  if info["steps_run"]:
+    rec = {"seconds": rec["seconds"] + info["seconds"], "steps": rec["steps"] + info["steps_run"],
+           "sessions": rec["sessions"] + 1}
+    with open(path, "w") as f:
+      json.dump(rec, f)
+  rec["total_steps"] = steps
+  return rec
+
+
+def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambdas):
+  """DiffFit fine-tuning with the Minimax terms at ``lambdas = (pos, neg)``; returns EMA params."""
+  f = c.finetune
+  tx = dfn.difffit_tx(params0, f.lr)
+  mm = dfn.MinimaxConfig(lambdas[0], lambdas[1], f.memory_size)
+  mem = dfn.init_memory(model.num_classes, f.memory_size, int(np.prod(image_shape)))
+  state = dfn.init_state(jax.random.fold_in(key, 2), params0, tx, mem)
+  step = dfn.make_step(model, schedule, tx, f.batch_size, f.ema_decay, mm=mm)
+  d = os.path.join(c.workdir, name)
+  logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
+  cfg = {"pretrain_dir": os.path.abspath(os.path.join(c.workdir, "pretrain")),
+         "finetune": f.to_dict(), "lambdas": list(lambdas)}
+  state, info = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
+                        checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name)
+  logger.close()
+  return state.ema, _record_time(d, info, f.steps)
+
+
+def generate(c, name, model, params, schedule, data, ipc, key):
+  """The sampled set, cached as ``<workdir>/<name>_ipc<ipc>.npz``."""
+  path = os.path.join(c.workdir, f"{name}_ipc{ipc}.npz")
+  if os.path.exists(path):
+    z = np.load(path)
+    return jd.SyntheticSet(jnp.asarray(z["images"]), jnp.asarray(z["labels"])), float(z["seconds"])
+  s = c.sample
+  t0 = time.time()
+  syn = dfn.synthesize(key, model, params, schedule, ipc, data.image_shape, data.mean, data.std,
+                       sample_steps=s.steps, eta=s.eta, cfg_scale=s.cfg_scale, clip=s.clip,
+                       batch_size=s.batch_size)
+  sec = time.time() - t0
+  np.savez(path, images=np.asarray(syn.images), labels=np.asarray(syn.labels), seconds=sec)
+  return syn, sec
+
+
+def _coverage_net(c, data, key):
+  """A ConvNet (the evaluation architecture) trained ``coverage_epochs`` on all training images:
+  its penultimate features are the space coverage is measured in."""
+  model = jd.models.get_model(c.eval_model, data.num_classes, **c.eval_model_kwargs)
+  cfg = jd.evaluate.EvalConfig(epochs=c.coverage_epochs, augment="none")
+  variables = jax.jit(lambda k: jd.evaluate.train(k, model, jnp.asarray(data.x_train),
+                                                  jnp.asarray(data.y_train), cfg))(key)
+  embed = lambda p, x: model.apply(p, x, train=False, return_features=True)[1]
+  return embed, variables
+
+
+def _evaluate(c, data, syn, keys, cov_state):
+  """Accuracy under both protocols and coverage of the test set, each cached by the set's bytes."""
+  eval_key, cov_key = keys
+  cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment=c.eval_augment)
+  protocols = {c.eval_model: (c.eval_model, dict(c.eval_model_kwargs)), c.other_model: (c.other_model, {})}
+  digest = hashlib.sha256(np.asarray(syn.images).tobytes()).hexdigest()[:12]
+  row = {}
+  for pname, (mname, kw) in protocols.items():
+    def ev(mname=mname, kw=kw):
+      t0 = time.time()
+      r = jd.evaluate.accuracy(eval_key, syn, data, model=mname, model_kwargs=kw,
+                               num_seeds=c.num_seeds, cfg=cfg)
+      return {"mean": r.mean, "std": r.std, "accuracies": np.asarray(r.accuracies).tolist(),
+              "seconds": time.time() - t0}
+    ident = _ident(digest, mname, sorted(kw.items()), cfg, c.num_seeds)
+    row[pname] = _json_cache(os.path.join(c.workdir, "eval", f"{ident}.json"), ev)
+
+  def cov():
+    if not cov_state:
+      cov_state.extend(_coverage_net(c, data, cov_key))
+    embed, variables = cov_state
+    return jd.metrics.coverage_report(embed, variables, np.asarray(syn.images), data.x_test,
+                                      train_images=data.x_train, sample_size=2000, key=cov_key)
+  row["coverage"] = _json_cache(os.path.join(c.workdir, "eval", f"cov_{digest}.json"), cov)
+  return row
+
+
+def main(_):
+  quiet_logs()
+  c = _CONFIG.value
+  key = jax.random.key(c.seed)
+  train_key, sample_key, eval_key, cov_key, rnd_key = jax.random.split(key, 5)
+  data = jd.data.load(c.dataset)
+  os.makedirs(c.workdir, exist_ok=True)
+  model = dfn.DiT(data.num_classes, **c.model)
+  schedule = dfn.make_schedule(c.num_timesteps, c.schedule)
+  arrays = {"images": np.asarray(dfn.to_model_space(jnp.asarray(data.x_train), data.mean, data.std)),
+            "labels": np.asarray(data.y_train, np.int32)}
+  image_shape = data.image_shape
+  res_dir = os.path.dirname(c.results) or "."
+  os.makedirs(res_dir, exist_ok=True)
+  info = {"sample_seconds": {}, "finetune": {}}
+  table = {}
+  cov_state = []
+
+  def evaluate(name, ipc, syn):
+    table[(name, ipc)] = _evaluate(c, data, syn, (eval_key, cov_key), cov_state)
+    r = table[(name, ipc)]
+    print(f"{name} IPC {ipc}: {c.eval_model} {100 * r[c.eval_model]['mean']:.2f}, {c.other_model} "
+          f"{100 * r[c.other_model]['mean']:.2f}, coverage {100 * r['coverage']['coverage']:.1f}",
+          flush=True)
+    write_results(c, table, info)
+
+  def sample_and_evaluate(name, params):
+    for ipc in c.ipcs:
+      syn, sec = generate(c, name, model, params, schedule, data, ipc,
+                          jax.random.fold_in(sample_key, ipc))
+      info["sample_seconds"][(name, ipc)] = sec
+      idx = np.concatenate([np.arange(k * ipc, k * ipc + min(ipc, 10)) for k in range(data.num_classes)])
+      jd.logs.save_grid(os.path.join(res_dir, f"minimax_fmnist_{name}_ipc{ipc}.png"),
+                        np.asarray(syn.images)[idx], data.mean, data.std, nrow=min(ipc, 10))
+      yield ipc, syn
+
+  params0, info["pretrain"] = pretrain(c, model, schedule, arrays, image_shape, train_key)
+  print(f"pretrained: {info['pretrain']}", flush=True)
+  params_mm, info["finetune"]["minimax"] = finetune(
+      c, "minimax", model, schedule, arrays, image_shape, params0, train_key,
+      (c.finetune.lambda_pos, c.finetune.lambda_neg))
+  print(f"fine-tuned minimax: {info['finetune']['minimax']}", flush=True)
+  generated = {n: dict(sample_and_evaluate(n, p)) for n, p in (("vanilla", params0),
+                                                               ("minimax", params_mm))}
+  for ipc in c.ipcs:  # required rows first: random real, DM, vanilla, minimax
+    evaluate("random real", ipc, jd.selection.random(jax.random.fold_in(rnd_key, ipc), data.x_train,
+                                                     data.y_train, data.num_classes, ipc))
+    dm_path = os.path.join(c.dm_dir.format(ipc=ipc), "synthetic.npz")
+    if os.path.exists(dm_path):
+      z = np.load(dm_path)
+      evaluate("DM", ipc, jd.SyntheticSet(jnp.asarray(z["images"]), jnp.asarray(z["labels"])))
+    else:
+      print(f"no DM set at {dm_path}: run experiments.distill with dm_fmnist.py --config.ipc={ipc}")
+    for name in ("vanilla", "minimax"):
+      evaluate(name, ipc, generated[name][ipc])
+  if c.control:  # DiffFit alone (lambdas 0): does Minimax do more than fine-tuning?
+    params_ft, info["finetune"]["difffit"] = finetune(c, "difffit", model, schedule, arrays,
+                                                      image_shape, params0, train_key, (0.0, 0.0))
+    for ipc, syn in sample_and_evaluate("difffit", params_ft):
+      evaluate("difffit", ipc, syn)
+
+
+def write_results(c, table, info):
+  """The run's table (``<results>`` with ``_run`` before ``.md``), rewritten after every set."""
+  pre = info["pretrain"]
+  lines = [f"# Minimax Diffusion, {c.dataset} (run output)\n", provenance(c),
+           f"Pretraining: {pre['total_steps']} steps, {pre['seconds']:.0f} s of training in "
+           f"{pre['sessions']} session(s)."]
+  for name, ft in info["finetune"].items():
+    lines.append(f"Fine-tuning `{name}`: {ft['total_steps']} steps, {ft['seconds']:.0f} s.")
+  lines += ["", f"| IPC | set | {c.eval_model} (%) | {c.other_model} (%) | coverage of the test set (%) |",
+            "|---|---|---|---|---|"]
+  for (name, ipc), row in sorted(table.items(), key=lambda kv: kv[0][1]):
+    a, b = row[c.eval_model], row[c.other_model]
+    lines.append(f"| {ipc} | {name} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | "
+                 f"{100 * b['mean']:.2f} ± {100 * b['std']:.2f} | "
+                 f"{100 * row['coverage']['coverage']:.1f} |")
+  lines.append("")
+  lines += [f"- sampling `{n}` IPC {i}: {s:.0f} s" for (n, i), s in info["sample_seconds"].items()]
+  lines += [f"- evaluation `{n}` IPC {i}: " + ", ".join(
+      f"{p} {row[p].get('seconds', float('nan')):.0f} s" for p in (c.eval_model, c.other_model))
+      for (n, i), row in table.items()]
+  path = c.results.replace(".md", "_run.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
