@@ -110,7 +110,7 @@ def run(c) -> dict:
   m = registry.build(c, data)
   d = jd.distill.Distiller(m.objective, m.optimizer, m.sampler,
                            mask=None if m.mask is None else jnp.asarray(m.mask), decode=m.decode)
-  name = f"{c.method}_{data.name}_ipc{c.ipc}"
+  name = f"{c.method}_{data.name}_ipc{c.ipc}" + (f"_seed{c.seed}" if c.seed else "")
   workdir = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(workdir, "logs"))
   nrow = lambda syn: syn.images.shape[0] // data.num_classes

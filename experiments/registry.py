@@ -89,7 +89,11 @@ def random_init(c, data) -> jd.SyntheticSet:
   return jd.selection.random(key, data.x_train, data.y_train, data.num_classes, c.ipc)
 
 
-def dsa(data, siamese: bool):
+def dsa(c, data, siamese: bool):
+  """The methods' differentiable augmentation: DSA (siamese for DC/DSA/DM matching, per image inside
+  MTT's unroll), or none with ``c.distill_augment = "none"`` (an ablation; also keeps tests small)."""
+  if c.get("distill_augment", "dsa") == "none":
+    return None
   return jd.augment.get_augment("dsa", dataset_name=data.name, siamese=siamese)
 
 
@@ -107,12 +111,15 @@ def flat_sampler(c, data):
 # ----------------------------------------------------------------------------------------------------
 
 def expert_dir(c) -> str:
-  """``c.experts.dir``, or ``<workdir>/experts/<dataset>_<model>[_zca][_<n>pc]``: one directory per
-  training set and architecture, shared by every run that uses them."""
+  """``c.experts.dir``, or ``<workdir>/experts/<dataset>_<model>[_zca][_<n>pc]_lr<lr>_b<batch>``: one
+  directory per training set, architecture and expert protocol, shared by every run that uses them."""
   if c.experts.get("dir"):
     return c.experts.dir
+  e = c.experts
   tags = [c.dataset, c.model] + (["zca"] if c.get("zca") else []) + \
-      ([f"{c.max_per_class}pc"] if c.get("max_per_class") else [])
+      ([f"{c.max_per_class}pc"] if c.get("max_per_class") else []) + \
+      [f"lr{e.lr:g}", f"b{e.batch_size}"] + ([f"aug{e.augment}"] if e.get("augment", "dsa") != "dsa"
+                                              else [])
   return os.path.join(c.workdir, "experts", "_".join(tags))
 
 
@@ -120,7 +127,8 @@ def experts(c, data, model) -> jd.experts.Trajectories:
   """The experts of ``c.experts`` (``num``, ``epochs``, ``lr``, ``batch_size``, ``seed``): loaded from
   ``expert_dir(c)``, trained there first where missing or shorter."""
   e = c.experts
-  cfg = jd.experts.ExpertConfig(epochs=e.epochs, lr=e.lr, batch_size=e.batch_size)
+  cfg = jd.experts.ExpertConfig(epochs=e.epochs, lr=e.lr, batch_size=e.batch_size,
+                                augment=e.get("augment", "dsa"))
   return jd.experts.train(jax.random.key(e.get("seed", 0)), data, model, expert_dir(c), e.num, cfg,
                           progress=e.get("progress", True))
 
@@ -141,7 +149,7 @@ def trajectory_parts(c, data, model, traj, mask=None):
   m = c.mtt
   obj = jd.objectives.trajectory_matching(model, data.num_classes, m.syn_steps,
                                           batch_syn=m.get("batch_syn") or None,
-                                          augment=dsa(data, siamese=False), remat=True)
+                                          augment=dsa(c, data, siamese=False), remat=True)
   grow = m.get("initial_max_start_epoch") or None
   sampler = jd.objectives.trajectory_sampler(
       traj, m.expert_epochs, m.max_start_epoch, min_start_epoch=m.get("min_start_epoch", 0),
@@ -159,7 +167,7 @@ def _with_step_size(c, syn):
 
 def build_dm(c, data):
   model = model_of(c, data)
-  obj = jd.objectives.distribution_matching(model, data.num_classes, augment=dsa(data, True))
+  obj = jd.objectives.distribution_matching(model, data.num_classes, augment=dsa(c, data, True))
   return Method(obj, optimizer(c), class_sampler(c, data), random_init(c, data),
                 evaluators=evaluators(c, data))
 
@@ -168,8 +176,8 @@ def _gradient_matching(c, data, use_dsa: bool):
   outer, inner = (c.outer_loop, c.inner_loop) if c.get("outer_loop") else \
       jd.objectives.loops_for_ipc(c.ipc)
   return jd.objectives.gradient_matching(model_of(c, data), data.num_classes, outer, inner,
-                                         augment=dsa(data, True) if use_dsa else None,
-                                         train_augment=dsa(data, False) if use_dsa else None)
+                                         augment=dsa(c, data, True) if use_dsa else None,
+                                         train_augment=dsa(c, data, False) if use_dsa else None)
 
 
 def build_dc(c, data):
@@ -355,7 +363,8 @@ def _coverage(c, data, model, traj, scores):
     rep = jd.metrics.coverage_report(embed, params, np.asarray(syn.images), data.x_train,
                                      scores=scores, sample_size=c.get("coverage_sample") or None,
                                      key=key)
-    return {f"coverage {k}": v for k, v in rep.items() if k != "radius"}
+    names = {"coverage": "coverage (all)", "easy": "coverage (easy half)", "hard": "coverage (hard half)"}
+    return {names[k]: v for k, v in rep.items() if k in names}
   return fn
 
 
