@@ -66,7 +66,8 @@ def dm(dataset: str, ipc):
 
 # MTT (Cazenavette et al., CVPR 2022): (syn_steps, expert_epochs, max_start_epoch, batch_syn, zca,
 # lr_img, lr_lr, lr_teacher). CIFAR-100 IPC 1 is the MTT README's command; the others follow a public
-# list of MTT's per-setting commands (check them against the paper's hyperparameter table).
+# list of MTT's per-setting commands (check them against the paper's hyperparameter table). Tiny IPC 50:
+# batch_syn 250 where the list has 300, since a batch must divide the 10,000 synthetic images here.
 MTT = {
     "cifar10": {1: (50, 2, 2, 0, True, 100, 1e-7, 0.01),
                 10: (30, 2, 20, 0, True, 100, 1e-5, 0.001),
@@ -76,7 +77,7 @@ MTT = {
                  50: (80, 2, 40, 125, True, 1000, 1e-5, 0.01)},
     "tiny": {1: (10, 2, 10, 0, False, 10000, 1e-4, 0.01),
              10: (20, 2, 40, 200, False, 10000, 1e-4, 0.01),
-             50: (20, 2, 40, 300, False, 10000, 1e-4, 0.01)},
+             50: (20, 2, 40, 250, False, 10000, 1e-4, 0.01)},
 }
 
 
