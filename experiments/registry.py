@@ -239,14 +239,15 @@ def build_mtt(c, data):
                 evaluators=evaluators(c, data, model=model, traj=traj))
 
 
-def correct_init(c, data, apply, params) -> jd.SyntheticSet:
-  """DATM's initialization: random real images among those the label network classifies correctly."""
-  pred = np.asarray(jd.experts._batched(lambda x, _: jnp.argmax(apply(params, x), -1),  # pylint: disable=protected-access
-                                        jnp.asarray(data.x_train), jnp.asarray(data.y_train), 1000))
+def correct_init(c, data, model, params) -> jd.SyntheticSet:
+  """DATM's initialization: random real images among those ``model`` with ``params`` classifies
+  correctly (all images when some class has fewer than ``c.ipc`` of them)."""
+  pred = np.asarray(jd.evaluate.predict(model, {"params": params}, jnp.asarray(data.x_train)))
   right = pred == data.y_train
   if np.bincount(data.y_train[right], minlength=data.num_classes).min() < c.ipc:
-    right = np.ones_like(right)  # too few correct images in some class: all images
-  return jd.selection.random(keys(c)[0], data.x_train[right], data.y_train[right], data.num_classes, c.ipc)
+    right = np.ones_like(right)
+  return jd.selection.random(keys(c)[0], data.x_train[right], data.y_train[right],
+                             data.num_classes, c.ipc)
 
 
 def build_datm(c, data):
@@ -257,7 +258,7 @@ def build_datm(c, data):
   obj, sampler = trajectory_parts(c, data, model, traj)
   apply = lambda p, x: model.apply({"params": p}, x, train=False)
   nets = [traj.params_at(i, c.datm.label_epoch) for i in range(traj.num_experts)]
-  init = correct_init(c, data, apply, nets[0])
+  init = correct_init(c, data, model, nets[0])
   labels = jd.objectives.soft_labels_from_experts(apply, nets, init.images, init.labels)
   init = _with_step_size(c, init._replace(labels=labels))
   return Method(obj, optimizer(c, labels=True, log_lr=True), sampler, init,

@@ -137,7 +137,8 @@ def test_config_builds_and_traces_a_step(name, workdir, tiny_npz, cached_data, m
   assert set(c.eval_models) <= set(jd.models.MODEL_NAMES), c.eval_models
   c = shrink(c, workdir, tiny_npz)
   monkeypatch.setattr(registry, "experts", fake_experts)  # DATM's real-expert path runs end to end
-  monkeypatch.setattr(registry, "correct_init", lambda c, data, apply, params: registry.random_init(c, data))
+  monkeypatch.setattr(registry, "correct_init",
+                      lambda c, data, model, params: registry.random_init(c, data))
   monkeypatch.setattr(jd.objectives, "soft_labels_from_experts",
                       lambda apply, nets, images, labels: jax.nn.one_hot(labels, data.num_classes))
   monkeypatch.setattr(registry, "difficulty_scores",
