@@ -392,7 +392,7 @@ def evaluators(c, data, kernel=None, model=None, traj=None, scores=None,
 # can be extended (more steps) or re-evaluated (other epochs, seeds, models) from its checkpoint.
 NOT_IDENTITY = ("steps", "evals", "eval_models", "eval_model_kwargs", "eval_epochs", "eval_augment",
                 "eval_kwargs", "num_seeds", "results", "workdir", "checkpoint_every", "image_every",
-                "combined_augment", "coverage_sample", "data_dir")
+                "combined_augment", "coverage_sample", "data_dir", "progress")
 
 
 def run_identity(c) -> dict:
