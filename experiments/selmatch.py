@@ -1,6 +1,6 @@
 """SelMatch end to end on a Fashion-MNIST training subset, beside its baselines, under one protocol.
 
-Usage: python -m experiments.selmatch --config experiments/configs/selmatch_fmnist.py [--config.x=...]
+Usage: python -m experiments.selmatch --config experiments/configs/selmatch_sweep_fmnist.py [--config.x=...]
 
 Steps (every number in the results file comes from this one command):
 
@@ -37,17 +37,9 @@ from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments.common import provenance, quiet_logs
+from experiments.registry import difficulty_scores
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-
-
-def difficulty_scores(directory: str, experts: tuple, num_epochs: int) -> np.ndarray:
-  """Per training image: mean over experts of first-learned epoch + forgetting / (E + 1)."""
-  per = []
-  for i in experts:
-    s = jd.experts.load_expert_scores(directory, i)
-    per.append(s["first_learned"].astype(np.float64) + s["forgetting"] / (num_epochs + 1.0))
-  return np.mean(per, axis=0)
 
 
 def mtt_distill(c, key, syn0, mask, model, data, traj, workdir, combined=False):

@@ -1,4 +1,5 @@
-"""Defaults shared by the distillation configs (CPU-sized; see each config's docstring)."""
+"""Defaults shared by the distillation configs (CPU-sized; see each config's docstring), and the
+blocks of the trajectory-matching methods."""
 import ml_collections
 
 
@@ -6,6 +7,9 @@ def base(method: str, ipc: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.dataset = "fashion_mnist"
+  c.data_dir = ""  # a directory of IDX / npz files (or an npz path) instead of the default source
+  c.max_per_class = 0  # > 0: a class-balanced training subset of this many images per class
+  c.zca = False
   c.ipc = ipc
   c.seed = 0
   c.model = "convnet"
@@ -18,8 +22,9 @@ def base(method: str, ipc: int) -> ml_collections.ConfigDict:
   c.optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": 1.0, "momentum": 0.5})
   c.outer_loop = 0  # 0: the reference's (outer, inner) for the IPC (DC/DSA)
   c.inner_loop = 0
-  c.eval_model = "convnet"
-  c.eval_model_kwargs = ml_collections.ConfigDict({"width": 32, "depth": 3})
+  c.evals = ("protocol",)
+  c.eval_models = ("convnet",)
+  c.eval_model_kwargs = ml_collections.ConfigDict({"convnet": {"width": 32, "depth": 3}})
   c.eval_epochs = 300
   c.eval_augment = "dsa"
   c.num_seeds = 3
@@ -27,4 +32,22 @@ def base(method: str, ipc: int) -> ml_collections.ConfigDict:
   c.image_every = 0
   c.workdir = "runs"
   c.results = "experiments/results/distill_fashion_mnist.md"
+  return c
+
+
+def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher=0.01,
+               batch_syn=0, min_start_epoch=0, initial_max_start_epoch=0, expansion_steps=0):
+  """Adds MTT's hyperparameters (the papers' names) to ``c``: images SGD ``lr_img`` momentum 0.5, the
+  step size SGD ``lr_lr`` momentum 0.5 in step-size space, initialized to ``lr_teacher``; experts trained
+  with ``lr_teacher`` for at least the epochs the segments need (``c.experts``)."""
+  c.optimizer = "sgd"
+  c.optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_img, "momentum": 0.5})
+  c.lr_optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_lr, "momentum": 0.5})
+  c.mtt = ml_collections.ConfigDict({
+      "syn_steps": syn_steps, "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch,
+      "min_start_epoch": min_start_epoch, "batch_syn": batch_syn, "lr_teacher": lr_teacher,
+      "initial_max_start_epoch": initial_max_start_epoch, "expansion_steps": expansion_steps})
+  c.experts = ml_collections.ConfigDict({
+      "dir": "", "num": 100, "epochs": 50, "lr": lr_teacher, "batch_size": 256, "seed": 0,
+      "progress": True})
   return c

@@ -24,4 +24,5 @@ def get_config():
   # DD learns its step sizes through a softplus (about their log at these sizes), so its optimizer
   # updates log step sizes, not the step sizes themselves as MTT does.
   c.step_size_space = "log"
+  c.evals = ("protocol", "dd_own")
   return c

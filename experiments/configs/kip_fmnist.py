@@ -19,4 +19,5 @@ def get_config():
   c.optimizer_kwargs = {"learning_rate": 0.01}
   c.kip_depth = 3
   c.kip_reg = 1e-6
+  c.evals = ("protocol", "krr")
   return c
