@@ -1,7 +1,11 @@
-"""Helpers shared by the experiment mains: the provenance header every results file carries."""
+"""Helpers shared by the experiment mains: the provenance header every results file carries, and a
+JSON cache that lets a stopped experiment resume stage by stage."""
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
+import os
 import platform
 import shlex
 import sys
@@ -31,3 +35,21 @@ def _module_name() -> str:
 def quiet_logs() -> None:
   """Keeps orbax's per-save INFO lines out of the console (warnings and errors still show)."""
   logging.set_verbosity(logging.WARNING)
+
+
+def json_cache(path: str, fn):
+  """``fn()`` (a JSON-able value) stored at ``path`` (atomically) and reused on reruns."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  out = fn()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f)
+  os.replace(path + ".tmp", path)
+  return out
+
+
+def ident(*parts) -> str:
+  """A short stable digest of ``parts`` (their ``repr``), to name cached results."""
+  return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]

@@ -22,27 +22,10 @@ from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import provenance, quiet_logs
+from experiments.common import ident as _ident, json_cache as _json_cache, provenance, quiet_logs
 from jaxdistill import diffusion as dfn
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-
-
-def _json_cache(path: str, fn):
-  """``fn()`` (a JSON-able dict) stored at ``path`` and reused on reruns."""
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  out = fn()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(out, f)
-  os.replace(path + ".tmp", path)
-  return out
-
-
-def _ident(*parts) -> str:
-  return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 def pretrain(c, model, schedule, arrays, image_shape, key):

@@ -1,11 +1,14 @@
-"""SelMatch end to end on a Fashion-MNIST training subset, beside its baselines, under one protocol.
+"""SelMatch across subset ratios on a Fashion-MNIST training subset, beside its baselines, one protocol.
 
 Usage: python -m experiments.selmatch --config experiments/configs/selmatch_sweep_fmnist.py [--config.x=...]
 
 Steps (every number in the results file comes from this one command):
 
-1. a class-balanced training subset (``per_class`` images per class, chosen by key); the full test set;
-2. experts: ``num_experts`` ConvNets trained on the subset with the MTT protocol, every epoch saved
+1. a class-balanced draw of ``per_class + holdout_per_class`` training images per class (chosen by key):
+   ``per_class`` of each class form the training subset (what the sets are selected from and distilled
+   on, what experts train on, the 100% of the ratios), the other ``holdout_per_class`` a held-out split
+   that chooses the window; the full test set scores everything;
+2. experts: ``experts.num`` ConvNets trained on the subset with the MTT protocol, every epoch saved
    (``jaxdistill.experts``), recording per-example correctness -> difficulty score of each training
    image = mean over experts of (first-learned epoch + forgetting events / (E + 1)) (higher = harder);
    test-image difficulty = mean EL2N of the final experts (for the easy / hard test accuracies);
@@ -13,18 +16,26 @@ Steps (every number in the results file comes from this one command):
    - random real images;
    - window search: the window of IPC images per class starting ``int(beta * IPC)`` (the reference
      code's unit) or ``int(beta * class size)`` (the paper's, ``search.unit``) places from the hardest,
-     beta in 0, 0.1, ..., 0.9, each evaluated by training networks
-     on it (cheaper search protocol, stated); the best beta;
+     each evaluated by training networks on it; every network is scored on the held-out split and on the
+     test set, so one search gives the window chosen on held-out data (used for SelMatch) and the one the
+     test set would choose (the paper's procedure, reported beside for comparison);
    - MTT from random real images, every row distilled;
-   - SelMatch: the best window as initialization, the harder ``1 - alpha`` of each class frozen, MTT on the
-     whole set; evaluated with combined augmentation (DSA on distilled rows, crop+flip on frozen rows) and,
-     for a like-for-like view, with DSA on every row;
+   - SelMatch for each alpha of the ratio: the held-out-chosen window as initialization, the harder
+     ``1 - alpha`` of each class frozen, MTT on the whole set; evaluated with combined augmentation (DSA
+     on distilled rows, crop+flip on frozen rows) and with DSA on every row;
    - coverage (feature space of an expert's final network; radius = mean nearest-neighbour distance in
-     the training subset) of the MTT and SelMatch sets, overall and on the easy / hard halves;
-4. a markdown table in ``c.out`` with the command, config, seeds and date.
+     the training subset) of every set, overall and on the easy / hard halves of the subset;
+4. a markdown table in ``c.out`` (rewritten after every ratio, so a stopped run shows what it finished)
+   with the command, config, seeds and date, and a plot of accuracy vs ratio beside it.
+
+Resumable: experts and distillations checkpoint (MTT every ``mtt.checkpoint_every`` iterations) and every
+evaluation and coverage is cached by the content of the set it scored, under ``workdir``; the same
+command continues where a stopped one ended. A larger ``mtt.steps`` extends finished distillations.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 
@@ -36,35 +47,88 @@ from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import provenance, quiet_logs
+from experiments.common import ident, json_cache, provenance, quiet_logs
 from experiments.registry import difficulty_scores
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+
+def split_holdout(data, per_class: int):
+  """``(subset, holdout_x, holdout_y)``: the first ``per_class`` images of each class of ``data``'s
+  training split (file order) as the training subset, the rest of each class held out."""
+  per = jd.data.class_indices(data.y_train, data.num_classes)
+  keep = np.sort(np.concatenate([idx[:per_class] for idx in per]))
+  held = np.sort(np.concatenate([idx[per_class:] for idx in per]))
+  if held.size == 0:
+    raise ValueError("holdout_per_class must be >= 1: the window is chosen on held-out images.")
+  sub = dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+  return sub, data.x_train[held], data.y_train[held]
 
 
-def mtt_distill(c, key, syn0, mask, model, data, traj, workdir, combined=False):
-  """MTT (or SelMatch with ``mask``) on ``syn0``; returns the distilled ``SyntheticSet`` and seconds.
-  ``combined``: inside the unroll, DSA on the distilled rows and crop+flip on the frozen ones (the
-  reference: DSA on every row)."""
+def _digest(syn) -> str:
+  lr = None if syn.log_lr is None else float(np.asarray(syn.log_lr))
+  return ident(np.asarray(syn.images).tobytes(), np.asarray(syn.labels).tobytes(), lr)
+
+
+def _result_json(r) -> dict:
+  return {"mean": float(r.mean), "std": float(r.std), "accuracies": np.asarray(r.accuracies).tolist(),
+          "groups": {k: np.asarray(v).tolist() for k, v in (r.group_accuracies or {}).items()}}
+
+
+def _result(d: dict):
+  return jd.types.EvalResult(d["mean"], d["std"], np.asarray(d["accuracies"]),
+                             {k: np.asarray(v) for k, v in d["groups"].items()})
+
+
+def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
+  """MTT (or SelMatch with ``mask``) on ``syn0``, DSA on every row as in the reference; returns the
+  distilled ``SyntheticSet`` and the seconds of distillation summed over every (resumed) session."""
   aug = jd.augment.get_augment("dsa", dataset_name=data.name, siamese=False)
-  groups = None
-  if combined:
-    aug = (aug, jd.augment.get_augment("crop_flip", dataset_name=data.name))
-    groups = jd.partial.augment_groups(mask)
   obj = jd.objectives.trajectory_matching(model, data.num_classes, c.mtt.syn_steps,
-                                          batch_syn=c.mtt.batch_syn or None, augment=aug,
-                                          remat=True, groups=groups)
+                                          batch_syn=c.mtt.batch_syn or None, augment=aug, remat=True)
   sampler = jd.objectives.trajectory_sampler(traj, c.mtt.expert_epochs, c.mtt.max_start_epoch)
+  # The step size is learned in the reference's parameterization (lr itself, SGD momentum 0.5).
   tx = jd.distill.optimizer(optax.sgd(c.mtt.lr_img, momentum=0.5),
                             log_lr=optax.sgd(c.mtt.lr_lr, momentum=0.5))
   d = jd.distill.Distiller(obj, tx, sampler, mask=None if mask is None else jnp.asarray(mask),
                            learn_lr=True)
   syn0 = syn0._replace(log_lr=jnp.log(jnp.asarray(c.mtt.lr_teacher, jnp.float32)))
+  # The identity checked on resume: everything but the number of steps, so a run can be extended.
+  identity = {k: v for k, v in c.mtt.to_dict().items() if k not in ("steps", "checkpoint_every")}
+  identity.update(model=c.model, model_kwargs=c.model_kwargs.to_dict(), per_class=c.per_class,
+                  holdout_per_class=c.holdout_per_class, seed=c.seed)
   t = time.time()
   state, _ = jd.distill.run(key, syn0, d, c.mtt.steps, checkpoint_dir=os.path.join(workdir, "ckpt"),
-                            checkpoint_every=c.mtt.steps // 2, config=c.to_dict(),
+                            checkpoint_every=c.mtt.checkpoint_every, config=identity,
                             logger=jd.logs.MetricLogger(os.path.join(workdir, "logs")))
-  return jd.distill.decoded(state, d), time.time() - t
+  path = os.path.join(workdir, "seconds.json")
+  prev = json.load(open(path)) if os.path.exists(path) else {"seconds": 0.0, "steps": 0}
+  step = int(state.step)
+  if step > prev["steps"]:  # time only sessions that did work
+    prev = {"seconds": prev["seconds"] + time.time() - t, "steps": step}
+    with open(path, "w") as f:
+      json.dump(prev, f)
+  return jd.distill.decoded(state, d), prev["seconds"]
+
+
+def plot(path: str, curves: dict, ratios, title: str) -> None:
+  """Accuracy (mean ± std over seeds) against subset ratio, one line per method."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, pts in curves.items():
+    xs = [100 * r for r in ratios if r in pts]
+    if xs:
+      m = [100 * pts[r][0] for r in ratios if r in pts]
+      s = [100 * pts[r][1] for r in ratios if r in pts]
+      ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=name)
+  ax.set_xlabel("subset ratio (%)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def main(_):
@@ -73,11 +137,12 @@ def main(_):
   t_start = time.time()
   key = jax.random.key(c.seed)
   data_key, expert_key, init_key, run_key, eval_key, search_key = jax.random.split(key, 6)
-  data = jd.data.load(c.dataset, max_per_class=c.per_class, key=data_key)
+  full = jd.data.load(c.dataset, max_per_class=c.per_class + c.holdout_per_class, key=data_key)
+  data, x_hold, y_hold = split_holdout(full, c.per_class)
   model = jd.models.get_model(c.model, data.num_classes, **c.model_kwargs)
   root = os.path.join(c.workdir, f"selmatch_{data.name}_{c.per_class}pc")
-  lines = [f"# SelMatch on a {data.name} subset ({c.per_class} images per class)", "",
-           provenance(c)]
+  head = [f"# SelMatch across subset ratios on a {data.name} subset ({c.per_class} images per class)",
+          "", provenance(c)]
 
   # Experts and difficulty.
   ecfg = jd.experts.ExpertConfig(epochs=c.experts.epochs, lr=c.experts.lr,
@@ -94,109 +159,151 @@ def main(_):
                              == data.y_test))
   print(f"experts: {traj}, expert 0 test acc {100 * expert_acc:.2f}% ({time.time() - t_start:.0f} s)",
         flush=True)
-  lines += [f"Experts: {traj.num_experts} x {traj.num_epochs} epochs on the subset (SGD lr "
-            f"{ecfg.lr}, batch {ecfg.batch_size}, DSA); expert 0's final test accuracy "
-            f"{100 * expert_acc:.2f}%. Training difficulty = mean over experts of first-learned epoch "
-            f"+ forgetting events / (E + 1); test difficulty (easy/hard test halves) = mean EL2N of "
-            f"the final experts.", ""]
+  head += [f"Experts: {traj.num_experts} x {traj.num_epochs} epochs on the subset (SGD lr "
+           f"{ecfg.lr}, batch {ecfg.batch_size}, DSA); expert 0's final test accuracy "
+           f"{100 * expert_acc:.2f}%. Training difficulty = mean over experts of first-learned epoch "
+           f"+ forgetting events / (E + 1); test difficulty (easy/hard test halves) = mean EL2N of "
+           f"the final experts.", ""]
   embed = lambda p, x: model.apply({"params": p}, x, train=False, return_features=True)[1]
 
   final_cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment="dsa")
   combined_cfg = final_cfg._replace(augment=("dsa", "crop_flip"))
+  search_cfg = jd.evaluate.EvalConfig(epochs=c.search.eval_epochs, augment="dsa")
+  # Window-search networks are scored on the held-out split and the test set in one pass.
+  n_hold = len(y_hold)
+  search_data = dataclasses.replace(data, x_test=np.concatenate([x_hold, data.x_test]),
+                              y_test=np.concatenate([y_hold, data.y_test]))
+  in_hold = np.arange(len(search_data.y_test)) < n_hold
+  search_groups = {"holdout": in_hold, "test": ~in_hold}
   test_groups = {"easy": easy_t, "hard": hard_t}
+  cache = os.path.join(root, "cache")
 
-  def ev(syn, cfg=final_cfg, groups=None):
-    return jd.evaluate.accuracy(eval_key, syn, data, model=c.eval_model,
-                                model_kwargs=dict(c.eval_model_kwargs), num_seeds=c.num_seeds,
-                                cfg=cfg, groups=groups, test_groups=test_groups)
+  def ev(syn, cfg=final_cfg, groups=None, search=False, seeds=None):
+    """Evaluation of ``syn`` (cached by its content and the protocol)."""
+    seeds = seeds or c.num_seeds
+    name = ident(_digest(syn), cfg, None if groups is None else np.asarray(groups).tobytes(), search,
+                 seeds, c.eval_model, c.eval_model_kwargs.to_dict())
+    return _result(json_cache(os.path.join(cache, f"eval_{name}.json"), lambda: _result_json(
+        jd.evaluate.accuracy(eval_key if not search else search_key, syn,
+                             search_data if search else data, model=c.eval_model,
+                             model_kwargs=dict(c.eval_model_kwargs), num_seeds=seeds, cfg=cfg,
+                             groups=groups, test_groups=search_groups if search else test_groups))))
+
+  def cov(syn):
+    rep = json_cache(os.path.join(cache, f"cov_{_digest(syn)}.json"), lambda: {
+        k: float(v) for k, v in jd.metrics.coverage_report(
+            embed, final[0], np.asarray(syn.images), data.x_train, scores=scores).items()
+        if k in ("coverage", "easy", "hard")})
+    return f"{100 * rep['coverage']:.1f} / {100 * rep['easy']:.1f} / {100 * rep['hard']:.1f}"
 
   def cell(r):
     g = r.group_accuracies
     return (f"{100 * r.mean:.2f} ± {100 * r.std:.2f} | {100 * g['easy'].mean():.2f} | "
             f"{100 * g['hard'].mean():.2f}")
 
-  def cov(syn):
-    rep = jd.metrics.coverage_report(embed, final[0], np.asarray(syn.images), data.x_train,
-                                     scores=scores)
-    return f"{100 * rep['coverage']:.1f} / {100 * rep['easy']:.1f} / {100 * rep['hard']:.1f}"
-
   rows = ["| ratio (IPC) | set | test acc (%) | easy half | hard half | coverage all / easy / hard "
           "(%) |", "|---|---|---|---|---|---|"]
-  search_lines = []
-  for ratio, alpha in zip(c.ratios, c.alphas):
+  search_lines, run_lines = [], []
+  curves = {}
+
+  def point(name, ratio, r):
+    curves.setdefault(name, {})[ratio] = (r.mean, r.std)
+
+  def write(done: bool):
+    tail = ([f"Total run time of the last session: {time.time() - t_start:.0f} s.", ""] if done else
+            ["(run in progress: ratios after the last row are still to come)", ""])
+    search_head = " | ".join(f"{b:g}" for b in c.search.betas)
+    text = head + [
+        f"Evaluation: {c.eval_model} {dict(c.eval_model_kwargs)}, {c.eval_epochs} epochs, the "
+        f"reference schedule (SGD lr 0.01, or the learned step size for MTT/SelMatch sets, momentum "
+        f"0.9, wd 5e-4, lr / 10 after half with momentum restarted, batch 256), {c.num_seeds} seeds; "
+        f"DSA unless stated. Easy / hard halves: test images split at the median expert EL2N. Coverage: "
+        f"of the {len(data.y_train)} training-subset images, in expert 0's feature space, halves by "
+        f"training difficulty.", "", *rows, "",
+        f"Window search ({c.search.eval_epochs} epochs DSA, {c.search.num_seeds} seeds; accuracy % on "
+        f"the held-out split ({n_hold} training images outside the subset) / on the test set, by beta; "
+        f"unit {c.search.unit!r}: the window starts "
+        f"{'int(beta * IPC)' if c.search.unit == 'code' else 'int(beta * class size)'} places from the "
+        f"hardest image of each class; '-': the window runs past the class):", "",
+        f"| ratio (IPC) | {search_head} | best on held-out | best on test |",
+        "|---|" + "---|" * (len(c.search.betas) + 2), *search_lines, "", *run_lines, "", *tail]
+    with open(c.out, "w") as f:
+      f.write("\n".join(text))
+    if curves:
+      plot(os.path.splitext(c.out)[0] + ".png", curves, c.ratios,
+           f"{data.name}, {c.per_class} images per class, ConvNet evaluation")
+
+  for ratio, alphas in zip(c.ratios, c.alphas):
     ipc = int(round(ratio * c.per_class))
     tag = f"{100 * ratio:g}% ({ipc})"
     rnd = jd.selection.random(jax.random.fold_in(init_key, ipc), data.x_train, data.y_train,
                               data.num_classes, ipc)
     r = ev(rnd)
     rows.append(f"| {tag} | random real | {cell(r)} | {cov(rnd)} |")
+    point("random real", ratio, r)
     print(f"[{tag}] random: {r}", flush=True)
 
-    search_cfg = jd.evaluate.EvalConfig(epochs=c.search.eval_epochs, augment="dsa")
-    best_beta, results = jd.selection.window_search(
+    _, results = jd.selection.window_search(
         search_key, scores, data, ipc, betas=tuple(c.search.betas), unit=c.search.unit,
-        model=c.eval_model,
-        model_kwargs=dict(c.eval_model_kwargs), num_seeds=c.search.num_seeds, cfg=search_cfg)
+        evaluate_fn=lambda k, syn: ev(syn, search_cfg, search=True, seeds=c.search.num_seeds))
+    acc = {split: {b: float(r.group_accuracies[split].mean()) for b, r in results.items()}
+           for split in ("holdout", "test")}
+    best = {split: max(acc[split], key=acc[split].get) for split in acc}  # first on a tie
     search_lines.append(f"| {tag} | " + " | ".join(
-        f"{100 * results[b].mean:.1f}" if b in results else "-" for b in c.search.betas)
-        + f" | {best_beta:g} |")
-    print(f"[{tag}] window search: best beta {best_beta} "
-          f"{ {b: round(100 * v.mean, 1) for b, v in results.items()} }", flush=True)
-    win = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, ipc,
-                                   best_beta, unit=c.search.unit)
-    r = ev(win)
-    rows.append(f"| {tag} | best window (beta {best_beta:g}) | {cell(r)} | {cov(win)} |")
+        f"{100 * acc['holdout'][b]:.1f} / {100 * acc['test'][b]:.1f}" if b in results else "-"
+        for b in c.search.betas) + f" | {best['holdout']:g} | {best['test']:g} |")
+    print(f"[{tag}] window search: best beta on held-out {best['holdout']}, on test {best['test']}",
+          flush=True)
+    wins = {}
+    for split in ("holdout", "test"):
+      b = best[split]
+      if b not in wins:
+        wins[b] = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, ipc,
+                                           b, unit=c.search.unit)
+        r = ev(wins[b])
+        chosen = " and ".join(s.replace("holdout", "held-out") for s in ("holdout", "test")
+                              if best[s] == b)
+        rows.append(f"| {tag} | best window on {chosen} (beta {b:g}) | {cell(r)} | {cov(wins[b])} |")
+        point(f"best window ({chosen})", ratio, r)
+    win = wins[best["holdout"]]
 
     mtt, mtt_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), rnd, None, model, data, traj,
                              os.path.join(root, f"mtt_ipc{ipc}"))
     r = ev(mtt)
     rows.append(f"| {tag} | MTT (random real init, all rows) | {cell(r)} | {cov(mtt)} |")
+    point("MTT", ratio, r)
     print(f"[{tag}] MTT: {r} ({mtt_s:.0f} s)", flush=True)
+    run_lines.append(f"- IPC {ipc}: MTT {mtt_s:.0f} s of distillation, learned step size "
+                     f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}).")
 
-    mask = jd.partial.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
-    sel, sel_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
-                             os.path.join(root, f"selmatch_ipc{ipc}"))
-    frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask], np.asarray(win.images)[~mask]))
-
-    def report(label, syn, secs):
-      """Evaluates a SelMatch set with combined augmentation and with DSA on every row; adds rows."""
-      r_comb = ev(syn, combined_cfg, groups=jd.partial.augment_groups(mask))
-      r_dsa = ev(syn)
-      rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(syn)} |")
+    for alpha in alphas:
+      mask = jd.partial.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
+      sel, sel_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
+                               os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}"))
+      frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask],
+                                        np.asarray(win.images)[~mask]))
+      label = f"SelMatch (alpha {alpha:g}, beta {best['holdout']:g})"
+      r_comb = ev(sel, combined_cfg, groups=jd.partial.augment_groups(mask))
+      r_dsa = ev(sel)
+      rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(sel)} |")
       rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")
-      print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa} ({secs:.0f} s)", flush=True)
-
-    report(f"SelMatch (alpha {alpha:g}, beta {best_beta:g})", sel, sel_s)
-    print(f"[{tag}] SelMatch frozen rows unchanged: {frozen_same}", flush=True)
-    if c.get("compare_distill_augment", False):
-      sel_c, selc_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
-                                  os.path.join(root, f"selmatch_ipc{ipc}_combined_distill"),
-                                  combined=True)
-      report("SelMatch, combined aug also inside the unroll", sel_c, selc_s)
-    for name, syn in (("mtt", mtt), ("selmatch", sel)):
-      jd.logs.save_grid(os.path.join(os.path.dirname(c.out), f"{name}_{data.name}_ipc{ipc}.png"),
-                        np.asarray(syn.images), data.mean, data.std, nrow=ipc)
-    lines.append(f"- IPC {ipc}: MTT {mtt_s:.0f} s, SelMatch {sel_s:.0f} s of distillation; "
-                 f"SelMatch's frozen rows bit-identical to the window after distillation: "
-                 f"{frozen_same}.")
-
-  lines += ["", f"Evaluation: {c.eval_model} {dict(c.eval_model_kwargs)}, {c.eval_epochs} epochs, "
-            f"SGD lr 0.01 (the learned step size for MTT/SelMatch sets) momentum 0.9 wd 5e-4, "
-            f"x0.1 at half, batch 256, {c.num_seeds} seeds; DSA unless stated. Easy / hard halves: "
-            f"test images split at the median expert EL2N. Coverage: of the {len(data.y_train)} "
-            f"training-subset images, in expert 0's feature space, halves by training difficulty.",
-            "", *rows, "", f"Window search ({c.search.eval_epochs} epochs DSA, {c.search.num_seeds} "
-            f"seeds; test accuracy % by beta; unit {c.search.unit!r}: the window starts "
-            f"{'int(beta * IPC)' if c.search.unit == 'code' else 'int(beta * class size)'} places from "
-            f"the hardest image of each class):", "",
-            "| ratio (IPC) | " + " | ".join(f"{b:g}" for b in c.search.betas) + " | best |",
-            "|---|" + "---|" * (len(c.search.betas) + 1), *search_lines, "",
-            f"Total run time: {time.time() - t_start:.0f} s.", ""]
-  with open(c.out, "w") as f:
-    f.write("\n".join(lines))
+      point(f"SelMatch alpha {alpha:g} (combined aug)", ratio, r_comb)
+      print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa} ({sel_s:.0f} s)", flush=True)
+      run_lines.append(f"- IPC {ipc}, alpha {alpha:g}: SelMatch {sel_s:.0f} s of distillation, "
+                       f"learned step size {float(np.exp(np.asarray(sel.log_lr))):.4g}; frozen rows "
+                       f"bit-identical to the window after distillation: {frozen_same}.")
+      jd.logs.save_grid(os.path.join(os.path.dirname(c.out),
+                                     f"selmatch_{data.name}_ipc{ipc}_alpha{alpha:g}.png"),
+                        np.asarray(sel.images), data.mean, data.std, nrow=ipc)
+    jd.logs.save_grid(os.path.join(os.path.dirname(c.out), f"mtt_{data.name}_ipc{ipc}.png"),
+                      np.asarray(mtt.images), data.mean, data.std, nrow=ipc)
+    write(done=False)
+  write(done=True)
   print("\n".join(rows))
   print(f"wrote {c.out}")
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so that tests can import this module beside experiments.distill.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   app.run(main)

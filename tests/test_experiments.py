@@ -220,3 +220,24 @@ def test_unknown_method_and_missing_data_dir_are_refused(tiny_npz):
   c = load_config("mtt_tiny.py")
   with pytest.raises(ValueError, match="data_dir"):
     registry.load_data(c)
+
+
+def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent():
+  """The ratio study's window is chosen on training images outside the subset: every class keeps
+  ``per_class`` images in the subset, the rest held out, no image in both; the config gives alphas for
+  every ratio and whole IPCs."""
+  from experiments import selmatch
+  data = jd.data.load("fashion_mnist", max_per_class=5, key=jax.random.key(0))
+  per_class = 3
+  sub, x_hold, y_hold = selmatch.split_holdout(data, per_class)
+  counts = np.bincount(sub.y_train, minlength=data.num_classes)
+  assert (counts == per_class).all(), counts
+  assert len(y_hold) == len(data.y_train) - per_class * data.num_classes
+  flat = lambda x: {row.tobytes() for row in x.reshape(len(x), -1)}
+  assert not flat(sub.x_train) & flat(x_hold)
+  with pytest.raises(ValueError, match="holdout_per_class"):
+    selmatch.split_holdout(sub, per_class)
+  c = load_config("selmatch_sweep_fmnist.py")
+  assert len(c.alphas) == len(c.ratios) and all(len(a) >= 1 for a in c.alphas)
+  for r in c.ratios:
+    assert abs(r * c.per_class - round(r * c.per_class)) < 1e-9, r
