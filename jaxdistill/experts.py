@@ -214,7 +214,8 @@ def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:
 # Training
 # ----------------------------------------------------------------------------------------------------
 
-def _optimizer(cfg: ExpertConfig) -> optax.GradientTransformation:
+def optimizer(cfg: ExpertConfig) -> optax.GradientTransformation:
+  """The SGD of ``cfg`` (PyTorch-style weight decay); ``make_epoch_fn``'s ``opt_state`` is its ``init``."""
   parts = []
   if cfg.weight_decay:
     parts.append(optax.add_decayed_weights(cfg.weight_decay))
@@ -230,7 +231,7 @@ def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) 
   batch with ``cfg.augment`` (one key per batch), SGD per ``cfg``. The data are arguments, not constants.
   """
   aug = training.resolve_augment(cfg.augment, dataset_name)
-  tx = _optimizer(cfg)
+  tx = optimizer(cfg)
 
   def epoch(variables, opt_state, images, labels, key):
     def step(carry, inp):
@@ -302,7 +303,7 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
   os.makedirs(directory, exist_ok=True)
   x, y = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
   epoch_fn = make_epoch_fn(model, cfg, dataset_name)
-  tx = _optimizer(cfg)
+  tx = optimizer(cfg)
   predict = jax.jit(lambda v, xs: evaluate.predict(model, v, xs, cfg.eval_batch_size))
 
   def correct_of(variables):
