@@ -5,9 +5,7 @@ Command: .venv/bin/python -m benchmarks.distill_step [--width 64] [--batch-real 
 
 Each DC "iteration" here is one outer step of the loop (matching + image update + the inner training of
 the network on the synthetic set, amortized as in the reference schedule: inner_loop epochs after each
-outer step but the last of an iteration). For comparison, DESIGN.md §6 has the PyTorch reference on a
-2-thread CPU (width 128, FMNIST, IPC 10): DM iteration 3.3 s; DC outer iteration 208 s (that figure is
-one reference *iteration*: 10 outer steps and 9 x 50 inner epochs).
+outer step but the last of an iteration). PyTorch side by side: ``benchmarks.vs_pytorch``.
 """
 from __future__ import annotations
 

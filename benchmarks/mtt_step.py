@@ -13,8 +13,7 @@ Columns: XLA's predicted footprint of the compiled step (``memory_analysis()``: 
 bytes), the subprocess's peak resident memory (includes the JAX runtime and the compiler), compile time,
 and seconds per step (median of ``--reps`` runs after compiling); ratios are relative to the smallest
 ``syn_steps`` of the same remat setting, and remat / no remat at the same ``syn_steps``.
-DESIGN.md §6 has the PyTorch reference on this machine (width 128, 2 threads): syn_steps 20: 20.4 s and
-8.5 GB; 40: 48.8 s and 15.2 GB.
+PyTorch side by side: ``benchmarks.vs_pytorch``.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ instance norm; random pixel values: the cost does not depend on them):
                  class, loss, gradient, SGD update of the images.
   dc             DC outer step (IPC 10, outer 10 / inner 50, no augmentation): per-class gradient
                  matching on 256 real images per class, image update, then the network's inner training
-                 (50 epochs of SGD on the synthetic set); the mean of the first two outer steps.
+                 (50 epochs of SGD on the synthetic set): the first outer step of an iteration.
   eval           evaluation: a fresh network trained on 100 images for 20 epochs (the reference's
                  ``evaluate_synset``: 21 epochs, lr / 10 with a new optimizer after epoch 11), DSA,
                  batch 256, then the 10,000-image test set predicted.
@@ -26,7 +26,7 @@ and inputs with augmentation off, and the run stops unless they agree to ``--rto
 Each timed unit runs in its own subprocess, pinned with ``taskset`` to the first ``c`` cores for each
 ``c`` in ``--cores`` (PyTorch's threads set to ``c``; XLA follows the affinity), so its peak resident
 memory is its own (it includes each framework's runtime, and XLA's compiler for jaxdistill). Seconds:
-median of ``--reps`` runs after a warm-up run (which compiles). For jaxdistill the table also gives XLA's
+median of ``--reps`` runs after a warm-up run (which compiles); one run on one core and for mtt80. For jaxdistill the table also gives XLA's
 FLOP count of the compiled unit and the share of the dense-matmul rate it reaches (the faster of the two
 frameworks' 4096x4096 float32 matmul on the same cores).
 """
@@ -131,15 +131,13 @@ def _jax_unit(unit: str, width: int):
     holder = {}
 
     def run():
-      # One DM iteration; for DC the first two outer steps of an iteration (both train the network
-      # afterwards), timed together and halved by the caller.
+      # One DM iteration; for DC the first outer step of an iteration (the network trains after it).
       st = jd.distill.init_state(jax.random.key(0), syn._replace(log_lr=None), d)
       jax.block_until_ready(st)
       t = time.perf_counter()
-      for _ in range(1 if unit == "dm" else 2):
-        st, m = step(st, batch)
+      st, m = step(st, batch)
       jax.block_until_ready((st, m))
-      holder["s"] = (time.perf_counter() - t) / (1 if unit == "dm" else 2)
+      holder["s"] = time.perf_counter() - t
     run.timed_inside = holder
     return run, flops, mem
 
@@ -216,14 +214,12 @@ def _torch_unit(unit: str, width: int):
 
     def run():
       net = tr.init_flat(shapes, 0).requires_grad_(True)
-      for _ in range(2):  # the first two outer steps of an iteration, halved by the caller
-        loss = tr.dc_match_loss(net, real, images.view(K, IPC, C, H, H), shapes, 3, tr.no_aug, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        net = tr.train_epochs(net, images.detach(), labels, shapes, 3, 50, 0.01, 0.0, 0.0, 256,
-                              tr.no_aug, gen).requires_grad_(True)
-    run.halve = True
+      loss = tr.dc_match_loss(net, real, images.view(K, IPC, C, H, H), shapes, 3, tr.no_aug, gen)
+      opt.zero_grad()
+      loss.backward()
+      opt.step()
+      tr.train_epochs(net, images.detach(), labels, shapes, 3, 50, 0.01, 0.0, 0.0, 256, tr.no_aug,
+                      gen)
     return run
 
   if unit == "eval":
@@ -351,6 +347,16 @@ def _matmul_rate(fw: str, n: int = 4096, reps: int = 3) -> float:
   return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
+def _peak_rss_gb() -> float:
+  """This process's peak resident memory (``VmHWM``: reset by ``exec``, unlike ``ru_maxrss``, which
+  Linux carries over from the parent that forked)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024 / 1e9
+  return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1e6
+
+
 def child(unit: str, fw: str, width: int, reps: int) -> dict:
   cores = len(os.sched_getaffinity(0))
   flops = mem = float("nan")
@@ -370,12 +376,10 @@ def child(unit: str, fw: str, width: int, reps: int) -> dict:
     s = time.perf_counter() - t
     if hasattr(run, "timed_inside"):
       s = run.timed_inside["s"]
-    elif getattr(run, "halve", False):
-      s /= 2
     times.append(s)
   times.sort()
   return {"unit": unit, "fw": fw, "cores": cores, "seconds": times[len(times) // 2],
-          "setup_s": setup, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+          "setup_s": setup, "peak_rss_gb": _peak_rss_gb(),
           "flops": flops, "xla_bytes": mem, "matmul": _matmul_rate(fw)}
 
 
@@ -429,7 +433,9 @@ def main():
           continue
         if unit == "mtt80" and cores == 1:
           continue  # the syn_steps-80 row is about memory; one core adds nothing
-        r = _spawn(unit, fw, a.width, a.reps, cores)
+        # One timed repetition on one core and at syn_steps 80 (the long ones); --reps otherwise.
+        reps = 1 if (cores == 1 or unit == "mtt80") else a.reps
+        r = _spawn(unit, fw, a.width, reps, cores)
         results.append(r)
         print(json.dumps(r), flush=True)
 
@@ -444,7 +450,7 @@ def main():
            f"- date: {started}; machine: {platform.machine()}, {os.cpu_count()} cores, "
            f"load average before / after: {load0} / {_load()}",
            f"- width {a.width}, IPC {IPC}, Fashion-MNIST shapes; seconds: median of {a.reps} after a "
-           f"warm-up; memory: the subprocess's peak RSS (runtime and, for JAX, the compiler included)",
+           f"warm-up (one run on one core and for mtt80); memory: the subprocess's peak RSS (runtime and, for JAX, the compiler included)",
            "", "Agreement before timing (augmentation off, same weights and inputs):", "",
            "| quantity | jaxdistill | PyTorch | relative difference |", "|---|---|---|---|"]
   lines += [f"| {u} | {j:.7g} | {t:.7g} | {r:.1e} |" for u, j, t, r in agree]
