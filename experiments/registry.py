@@ -139,7 +139,7 @@ def difficulty_scores(directory: str, expert_ids, num_epochs: int) -> np.ndarray
   per = []
   for i in expert_ids:
     s = jd.experts.load_expert_scores(directory, i)
-    per.append(s["first_learned"].astype(np.float64) + s["forgetting"] / (num_epochs + 1.0))
+    per.append(jd.selection.scores.difficulty(s["first_learned"], s["forgetting"], num_epochs))
   return np.mean(per, axis=0)
 
 

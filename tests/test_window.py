@@ -194,3 +194,16 @@ def test_combined_augmentation_frozen_rows_crop_flip_distilled_rows_dsa():
     dsa_not_crop_flip += sum(not _is_crop_flip(out[r], xs[r]) for r in np.flatnonzero(mask))
   # DSA (colour, scale, rotate, cutout, ...) leaves the crop+flip set on most draws.
   assert dsa_not_crop_flip >= 4
+
+
+def test_difficulty_orders_by_first_learned_epoch_then_forgetting():
+  """Later-learned examples are harder; within an epoch, more forgetting events are harder; the
+  forgetting term never outweighs an epoch."""
+  from jaxdistill.selection import scores
+  fl = np.array([1, 3, 3, 2])
+  fg = np.array([4, 0, 2, 0])
+  d = scores.difficulty(fl, fg, num_epochs=4)
+  assert list(np.argsort(d)) == [0, 3, 1, 2]
+  assert d[0] < 2  # four forgetting events at epoch 1 stay below any epoch-2 example
+  with pytest.raises(ValueError, match="both be"):
+    scores.difficulty(fl, fg[:3], num_epochs=4)

@@ -1,4 +1,5 @@
 """Selection of real images: coreset baselines (and, for SelMatch, difficulty scores and windows)."""
+from jaxdistill.selection import scores
 from jaxdistill.selection.coreset import (METHODS, average, embed, herding, herding_indices, k_center,
                                           k_means, kcenter_indices, kmeans, random, random_indices,
                                           select)
