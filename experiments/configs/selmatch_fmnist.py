@@ -6,8 +6,7 @@ Command:
 The subset, experts and MTT settings of ``mtt_fmnist.py``. Difficulty of each training image: mean over
 the experts of first-learned epoch + forgetting events / (E + 1). Initialization: the window of IPC
 images per class starting beta = 0.6 of the class size from the hardest image (``selmatch.unit``
-"percent"; the best window of ``experiments.selmatch``'s search at this ratio, see
-``experiments/results/selmatch_fashion_mnist.md``), the easier alpha = 0.6 of each class distilled and
+"percent"; the best window of an earlier 1,000-image window search at this ratio), the easier alpha = 0.6 of each class distilled and
 the rest frozen; evaluation with combined augmentation (DSA on distilled rows, crop+flip on frozen ones)
 and coverage of the subset in expert 0's feature space. The ratio sweep with the window search is
 ``experiments.selmatch`` (``selmatch_sweep_fmnist.py``). Run time on the 2-core CPU: ~10 minutes.
