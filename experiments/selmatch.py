@@ -1,6 +1,7 @@
 """SelMatch across subset ratios on a Fashion-MNIST training subset, beside its baselines, one protocol.
 
 Usage: python -m experiments.selmatch --config experiments/configs/selmatch_sweep_fmnist.py [--config.x=...]
+(the plot needs the ``plot`` extra: ``pip install -e ".[plot]"``)
 
 Steps (every number in the results file comes from this one command):
 
@@ -134,6 +135,10 @@ def plot(path: str, curves: dict, ratios, title: str) -> None:
 def main(_):
   quiet_logs()
   c = _CONFIG.value
+  try:  # fail now, not hours in, when the plot cannot be drawn
+    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+  except ImportError as e:
+    raise SystemExit('experiments.selmatch draws a plot: pip install -e ".[plot]"') from e
   t_start = time.time()
   key = jax.random.key(c.seed)
   data_key, expert_key, init_key, run_key, eval_key, search_key = jax.random.split(key, 6)
