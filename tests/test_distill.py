@@ -78,6 +78,20 @@ def test_gradient_distance_zero_for_identical_and_positive_otherwise():
   np.testing.assert_allclose(objectives.gradient_distance(g, only_bias), 0.0, atol=1e-5)
 
 
+def test_gradient_distance_of_a_dead_unit_has_a_finite_gradient():
+  """A synthetic gradient row of zeros (a dead ReLU unit) adds 1 - 0 to the distance and, as PyTorch's
+  norm backward gives, a finite gradient: 0 through the zero row's norm, the dot product's term
+  elsewhere (a NaN here would stop a DC run at its first step)."""
+  r = jnp.array([[1.0, 2.0], [3.0, -1.0]])
+  s = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+  dist = lambda s: objectives.gradient_distance({"w": r.T}, {"w": s.T})
+  grad = jax.grad(dist)(s)
+  assert np.isfinite(np.asarray(grad)).all()
+  # Row 0: d/ds [-(r.s) / (|r||s| + eps)] at s = 0 is -r / eps (the eps keeps it finite).
+  np.testing.assert_allclose(grad[0], -r[0] / 1e-6, rtol=1e-4)
+  np.testing.assert_allclose(dist(s), 1.0 + 1.0 - 2.0 / (np.sqrt(10) * np.sqrt(2)), rtol=1e-5)
+
+
 def test_frozen_rows_bit_identical_while_distilled_rows_move(key):
   mask = np.array([True, False] * K)  # one distilled and one frozen row per class
   d = make("dm", mask=mask, lr=1.0)

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, pmean
@@ -48,7 +49,10 @@ def gradient_distance(g_real, g_syn, eps: float = 1e-6) -> jax.Array:
     r, s = _rows(gr), _rows(gs)
     if r is None:
       continue
-    cos = jnp.sum(r * s, -1) / (jnp.linalg.norm(r, axis=-1) * jnp.linalg.norm(s, axis=-1) + eps)
+    # optax.safe_norm: an all-zero row (a dead ReLU unit) has norm 0 with gradient 0, as PyTorch's
+    # norm backward gives; jnp.linalg.norm's gradient there is NaN.
+    norm = lambda x: optax.safe_norm(x, 0.0, axis=-1)
+    cos = jnp.sum(r * s, -1) / (norm(r) * norm(s) + eps)
     total = total + jnp.sum(1.0 - cos)
   return total
 
