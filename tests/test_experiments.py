@@ -7,6 +7,7 @@ and traces one distillation step; one config per kind of pipeline also runs end 
 CLI's ``experiments.distill.run`` (1 step, 1-epoch 1-seed evaluation, results file): compiling every
 config's step and evaluation would take far longer than a test may."""
 import glob
+import json
 import importlib.util
 import os
 
@@ -241,3 +242,60 @@ def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent()
   assert len(c.alphas) == len(c.ratios) and all(len(a) >= 1 for a in c.alphas)
   for r in c.ratios:
     assert abs(r * c.per_class - round(r * c.per_class)) < 1e-9, r
+
+
+# ----------------------------------------------------------------------------------------------------
+# Refactor guard: three steps of every method from a fixed key reproduce recorded values
+# ----------------------------------------------------------------------------------------------------
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden_steps.json")
+GOLDEN_CONFIGS = ("dm_fmnist.py", "dc_fmnist.py", "dsa_fmnist.py", "idc_fmnist.py", "kip_fmnist.py",
+                  "frepo_fmnist.py", "dd_fmnist.py", "mtt_fmnist.py", "datm_fmnist.py",
+                  "selmatch_fmnist.py")
+
+
+def _fingerprint(syn: jd.SyntheticSet, history: list) -> dict:
+  """Values that change when any pixel, label or step size of the set moves."""
+  images = np.asarray(syn.images, np.float64)
+  out = {"images_sum": float(images.sum()), "images_abs_sum": float(np.abs(images).sum()),
+         "images_weighted": float((images.ravel() * np.linspace(-1, 1, images.size)).sum()),
+         "loss": [float(h["loss"]) for h in history]}
+  if jnp.issubdtype(syn.labels.dtype, jnp.floating):
+    out["labels_sum"] = float(np.asarray(syn.labels, np.float64).sum())
+  if syn.log_lr is not None:
+    out["log_lr"] = float(np.mean(np.asarray(syn.log_lr, np.float64)))
+  return out
+
+
+@pytest.mark.parametrize("name", GOLDEN_CONFIGS)
+def test_three_steps_reproduce_recorded_values(name, workdir, tiny_npz, cached_data, monkeypatch):
+  """Refactor guard: each method's config (width-8 MLP, its own augmentation, untrained stand-in
+  experts) runs three steps from a fixed key and matches the values recorded in ``golden_steps.json``
+  (bit-identical on the machine that recorded them; the tolerance only absorbs another CPU's
+  instruction set). ``JAXDISTILL_RECORD_GOLDEN=1`` records them anew: only for a change that is meant
+  to move results, said in its commit."""
+  c = shrink(load_config(name), workdir, tiny_npz, mlp=True)
+  c.distill_augment = "dsa"  # the methods that augment do (the others ignore it)
+  monkeypatch.setattr(registry, "experts", fake_experts)
+  monkeypatch.setattr(registry, "difficulty_scores",
+                      lambda d, ids, e: np.cos(np.arange(len(data.y_train), dtype=np.float64)))
+  data = registry.load_data(c)
+  m = registry.build(c, data)
+  d = jd.distill.Distiller(m.objective, m.optimizer, m.sampler,
+                           mask=None if m.mask is None else jnp.asarray(m.mask), decode=m.decode)
+  with jax.numpy_dtype_promotion("standard"):
+    state, history = jd.distill.run(jax.random.key(7), m.init, d, 3, log_every=1, progress=False)
+  got = _fingerprint(jd.distill.decoded(state, d), history)
+  recorded = {}
+  if os.path.exists(GOLDEN):
+    with open(GOLDEN) as f:
+      recorded = json.load(f)
+  if os.environ.get("JAXDISTILL_RECORD_GOLDEN"):
+    recorded[name] = got
+    with open(GOLDEN, "w") as f:
+      json.dump(recorded, f, indent=1, sort_keys=True)
+  assert name in recorded, f"No recorded values for {name}: run with JAXDISTILL_RECORD_GOLDEN=1."
+  want = recorded[name]
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{name}: {k}")
