@@ -290,7 +290,7 @@ def check_agreement(width: int, rtol: float) -> list:
   obj = jd.objectives.distribution_matching(model, K)
   j = float(obj.loss(syn, {"images": jnp.asarray(real_np)}, key, ())[0])
   net_key, _ = jax.random.split(key)
-  vd = jd.objectives.nets.flax_net(model).init(net_key, jnp.asarray(real_np[0]))
+  vd = jd.models.flax_net(model).init(net_key, jnp.asarray(real_np[0]))
   net_d = tr.from_flax(vd["params"], width, 3)
   er = tr.convnet_forward(net_d, real_t.flatten(0, 1), shapes, 3, features=True)
   es = tr.convnet_forward(net_d, images_t, shapes, 3, features=True)
@@ -310,7 +310,7 @@ def check_agreement(width: int, rtol: float) -> list:
   # lr / 10 and a new optimizer after epoch 3) on 100 images in one batch, then the training loss.
   cfg = jd.evaluate.EvalConfig(epochs=4, augment="none")
   v = jd.evaluate.train(key, model, syn.images, syn.labels, cfg, variables=v0)
-  j = float(jd.objectives.nets.cross_entropy(model.apply(v, syn.images, train=False), syn.labels))
+  j = float(jd.objectives.common.cross_entropy(model.apply(v, syn.images, train=False), syn.labels))
   net = tr.train_epochs(net_t, images_t, labels_t, shapes, 3, 5, 0.01, 0.9, 5e-4, 256, tr.no_aug,
                         torch.Generator().manual_seed(0), decay_at=3)
   t = float(F.cross_entropy(tr.convnet_forward(net, images_t, shapes, 3), labels_t))

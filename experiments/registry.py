@@ -275,7 +275,7 @@ def build_selmatch(c, data):
   s = c.selmatch
   init = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, c.ipc,
                                   s.beta, unit=s.get("unit", "code"))
-  mask = jd.partial.selmatch_mask(np.asarray(init.labels), data.num_classes, s.alpha)
+  mask = jd.partial_updates.selmatch_mask(np.asarray(init.labels), data.num_classes, s.alpha)
   obj, sampler = trajectory_parts(c, data, model, traj)
   return Method(obj, optimizer(c, log_lr=True), sampler, _with_step_size(c, init), mask=mask,
                 evaluators=evaluators(c, data, model=model, traj=traj, scores=scores))
@@ -315,7 +315,7 @@ def _protocol(c, data, use_learned_lr: bool):
       run_cfg = run_cfg._replace(loss="mse")
     if mask is not None and c.get("combined_augment"):
       run_cfg, groups = run_cfg._replace(augment=(c.eval_augment, "crop_flip")), \
-          jd.partial.augment_groups(mask)
+          jd.partial_updates.augment_groups(mask)
     out = {}
     for name in c.eval_models:
       out[name] = jd.evaluate.accuracy(key, syn, data, model=name,

@@ -282,13 +282,13 @@ def main(_):
                      f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}).")
 
     for alpha in alphas:
-      mask = jd.partial.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
+      mask = jd.partial_updates.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
       sel, sel_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
                                os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}"))
       frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask],
                                         np.asarray(win.images)[~mask]))
       label = f"SelMatch (alpha {alpha:g}, beta {best['holdout']:g})"
-      r_comb = ev(sel, combined_cfg, groups=jd.partial.augment_groups(mask))
+      r_comb = ev(sel, combined_cfg, groups=jd.partial_updates.augment_groups(mask))
       r_dsa = ev(sel)
       rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(sel)} |")
       rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")

@@ -6,7 +6,7 @@ from jaxdistill import training
 from jaxdistill import evaluate
 from jaxdistill import selection
 from jaxdistill import objectives
-from jaxdistill import partial
+from jaxdistill import partial_updates
 from jaxdistill import parallel
 from jaxdistill import checkpoint
 from jaxdistill import distill

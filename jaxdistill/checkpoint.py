@@ -19,6 +19,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 CONFIG_FILE = "run_config.json"
 IDENTITY_FILE = "run_identity.json"
@@ -106,7 +107,6 @@ class Checkpointer:
           self._check_json(IDENTITY_FILE, identity,
                            "run identity (key, objective, shapes, optimizer, data)")
       if jax.process_count() > 1 and turn:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"jaxdistill checkpoint files {self.directory}")
     self._mngr = ocp.CheckpointManager(
         self.directory,

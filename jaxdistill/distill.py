@@ -18,6 +18,7 @@ stop, SIGTERM/Ctrl-C safety, a progress bar, JSONL/TensorBoard metrics and PNG g
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -26,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
-from jaxdistill import parallel, partial
+from jaxdistill import checkpoint as ckpt_lib
+from jaxdistill import parallel, partial_updates
 from jaxdistill.checks import check_positive_int
 # Samplers live with the data; re-exported here, where the loop uses them.
 from jaxdistill.data.sampling import Sampler, class_balanced_sampler, random_sampler  # noqa: F401
@@ -192,7 +195,7 @@ def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> Di
   """The initial state, replicated over ``mesh`` (default: all devices). ``key`` drives everything
   the run draws."""
   _check_syn(syn)
-  partial.check_mask(None if d.mask is None else np.asarray(d.mask), syn.images.shape[0])
+  partial_updates.check_mask(None if d.mask is None else np.asarray(d.mask), syn.images.shape[0])
   obj_key, run_key = jax.random.split(key)
   # A copy (the step donates the state's buffers) with strong dtypes: a weakly typed leaf such as
   # log_lr=jnp.log(0.01) would otherwise change type after the first update and recompile the step.
@@ -223,8 +226,8 @@ def place(state: DistillState, mesh=None) -> DistillState:
 
 
 def _training_view(syn: SyntheticSet, d: Distiller) -> SyntheticSet:
-  syn = syn._replace(images=partial.freeze_rows(syn.images, d.mask),
-                     labels=partial.freeze_rows(syn.labels, d.mask)
+  syn = syn._replace(images=partial_updates.freeze_rows(syn.images, d.mask),
+                     labels=partial_updates.freeze_rows(syn.labels, d.mask)
                      if jnp.issubdtype(syn.labels.dtype, jnp.floating) else syn.labels)
   return d.decode(syn) if d.decode is not None else syn
 
@@ -240,6 +243,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
   mesh = parallel.data_mesh() if mesh is None else mesh
   axis = parallel.DATA_AXIS
   flags = learn_flags(d)
+  tx = partial_updates.masked_rows(d.tx, d.mask)  # frozen rows' updates are exactly zero
 
   def per_device(params, syn, batch, key, obj_state):
     obj_state = d.objective.prepare(obj_state, batch, axis)
@@ -258,9 +262,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
                             in_specs=(jax.P(), jax.P(), batch_specs, jax.P(), jax.P()),
                             out_specs=(jax.P(), jax.P(), jax.P(), jax.P()))
     loss, aux, grads, obj_state = sharded(params, state.syn, batch, loss_key, state.obj_state)
-    updates, opt_state = d.tx.update(grads, state.opt_state, params)
-    updates = {k: (partial.mask_updates(u, d.mask) if k in ("images", "labels") else u)
-               for k, u in updates.items()}
+    updates, opt_state = tx.update(grads, state.opt_state, params)
     syn = _with(state.syn, optax.apply_updates(params, updates))
     obj_state = d.objective.update(obj_state, _training_view(syn, d), update_key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
@@ -384,7 +386,6 @@ def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
     DivergenceError: a check failed (NaN/inf, or a ``Guard`` bound); the last checkpoint is intact.
     ValueError: bad arguments, a checkpoint of another run, or ``num_steps`` below the steps done.
   """
-  from jaxdistill import checkpoint as ckpt_lib  # orbax is heavy; import when used
   check_positive_int("num_steps", num_steps)
   check_positive_int("checkpoint_every", checkpoint_every)
   check_positive_int("keep", keep)
@@ -498,12 +499,10 @@ def run_identity(key: jax.Array, state: DistillState, d: Distiller) -> dict:
 
 
 def _digest(x: np.ndarray) -> str:
-  import hashlib
   return hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=8).hexdigest()
 
 
 def _progress(start: int, total: int, enabled: bool):
-  import tqdm
   return tqdm.tqdm(initial=start, total=total, disable=not enabled, unit="step", dynamic_ncols=True,
                    mininterval=1.0)
 

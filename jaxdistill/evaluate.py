@@ -24,7 +24,7 @@ import optax
 
 from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
-from jaxdistill import partial as partial_lib
+from jaxdistill import partial_updates
 from jaxdistill import training
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
@@ -143,7 +143,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
     params, stats, opt_state, t = carry
     opt_state = jax.tree.map(lambda s: jnp.where(t == restart_step, jnp.zeros_like(s), s), opt_state)
     idx, valid, k = inputs
-    x = partial_lib.route_augment(augs, k, images[idx], None if groups is None else groups[idx])
+    x = partial_updates.route_augment(augs, k, images[idx], None if groups is None else groups[idx])
     _, new_stats, grads = training.loss_and_grads(model, params, stats, x, labels[idx], valid, cfg.loss)
     updates, opt_state = tx.update(grads, opt_state, params)
     rate = schedule(t)

@@ -37,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill import evaluate, training
+from jaxdistill.checkpoint import Checkpointer
 # The per-example scores live with the selection methods that use them; re-exported here, where the
 # experts write them.
 from jaxdistill.selection.scores import (el2n_scores, first_learned_epoch,  # noqa: F401
@@ -161,7 +163,6 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
   Raises:
     ValueError: bad data, or an expert directory written with another protocol, model, data or key.
   """
-  from jaxdistill.checkpoint import Checkpointer  # orbax is heavy; import when used
   images, labels, name = _as_arrays(data)
   dataset_name = dataset_name or name
   images = np.asarray(images, np.float32)
@@ -300,7 +301,6 @@ def check_epochs(num_epochs: int, max_start_epoch: int, expert_epochs: int,
 
 
 def _manager(path: str):
-  import orbax.checkpoint as ocp  # heavy; import when used
   return ocp.CheckpointManager(os.path.abspath(path),
                                options=ocp.CheckpointManagerOptions(
                                    read_only=True, save_interval_steps=0, create=False))
@@ -339,7 +339,6 @@ def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
   Raises:
     FileNotFoundError: no such expert or no saved epoch. ValueError: fewer than ``max_epoch`` epochs.
   """
-  import orbax.checkpoint as ocp
   path = os.path.join(directory, EXPERT_DIR.format(i))
   if not os.path.isdir(path):
     raise FileNotFoundError(f"No expert {i} in {directory!r} (expected {path}).")

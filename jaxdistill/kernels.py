@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from jaxdistill.models.nets import as_net
+
 # cos(theta) is clipped to [-1 + eps, 1 - eps] inside the arc-cosine formulas: the gradient of arccos is
 # infinite at +-1, which every diagonal entry k(x, x) hits (and KIP differentiates k(x_s, x_s)). Clipping
 # gives those entries the exact zero gradient in cos (cos == 1 for every x) at a relative value error
@@ -178,7 +180,6 @@ def empirical_ntk_kernel(net, trace: str = "mean") -> Callable:
   freshly initialized ``net`` (a Flax module of the ``jaxdistill.models`` interface or ``NetFns``),
   drawn from ``key``. For ``kip(..., keyed_kernel=True)``: a new random finite network each step.
   Memory as ``empirical_ntk``: small networks only."""
-  from jaxdistill.objectives.nets import as_net  # objectives import this module
   fns = as_net(net)
 
   def kernel_fn(x1, x2, key):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.selection.coreset import embed
+
 
 def _features(x, name: str) -> np.ndarray:
   x = np.asarray(x, np.float32)
@@ -209,7 +211,6 @@ def coverage_report(embed_fn: Callable, params, syn_images, real_images, train_i
   Returns:
     ``{"radius", "coverage"}`` and, with ``scores``, ``"easy"`` and ``"hard"``: Python floats.
   """
-  from jaxdistill.selection.coreset import embed
 
   def feats(x):
     return np.asarray(embed(embed_fn, params, x, batch_size)).reshape(np.shape(x)[0], -1)

@@ -1,17 +1,19 @@
 """Partial updates (SelMatch): a per-row mask says which synthetic rows are distilled.
 
 Frozen rows still enter the loss, so the distilled rows learn what the frozen rows lack, but through
-``jax.lax.stop_gradient``; and their optimizer update is zeroed row-wise, so they stay bit-identical
-whatever the optimizer does (momentum, weight decay, Adam's epsilon). ``optax.masked`` takes only a
-static pytree mask, not rows of one array, hence these two small functions.
+``jax.lax.stop_gradient`` (``freeze_rows``); and ``masked_rows`` wraps the optimizer so that their
+update is zeroed row-wise: they stay bit-identical whatever the optimizer does (momentum, weight decay,
+Adam's epsilon). ``optax.masked`` takes only a static pytree mask, not rows of one array, hence these
+small functions.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def check_mask(mask, num_rows: int) -> Optional[jax.Array]:
@@ -43,6 +45,25 @@ def mask_updates(updates: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   if mask is None:
     return updates
   return jnp.where(_rows(mask, updates), updates, jnp.zeros_like(updates))
+
+
+def masked_rows(inner: optax.GradientTransformation, mask: Optional[jax.Array],
+                leaves: Sequence[str] = ("images", "labels")) -> optax.GradientTransformation:
+  """``inner`` with the updates of the frozen rows (``mask`` False) of the named top-level ``leaves``
+  of a dict of parameters set to exactly zero; other leaves pass unchanged. The state is ``inner``'s
+  own (same tree), so checkpoints of ``inner`` restore into it. ``mask`` None returns ``inner``.
+
+  Example: ``tx = masked_rows(optax.sgd(100.0, momentum=0.5), mask)`` over
+  ``{"images": [N, H, W, C], "log_lr": []}``.
+  """
+  if mask is None:
+    return inner
+
+  def update(updates, state, params=None):
+    updates, state = inner.update(updates, state, params)
+    return {k: mask_updates(u, mask) if k in leaves else u for k, u in updates.items()}, state
+
+  return optax.GradientTransformation(inner.init, update)
 
 
 def selmatch_mask(labels, num_classes: int, alpha: float) -> np.ndarray:

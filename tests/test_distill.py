@@ -173,7 +173,7 @@ def test_bad_input(tmp_path, key):
   with pytest.raises(ValueError, match="NaN"):
     distill.init_state(key, bad, make())
   with pytest.raises(ValueError, match="class-major"):
-    from jaxdistill.objectives.nets import check_class_major
+    from jaxdistill.objectives.common import check_class_major
     check_class_major(np.array([0, 1, 0, 1, 2, 2]), K)
 
 

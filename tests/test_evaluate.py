@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import evaluate, partial, training
+from jaxdistill import evaluate, partial_updates, training
 from jaxdistill.types import Dataset, SyntheticSet
 
 
@@ -94,7 +94,7 @@ def test_partial_last_batch_is_masked():
 def test_augment_routing_by_group():
   x = jnp.ones((4, 2, 2, 1))
   groups = jnp.array([0, 1, 0, 1])
-  out = partial.route_augment((lambda k, v: v * 0.0, lambda k, v: v + 1.0), jax.random.key(0), x,
+  out = partial_updates.route_augment((lambda k, v: v * 0.0, lambda k, v: v + 1.0), jax.random.key(0), x,
                               groups)
   np.testing.assert_array_equal(np.asarray(out[:, 0, 0, 0]), [0.0, 2.0, 0.0, 2.0])
 

@@ -10,7 +10,7 @@ import pytest
 
 from jaxdistill import distill, evaluate, models, objectives
 from jaxdistill.objectives.gradient import gradient_distance
-from jaxdistill.objectives.nets import as_net
+from jaxdistill.models.nets import as_net
 from jaxdistill.types import SyntheticSet
 import toys
 

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdistill import distill, experts, objectives, partial
+from jaxdistill import distill, experts, objectives, partial_updates
 from jaxdistill.objectives import trajectory
 from jaxdistill.types import SyntheticSet
 
@@ -249,7 +249,7 @@ def test_combined_augmentation_inside_the_unroll_routes_rows_by_group(key):
   loss = lambda **kw: float(objectives.trajectory_matching(TinyMLP(), K, syn_steps=3, batch_syn=2,
                                                            **kw).loss(syn, batch, key, ())[0])
   mask = np.array([True, False] * K)  # one distilled, one frozen row per class
-  groups = partial.augment_groups(mask)
+  groups = partial_updates.augment_groups(mask)
   # All rows in one group: the same as that augmentation alone.
   np.testing.assert_allclose(loss(augment=(shift, flip), groups=np.zeros(N, np.int32)),
                              loss(augment=shift), rtol=1e-6)

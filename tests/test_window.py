@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import augment, evaluate, partial, selection, training
+from jaxdistill import augment, evaluate, partial_updates, selection, training
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 # Two interleaved classes: class 0 = rows 0, 2, ..., 14, 16, 17, 18, 19 (12 images), class 1 = rows 1, 3,
@@ -118,37 +118,60 @@ def test_window_search_default_evaluation_runs():
 
 def test_selmatch_mask_freezes_the_hardest_rows_of_each_class():
   labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2], np.int32)
-  np.testing.assert_array_equal(partial.selmatch_mask(labels, 3, 0.0), np.zeros(10, bool))
-  np.testing.assert_array_equal(partial.selmatch_mask(labels, 3, 1.0), np.ones(10, bool))
+  np.testing.assert_array_equal(partial_updates.selmatch_mask(labels, 3, 0.0), np.zeros(10, bool))
+  np.testing.assert_array_equal(partial_updates.selmatch_mask(labels, 3, 1.0), np.ones(10, bool))
   # alpha 0.5: floor(2) of 4, floor(2) of 4, floor(1) of 2 -- the last rows (easier) distilled.
-  np.testing.assert_array_equal(partial.selmatch_mask(labels, 3, 0.5),
+  np.testing.assert_array_equal(partial_updates.selmatch_mask(labels, 3, 0.5),
                                 [0, 0, 1, 1, 0, 0, 1, 1, 0, 1])
   # Floor, as the reference's int(ipc * alpha): 0.6 * 4 = 2.4 -> 2, 0.6 * 2 = 1.2 -> 1.
-  np.testing.assert_array_equal(partial.selmatch_mask(labels, 3, 0.6),
+  np.testing.assert_array_equal(partial_updates.selmatch_mask(labels, 3, 0.6),
                                 [0, 0, 1, 1, 0, 0, 1, 1, 0, 1])
   # Float error just below an integer is not floored away: 0.29 * 100 = 28.999...
-  assert partial.selmatch_mask(np.zeros(100, np.int32), 1, 0.29).sum() == 29
-  assert partial.check_mask(partial.selmatch_mask(labels, 3, 0.5), 10) is not None
+  assert partial_updates.selmatch_mask(np.zeros(100, np.int32), 1, 0.29).sum() == 29
+  assert partial_updates.check_mask(partial_updates.selmatch_mask(labels, 3, 0.5), 10) is not None
 
 
 def test_selmatch_mask_errors():
   labels = np.array([0, 0, 1, 1], np.int32)
   for alpha in (-0.1, 1.1, float("nan")):
     with pytest.raises(ValueError, match="alpha"):
-      partial.selmatch_mask(labels, 2, alpha)
+      partial_updates.selmatch_mask(labels, 2, alpha)
   with pytest.raises(ValueError, match="class-major"):
-    partial.selmatch_mask(np.array([0, 1, 0, 1], np.int32), 2, 0.5)
+    partial_updates.selmatch_mask(np.array([0, 1, 0, 1], np.int32), 2, 0.5)
   with pytest.raises(ValueError, match=r"\[0, 2\)"):
-    partial.selmatch_mask(np.array([0, 2], np.int32), 2, 0.5)
+    partial_updates.selmatch_mask(np.array([0, 2], np.int32), 2, 0.5)
 
 
 def test_augment_groups():
   mask = np.array([False, True, True, False])
-  g = partial.augment_groups(mask)
+  g = partial_updates.augment_groups(mask)
   assert g.dtype == np.int32
   np.testing.assert_array_equal(g, [1, 0, 0, 1])
   with pytest.raises(ValueError):
-    partial.augment_groups(np.array([0, 1]))
+    partial_updates.augment_groups(np.array([0, 1]))
+
+
+def test_masked_rows_zeroes_frozen_rows_and_keeps_the_inner_state():
+  """The optax wrapper: frozen rows of images/labels get exactly zero updates under momentum and Adam
+  (whose updates would otherwise move them), other leaves pass unchanged, and the state is the inner
+  optimizer's own tree (checkpoints of the unwrapped optimizer restore)."""
+  import optax
+  mask = jnp.array([True, False, True])
+  params = {"images": jnp.ones((3, 2, 2, 1)), "labels": jnp.ones((3, 4)), "log_lr": jnp.zeros(())}
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+  for inner in (optax.sgd(0.1, momentum=0.9), optax.adam(0.1)):
+    tx = partial_updates.masked_rows(inner, mask)
+    state = tx.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(inner.init(params))
+    with jax.numpy_dtype_promotion("standard"):  # Adam's bias correction mixes int and float
+      for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+    for k in ("images", "labels"):
+      assert (np.asarray(updates[k])[1] == 0).all()
+      assert (np.asarray(updates[k])[[0, 2]] != 0).all()
+    assert float(updates["log_lr"]) != 0.0
+  inner = optax.sgd(0.1)
+  assert partial_updates.masked_rows(inner, None) is inner
 
 
 # ------------------------------------------------------------------ combined augmentation
@@ -156,9 +179,9 @@ def test_augment_groups():
 
 def test_apply_augment_routes_rows_by_group():
   x = jnp.ones((4, 2, 2, 1), jnp.float32)
-  groups = jnp.asarray(partial.augment_groups(np.array([True, False, True, False])))
+  groups = jnp.asarray(partial_updates.augment_groups(np.array([True, False, True, False])))
   augs = (lambda k, v: v * 10.0, lambda k, v: v * -1.0)
-  out = np.asarray(partial.route_augment(augs, jax.random.key(0), x, groups))
+  out = np.asarray(partial_updates.route_augment(augs, jax.random.key(0), x, groups))
   np.testing.assert_array_equal(out[:, 0, 0, 0], [10.0, -1.0, 10.0, -1.0])
 
 
@@ -179,15 +202,15 @@ def test_combined_augmentation_frozen_rows_crop_flip_distilled_rows_dsa():
   rng = np.random.default_rng(0)
   labels = np.array([0, 0, 0, 1, 1, 1], np.int32)
   x = jnp.asarray(rng.uniform(0.5, 1.5, size=(6, 8, 8, 3)), jnp.float32)
-  mask = partial.selmatch_mask(labels, 2, 1 / 3)  # one distilled (last) row per class
+  mask = partial_updates.selmatch_mask(labels, 2, 1 / 3)  # one distilled (last) row per class
   np.testing.assert_array_equal(mask, [0, 0, 1, 0, 0, 1])
-  groups = partial.augment_groups(mask)
+  groups = partial_updates.augment_groups(mask)
   cfg = evaluate.EvalConfig(augment=("dsa", "crop_flip"))
   augs = tuple(training.resolve_augment(a, "cifar10") for a in cfg.augment)
   assert augs[1] is augment.crop_flip
   dsa_not_crop_flip = 0
   for i in range(8):
-    out = np.asarray(partial.route_augment(augs, jax.random.key(i), x, jnp.asarray(groups)))
+    out = np.asarray(partial_updates.route_augment(augs, jax.random.key(i), x, jnp.asarray(groups)))
     xs = np.asarray(x)
     for r in np.flatnonzero(~mask):
       assert _is_crop_flip(out[r], xs[r]), f"frozen row {r} is not a crop+flip of its input (key {i})"

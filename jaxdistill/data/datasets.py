@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from jaxdistill.data import sampling
 from jaxdistill.types import Dataset
 
 
@@ -245,7 +246,6 @@ def _is_tfds_name(name: str) -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 def _subset(key: jax.Array, y: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
-  from jaxdistill.data import sampling  # pylint: disable=g-import-not-at-top
   return np.sort(sampling.sample_balanced(key, y, num_classes, per_class))
 
 

@@ -6,6 +6,7 @@ relative to the mean eigenvalue, which keeps it scale-free).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -52,7 +53,6 @@ def invert_zca(z: ZCA, x):
 
 def whiten_dataset(data, eps: float = 0.1):
   """Returns ``(data with whitened train/test images, ZCA)``, fitted on the training images."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   z = fit_zca(data.x_train, eps)
   f = lambda x: np.asarray(apply_zca(z, x))
   return dataclasses.replace(data, x_train=f(data.x_train), x_test=f(data.x_test)), z

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
+from jaxdistill.checkpoint import Checkpointer
 from jaxdistill.diffusion import gaussian, minimax
 
 DIFFFIT = ("bias", "norm", "gamma", "y_embed")  # the authors' name keywords for DiffFit
@@ -157,8 +159,6 @@ def run(state: TrainState, step_fn: Callable, arrays, num_steps: int, *,
   Raises:
     FloatingPointError: the loss turned NaN/inf (the last checkpoint stays intact).
   """
-  import tqdm
-  from jaxdistill.checkpoint import Checkpointer
   ckpt = None
   resumed = 0
   if checkpoint_dir is not None:

@@ -24,6 +24,7 @@ from jaxdistill.models.layers import (CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, Dense
                                       torch_bias_init, torch_weight_init,
                                       make_norm)
 from jaxdistill.models.mlp import MLP
+from jaxdistill.models.nets import NetFns, as_net, flax_net
 from jaxdistill.models.resnet import BasicBlock, ResNet
 from jaxdistill.models.vgg import VGG
 
@@ -79,4 +80,4 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 
 __all__ = ["AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "Dense", "torch_bias_init", "torch_weight_init", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
-           "MLP", "MODEL_NAMES", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]
+           "MLP", "MODEL_NAMES", "NetFns", "as_net", "flax_net", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]

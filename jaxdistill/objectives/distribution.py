@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
-from jaxdistill.objectives.nets import as_net, check_class_major, class_major, identity_augment
+from jaxdistill.models.nets import as_net
+from jaxdistill.objectives.common import check_class_major, class_major, identity_augment
 
 
 def distribution_matching(net, num_classes: int, augment: Optional[Callable] = None) -> Objective:

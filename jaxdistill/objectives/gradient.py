@@ -21,7 +21,8 @@ import optax
 
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, pmean
-from jaxdistill.objectives.nets import (as_net, check_class_major, class_major, cross_entropy,
+from jaxdistill.models.nets import as_net
+from jaxdistill.objectives.common import (check_class_major, class_major, cross_entropy,
                                         identity_augment)
 
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

@@ -42,7 +42,8 @@ import optax
 
 from jaxdistill import kernels
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
-from jaxdistill.objectives.nets import as_net
+from jaxdistill.models import get_model
+from jaxdistill.models.nets import as_net
 from jaxdistill.types import SyntheticSet
 
 
@@ -227,7 +228,6 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
   ``kernel_loss``, ``label_loss``, ``krr_acc``, ``krr_ok``, ``krr_used_fallback``.
   """
   if isinstance(net, str):
-    from jaxdistill.models import get_model
     net = get_model(net, num_classes, **(net_options or {}))
   elif net_options:
     raise ValueError("net_options only applies when net is a registry name.")

@@ -47,8 +47,9 @@ from jax.flatten_util import ravel_pytree
 from jaxdistill import training
 from jaxdistill.data.sampling import Sampler
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
-from jaxdistill.objectives.nets import as_net, cross_entropy, identity_augment
-from jaxdistill.partial import route_augment
+from jaxdistill.models.nets import as_net
+from jaxdistill.objectives.common import cross_entropy, identity_augment
+from jaxdistill.partial_updates import route_augment
 
 
 def minibatch_indices(key: jax.Array, n: int, batch_syn: int, syn_steps: int) -> jax.Array:
@@ -135,7 +136,7 @@ def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: ja
     theta: ``[P]`` starting parameters.
     images: ``[N, H, W, C]``; labels: ``[N]`` int or ``[N, K]`` float logits.
     lrs: ``[S]`` step sizes; idx: ``[S, B]`` rows per step; aug_keys: ``[S]`` keys.
-    augment: ``(key, x) -> x``, or a tuple of them routed by ``groups`` (``partial.route_augment``).
+    augment: ``(key, x) -> x``, or a tuple of them routed by ``groups`` (``partial_updates.route_augment``).
     remat: ``jax.checkpoint`` each step (memory nearly flat in ``S``).
     groups: ``[N]`` int row groups for a tuple ``augment``.
   """
@@ -166,7 +167,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
       siamese=False)``; None: no augmentation.
     remat: checkpoint each student step (default on: memory ~flat in ``syn_steps``, same speed).
     groups: ``[N]`` int row groups when ``augment`` is a tuple, e.g. SelMatch's combined augmentation
-      inside the unroll: ``augment=(dsa, crop_flip)``, ``groups=partial.augment_groups(mask)`` (DSA on
+      inside the unroll: ``augment=(dsa, crop_flip)``, ``groups=partial_updates.augment_groups(mask)`` (DSA on
       the distilled rows, crop+flip on the frozen ones; the reference uses DSA on every row here).
 
   The synthetic set needs ``log_lr`` (scalar, or ``[syn_steps]`` per step); distill with
@@ -187,7 +188,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
     aug = tuple(aug)
     if len(aug) > 1 and groups is None:
       raise ValueError(f"augment has {len(aug)} functions: pass groups=[N] row groups "
-                       f"(e.g. partial.augment_groups(mask)).")
+                       f"(e.g. partial_updates.augment_groups(mask)).")
   if groups is not None:
     groups = jnp.asarray(groups, jnp.int32)
     if groups.ndim != 1:

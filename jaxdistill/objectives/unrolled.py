@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
-from jaxdistill.objectives.nets import as_net, cross_entropy, identity_augment
+from jaxdistill.models.nets import as_net
+from jaxdistill.objectives.common import cross_entropy, identity_augment
 from jaxdistill.objectives.trajectory import step_sizes, unroll
 
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill import evaluate
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 UNITS = ("code", "percent")
@@ -141,7 +142,7 @@ def window_init(scores, images, labels, num_classes: int, ipc: int, beta: float,
   Row order: class-major (class 0's ``ipc`` rows, then class 1's, ...), and within each class hardest
   first. So for SelMatch's partial update the first ``ipc - floor(alpha * ipc)`` rows of each class are
   the harder images (kept frozen) and the last ``floor(alpha * ipc)`` the easier ones (distilled), as
-  ``jaxdistill.partial.selmatch_mask`` assumes.
+  ``jaxdistill.partial_updates.selmatch_mask`` assumes.
 
   Args:
     scores: ``[N]`` difficulty scores.
@@ -201,8 +202,6 @@ def window_search(key: jax.Array, scores, data: Dataset, ipc: int,
     raise TypeError(f"Pass either evaluate_fn or keyword arguments for evaluate.accuracy, not both; got "
                     f"{sorted(eval_kwargs)}.")
   if evaluate_fn is None:
-    from jaxdistill import evaluate  # local import: evaluate pulls in models and optax
-
     def evaluate_fn(k, syn):
       return evaluate.accuracy(k, syn, data, **eval_kwargs)
 
