@@ -171,9 +171,11 @@ def main(_):
            f"the final experts.", ""]
   embed = lambda p, x: model.apply({"params": p}, x, train=False, return_features=True)[1]
 
-  final_cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment="dsa")
+  # test_batch_size only sets how many test images are predicted at once (not the results); 2000 keeps
+  # the cache keys of evaluations stored before the default became 256.
+  final_cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment="dsa", test_batch_size=2000)
   combined_cfg = final_cfg._replace(augment=("dsa", "crop_flip"))
-  search_cfg = jd.evaluate.EvalConfig(epochs=c.search.eval_epochs, augment="dsa")
+  search_cfg = final_cfg._replace(epochs=c.search.eval_epochs)
   # Window-search networks are scored on the held-out split and the test set in one pass.
   n_hold = len(y_hold)
   search_data = dataclasses.replace(data, x_test=np.concatenate([x_hold, data.x_test]),

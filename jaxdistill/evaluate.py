@@ -55,7 +55,7 @@ class EvalConfig(NamedTuple):
   # slower on CPU); "vmap" may win on
   # accelerators with augment="none" / "crop_flip".
   seed_parallel: str = "map"
-  test_batch_size: int = 2000
+  test_batch_size: int = 256  # the references' test loader batch
 
   def num_epochs(self) -> int:
     if self.epochs is not None:
@@ -159,7 +159,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   return {"params": params} if stats is None else {"params": params, "batch_stats": stats}
 
 
-def predict(model, variables, x: jax.Array, batch_size: int = 2000) -> jax.Array:
+def predict(model, variables, x: jax.Array, batch_size: int = 256) -> jax.Array:
   """Predicted classes ``[M]`` for ``x`` ``[M, H, W, C]`` (eval mode, in batches)."""
   m = x.shape[0]
   bs = min(batch_size, m)

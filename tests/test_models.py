@@ -143,7 +143,8 @@ def test_init_is_pytorchs_default(name, key):
   """Every conv / dense weight and bias ~ U(+-1/sqrt(fan_in)) (PyTorch's kaiming-uniform with a=sqrt(5)
   and its bias rule), as the reference networks; norm scales 1, shifts 0."""
   model = models.get_model(name, 10, **({"width": 16} if name.startswith("convnet") else {}))
-  variables = model.init(key, jnp.zeros((2, 28, 28, 1)), train=False)
+  # Jitted: an eager init dispatches every op of the forward pass one by one (VGG: seconds).
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, 28, 28, 1)), train=False))(key)
   flat = flax.traverse_util.flatten_dict(variables["params"])
   checked = 0
   for path, w in flat.items():

@@ -28,9 +28,11 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
       e.g. ``jaxdistill.augment.get_augment("dsa", siamese=True)``. None: no augmentation.
 
   The batch is ``{"images": [K, P, H, W, C]}`` (``distill.class_balanced_sampler``), split over devices
-  along P. The real images of all classes go through the network as one batch, and so do the synthetic
-  ones (the reference's order: with a BatchNorm network the statistics cover all classes; under data
-  parallelism they cover each device's shard, as PyTorch's DataParallel).
+  along P. The synthetic images of all classes go through the network as one batch. So do the real ones
+  when the network keeps running statistics (``"batch_stats"`` in its variables: BatchNorm, whose
+  statistics then cover all classes, as the reference's; under data parallelism each device's shard,
+  as PyTorch's DataParallel). Otherwise every image's embedding is its own, and the real images go
+  class by class (``lax.map``): the same means, with one class's activations in memory instead of all.
   """
   fns = as_net(net)
   aug = augment or identity_augment
@@ -47,14 +49,17 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     syn_c = class_major(syn.images, num_classes)
     ipc = syn_c.shape[1]
     keys = jax.random.split(aug_key, num_classes)
-    # One (siamese) augmentation per class, then every class through the network in one batch, as the
-    # reference: with BatchNorm the statistics are those of all classes together (the same result as
-    # class by class for instance norm or no norm).
-    real_aug = map_groups(aug, keys, real).reshape(num_classes * num_real, *real.shape[2:])
+    # One (siamese) augmentation per class. Real images: all classes in one batch with BatchNorm (its
+    # statistics cover all classes, as the reference's), else class by class, as the reference.
+    real_aug = map_groups(aug, keys, real)
     syn_aug = map_groups(aug, keys, syn_c).reshape(num_classes * ipc, *syn_c.shape[2:])
-    fr = jax.lax.stop_gradient(fns.embed(variables, real_aug))
+    if "batch_stats" in variables:
+      fr = fns.embed(variables, real_aug.reshape(num_classes * num_real, *real.shape[2:]))
+      real_means = fr.reshape(num_classes, num_real, -1).mean(1)
+    else:
+      real_means = jax.lax.map(lambda x: fns.embed(variables, x).mean(0), real_aug)
+    real_means = jax.lax.stop_gradient(real_means)
     fs = fns.embed(variables, syn_aug)
-    real_means = fr.reshape(num_classes, num_real, -1).mean(1)
     syn_means = fs.reshape(num_classes, ipc, -1).mean(1)
     real_means = pmean(real_means, axis_name)  # equal shards: the global per-class mean
     value = jnp.sum(jnp.square(real_means - syn_means))

@@ -122,10 +122,11 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
       g_syn = jax.grad(lambda p: grads_of(p, xs, c))(params)
       return gradient_distance(jax.lax.stop_gradient(g_real), g_syn)
 
-    # One siamese augmentation per class (one DSA op each), then the per-class gradients batched.
+    # One siamese augmentation per class (one DSA op each), then the classes one after the other, as
+    # the reference (lax.map: one class's activations and second-order graph in memory at a time).
     real_aug = map_groups(aug, keys, batch["images"])
     syn_aug = map_groups(aug, keys, syn_c)
-    dists = jax.vmap(per_class)(real_aug, syn_aug, jnp.arange(num_classes))
+    dists = jax.lax.map(lambda a: per_class(*a), (real_aug, syn_aug, jnp.arange(num_classes)))
     return jnp.sum(dists), {}
 
   def train_net(variables, syn, key):
