@@ -64,6 +64,23 @@ def split_holdout(data, per_class: int):
   return sub, data.x_train[held], data.y_train[held]
 
 
+def check_config(c, num_classes: int) -> None:
+  """Refuses, before hours of work, a config whose later stages cannot run: alphas for every ratio in
+  [0, 1], whole IPCs, and an MTT ``batch_syn`` that divides every ratio's synthetic rows."""
+  if len(c.alphas) != len(c.ratios):
+    raise ValueError(f"alphas needs one tuple per ratio: {len(c.ratios)} ratios, {len(c.alphas)} tuples.")
+  for ratio, alphas in zip(c.ratios, c.alphas):
+    ipc = ratio * c.per_class
+    if abs(ipc - round(ipc)) > 1e-9 or round(ipc) < 1:
+      raise ValueError(f"ratio {ratio} of {c.per_class} images per class is not a whole IPC >= 1.")
+    rows = int(round(ipc)) * num_classes
+    if c.mtt.batch_syn and rows % c.mtt.batch_syn:
+      raise ValueError(f"mtt.batch_syn={c.mtt.batch_syn} does not divide the {rows} synthetic rows of "
+                       f"ratio {ratio}; choose a common divisor of every ratio's rows, or 0 (all rows).")
+    if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+      raise ValueError(f"alphas of ratio {ratio} must be non-empty and in [0, 1]; got {alphas}.")
+
+
 def _digest(syn) -> str:
   lr = None if syn.log_lr is None else float(np.asarray(syn.log_lr))
   return ident(np.asarray(syn.images).tobytes(), np.asarray(syn.labels).tobytes(), lr)
@@ -144,6 +161,7 @@ def main(_):
   data_key, expert_key, init_key, run_key, eval_key, search_key = jax.random.split(key, 6)
   full = jd.data.load(c.dataset, max_per_class=c.per_class + c.holdout_per_class, key=data_key)
   data, x_hold, y_hold = split_holdout(full, c.per_class)
+  check_config(c, data.num_classes)
   model = jd.models.get_model(c.model, data.num_classes, **c.model_kwargs)
   root = os.path.join(c.workdir, f"selmatch_{data.name}_{c.per_class}pc")
   head = [f"# SelMatch across subset ratios on a {data.name} subset ({c.per_class} images per class)",

@@ -239,9 +239,10 @@ def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent()
   with pytest.raises(ValueError, match="holdout_per_class"):
     selmatch.split_holdout(sub, per_class)
   c = load_config("selmatch_sweep_fmnist.py")
-  assert len(c.alphas) == len(c.ratios) and all(len(a) >= 1 for a in c.alphas)
-  for r in c.ratios:
-    assert abs(r * c.per_class - round(r * c.per_class)) < 1e-9, r
+  selmatch.check_config(c, data.num_classes)  # every stage of the shipped config can run
+  c.mtt.batch_syn = 100  # does not divide ratio 5%'s 150 rows: refused before any work
+  with pytest.raises(ValueError, match="batch_syn"):
+    selmatch.check_config(c, data.num_classes)
 
 
 # ----------------------------------------------------------------------------------------------------

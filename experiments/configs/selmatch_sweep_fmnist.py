@@ -6,8 +6,9 @@ Command (resumable: run it again to continue a stopped run):
 Subset: 300 images per class (3,000; the 100% of the ratios), plus 100 per class held out to choose the
 window. Ratios 5%, 10%, 20%, 30% (IPC 15, 30, 60, 90). Experts: 5 ConvNets (width 32) x 20 epochs,
 batch 64 (the reference's 256 gives few SGD steps per epoch on a 3,000-image subset). MTT / SelMatch:
-syn_steps 20, expert_epochs 2, max_start_epoch 10, batch_syn 100, lr_img 100, step size learned from
-0.01 with SGD lr 1e-5 momentum 0.5 in the reference's (lr) parameterization, 500 iterations. SelMatch
+syn_steps 20, expert_epochs 2, max_start_epoch 10, batch_syn 150 (a divisor of every ratio's rows:
+150, 300, 600, 900), lr_img 100, step size learned from 0.01 with SGD lr 1e-5 momentum 0.5 in the
+reference's (lr) parameterization, 500 iterations. SelMatch
 with alpha 0.6 and 0.1 at every ratio (the paper's CIFAR-10 choices: 0.6 at 5%, 0.2 at 10%, 0.1 at 20%),
 so the run shows which alpha wins at which ratio. Window search: beta in the paper's unit (the window
 starts int(beta * class size) places from the hardest image), 200 epochs, 2 seeds; final evaluation 300
@@ -28,7 +29,7 @@ def get_config():
   c.model_kwargs = ml_collections.ConfigDict({"width": 32, "depth": 3})
   c.experts = ml_collections.ConfigDict({"num": 5, "epochs": 20, "lr": 0.01, "batch_size": 64})
   c.mtt = ml_collections.ConfigDict({"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 10,
-                                     "batch_syn": 100, "lr_img": 100.0, "lr_lr": 1e-5,
+                                     "batch_syn": 150, "lr_img": 100.0, "lr_lr": 1e-5,
                                      "lr_teacher": 0.01, "steps": 500, "checkpoint_every": 25})
   c.search = ml_collections.ConfigDict({"betas": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                         "eval_epochs": 200, "num_seeds": 2, "unit": "percent"})
