@@ -4,6 +4,24 @@ from __future__ import annotations
 import numpy as np
 
 
+def check_images_labels(images, labels, what: str = "", hard: bool = False) -> tuple:
+  """``(images, labels)`` as NumPy arrays after checking that ``images`` is ``[N, H, W, C]`` and that
+  there is one label row per image (``hard``: integer class ids ``[N]``). ``what`` names the arrays in
+  the message (e.g. "synthetic", "training")."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  n = images.shape[0] if images.ndim else 0
+  name = lambda s: (f"{what} {s}" if what else s).capitalize()
+  if images.ndim != 4:
+    raise ValueError(f"{name('images')} must be [N, H, W, C]; got shape {images.shape}.")
+  if hard and (labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer)):
+    raise ValueError(f"{name('labels')} must be int [N={n}] class ids; got {labels.dtype} "
+                     f"{labels.shape}.")
+  if labels.ndim == 0 or labels.shape[0] != n:
+    raise ValueError(f"{n} {name('images').lower()} but {labels.shape[0] if labels.ndim else 0} "
+                     f"labels.")
+  return images, labels
+
+
 def check_positive_int(name: str, value) -> None:
   """Raises ``ValueError`` unless ``value`` is an integer >= 1 (bools refused)."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -42,6 +42,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxdistill import evaluate, training
 from jaxdistill.checkpoint import Checkpointer
+from jaxdistill.checks import check_images_labels
 # The per-example scores live with the selection methods that use them; re-exported here, where the
 # experts write them.
 from jaxdistill.selection.scores import (el2n_scores, first_learned_epoch,  # noqa: F401
@@ -165,13 +166,7 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
   """
   images, labels, name = _as_arrays(data)
   dataset_name = dataset_name or name
-  images = np.asarray(images, np.float32)
-  labels = np.asarray(labels)
-  if images.ndim != 4:
-    raise ValueError(f"Training images must be [N, H, W, C]; got shape {images.shape}.")
-  if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"Training labels must be int [N={images.shape[0]}]; got {labels.dtype} "
-                     f"{labels.shape}.")
+  images, labels = check_images_labels(np.asarray(images, np.float32), labels, "training", hard=True)
   if cfg.epochs < 1:
     raise ValueError(f"cfg.epochs must be >= 1; got {cfg.epochs}.")
   experts = list(range(num_experts)) if experts is None else list(experts)

@@ -101,3 +101,8 @@ def test_bad_inputs(toy):
     selection.random(jax.random.key(0), images, labels + 1, K, 1)
   with pytest.raises(ValueError, match="ipc must be >= 1"):
     selection.random(jax.random.key(0), images, labels, K, 0)
+  with pytest.raises(ValueError, match=rf"Labels must be int \[N={len(labels)}\] class ids; got int32 "
+                                       rf"\({len(labels) - 1},\)"):
+    selection.herding(images, labels[:-1], K, 1)
+  with pytest.raises(ValueError, match="must be int"):
+    selection.window_init(np.zeros(len(labels)), images, labels.astype(np.float32), K, 1, 0.0)

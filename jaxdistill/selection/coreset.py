@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.checks import check_images_labels
 from jaxdistill.types import SyntheticSet
 
 
@@ -148,13 +149,7 @@ def _kmeans(key, points, k, iters):
 
 
 def _check_images(images, labels) -> tuple:
-  images = np.asarray(images)
-  labels = np.asarray(labels)
-  if images.ndim != 4:
-    raise ValueError(f"images must be [N, H, W, C]; got shape {images.shape}.")
-  if labels.shape != (images.shape[0],):
-    raise ValueError(f"labels must be [N] = [{images.shape[0]}]; got shape {labels.shape}.")
-  return images, labels
+  return check_images_labels(images, labels, hard=True)
 
 
 def _from_indices(images, labels, idx) -> SyntheticSet:

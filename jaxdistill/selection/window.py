@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import evaluate
+from jaxdistill.checks import check_images_labels
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 UNITS = ("code", "percent")
@@ -157,12 +158,7 @@ def window_init(scores, images, labels, num_classes: int, ipc: int, beta: float,
   Returns:
     ``SyntheticSet(images [K * ipc, H, W, C] float32, labels [K * ipc] int32)``.
   """
-  images = np.asarray(images)
-  labels = np.asarray(labels)
-  if images.ndim != 4:
-    raise ValueError(f"images must be [N, H, W, C]; got shape {images.shape}.")
-  if labels.shape != (images.shape[0],):
-    raise ValueError(f"labels must be [N] = [{images.shape[0]}]; got shape {labels.shape}.")
+  images, labels = check_images_labels(images, labels, hard=True)
   idx = window_indices(scores, labels, num_classes, ipc, beta, unit, higher_is_harder)
   return SyntheticSet(jnp.asarray(images[idx], jnp.float32), jnp.asarray(labels[idx], jnp.int32))
 
