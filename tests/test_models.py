@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import models
+from jaxdistill import experts, models, objectives
 from jaxdistill.models import layers
+from jaxdistill.types import SyntheticSet
 
 SHAPES = [(2, 28, 28, 1), (2, 32, 32, 3)]
 # Small widths keep the forward passes cheap; models without a width option run at full size.
@@ -127,6 +128,35 @@ def test_conv_impls_match_flax_conv(k, s, p, getkey):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_conv_is_patches_on_cpu_and_prefer_conv_only_replaces_auto(key):
+  """"auto" runs "patches" on the CPU backend (bit for bit); ``prefer_conv`` swaps an "auto" model's
+  implementation and keeps an explicit one; the DM loss is the same with either implementation."""
+  assert jax.default_backend() == "cpu"
+  assert layers.resolve_conv_impl("auto") == "patches"
+  x = jax.random.normal(key, (2, 9, 9, 3))
+  kern = jax.random.normal(jax.random.fold_in(key, 1), (3, 3, 3, 4))
+  np.testing.assert_array_equal(layers.conv2d(x, kern, 2, 1, "auto"),
+                                layers.conv2d(x, kern, 2, 1, "patches"))
+  with pytest.raises(ValueError, match="Unknown conv impl"):
+    layers.conv2d(x, kern, 1, 0, "fft")
+  auto = models.ConvNet(10, width=8)
+  assert auto.conv_impl == "auto" and layers.prefer_conv(auto, "lax").conv_impl == "lax"
+  assert layers.prefer_conv(models.ConvNet(10, width=8, conv_impl="patches"), "lax").conv_impl == "patches"
+  mlp = models.MLP(10)
+  assert layers.prefer_conv(mlp, "lax") is mlp
+  syn = SyntheticSet(jax.random.normal(key, (20, 28, 28, 1)), jnp.repeat(jnp.arange(10), 2))
+  batch = {"images": jax.random.normal(jax.random.fold_in(key, 2), (10, 3, 28, 28, 1))}
+  losses = {impl: float(objectives.distribution_matching(models.ConvNet(10, width=8, conv_impl=impl), 10)
+                        .loss(syn, batch, key, ())[0]) for impl in ("auto", "patches", "lax")}
+  np.testing.assert_allclose(losses["auto"], losses["lax"], rtol=1e-6)
+  np.testing.assert_allclose(losses["auto"], losses["patches"], rtol=1e-4)
+  # Expert directories record the implementation "auto" runs: those written with an explicit
+  # "patches" on CPU resume with the default model.
+  ident = lambda m: experts._expert_config(experts.ExpertConfig(), m, key, np.zeros((4, 28, 28, 1)), "x")
+  assert ident(auto) == ident(models.ConvNet(10, width=8, conv_impl="patches"))
+  assert ident(auto) != ident(models.ConvNet(10, width=8, conv_impl="lax"))
 
 
 def test_conv_params_have_flax_names_and_shapes(key):

@@ -21,6 +21,7 @@ import flax.linen as nn
 from jaxdistill.models.alexnet import AlexNet
 from jaxdistill.models.convnet import ConvNet, ConvNetFRePo
 from jaxdistill.models.layers import (CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, Dense, conv2d, instance_norm,
+                                      prefer_conv, resolve_conv_impl,
                                       torch_bias_init, torch_weight_init,
                                       make_norm)
 from jaxdistill.models.mlp import MLP
@@ -80,4 +81,4 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 
 __all__ = ["AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "Dense", "torch_bias_init", "torch_weight_init", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
-           "MLP", "MODEL_NAMES", "NetFns", "as_net", "flax_net", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]
+           "MLP", "MODEL_NAMES", "prefer_conv", "resolve_conv_impl", "NetFns", "as_net", "flax_net", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]

@@ -21,7 +21,7 @@ class ConvNet(nn.Module):
     depth: number of blocks.
     norm: "instancenorm" (default), "batchnorm", "layernorm", "groupnorm" or "none".
     pooling: "avgpooling" (default), "maxpooling" or "none".
-    conv_impl: ``Conv`` implementation ("patches", "shift", "lax").
+    conv_impl: ``Conv`` implementation ("auto", "patches", "shift", "lax"; see ``layers.Conv``).
   """
   num_classes: int
   width: int = 128

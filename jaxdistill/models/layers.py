@@ -15,11 +15,30 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# On XLA's CPU backend "patches" is an order of magnitude faster than "lax" for gradients inside
-# lax.scan and about 2x faster for a plain training step (benchmarks/conv_impl.py measures all three).
-# On GPU/TPU pass conv_impl="lax" (cuDNN-style convs); this default is for XLA's CPU backend.
-DEFAULT_CONV_IMPL = "patches"
-CONV_IMPLS = ("patches", "shift", "lax")
+# "auto" (the default) is "patches" on XLA's CPU backend, where it is an order of magnitude faster than
+# "lax" for gradients inside lax.scan and about 2x faster for a plain training step
+# (benchmarks/conv_impl.py measures all three), and "lax" on GPU/TPU (their vendor convolutions).
+# Computations without gradients through a loop may ask for another implementation of an "auto"
+# model with ``prefer_conv`` (distribution matching runs "lax": faster and leaner there on CPU too).
+DEFAULT_CONV_IMPL = "auto"
+CONV_IMPLS = ("auto", "patches", "shift", "lax")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """The implementation ``impl`` runs: "auto" is "patches" on CPU and "lax" on accelerators."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown conv impl {impl!r}; choose one of {CONV_IMPLS}.")
+  if impl == "auto":
+    return "patches" if jax.default_backend() == "cpu" else "lax"
+  return impl
+
+
+def prefer_conv(model, impl: str):
+  """``model`` with ``conv_impl=impl`` if it has the field and leaves it at "auto"; otherwise ``model``
+  unchanged (an explicit choice, or a model without the field, is kept)."""
+  if getattr(model, "conv_impl", None) == "auto":
+    return model.clone(conv_impl=resolve_conv_impl(impl))
+  return model
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 POOLINGS = ("avgpooling", "maxpooling", "none")
 
@@ -127,10 +146,9 @@ _CONV_FNS = {"patches": conv_patches, "shift": conv_shift, "lax": conv_lax}
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
            impl: str = DEFAULT_CONV_IMPL) -> jax.Array:
-  """Square-kernel 2D convolution ``[N, H, W, Cin] x [k, k, Cin, Cout] -> [N, Ho, Wo, Cout]`` by ``impl``."""
-  if impl not in _CONV_FNS:
-    raise ValueError(f"Unknown conv impl {impl!r}; choose one of {CONV_IMPLS}.")
-  return _CONV_FNS[impl](x, kernel, stride, padding)
+  """Square-kernel 2D convolution ``[N, H, W, Cin] x [k, k, Cin, Cout] -> [N, Ho, Wo, Cout]`` by ``impl``
+  (see ``resolve_conv_impl``)."""
+  return _CONV_FNS[resolve_conv_impl(impl)](x, kernel, stride, padding)
 
 
 def torch_weight_init() -> Callable:
@@ -189,7 +207,8 @@ class Conv(nn.Module):
     strides: stride in both spatial dims.
     padding: symmetric zero padding in both spatial dims (an int, not "SAME"/"VALID").
     use_bias: add a learned bias.
-    impl: "patches" (im2col + one matmul), "shift" (sum of k*k matmuls) or "lax" (lax.conv).
+    impl: "auto" (default: "patches" on CPU, "lax" on accelerators), "patches" (im2col + one matmul),
+      "shift" (sum of k*k matmuls) or "lax" (lax.conv).
     kernel_init: weight initializer (default ``torch_weight_init()``); bias_init: None for PyTorch's
       ``U(+-1/sqrt(fan_in))``, or an initializer.
   """

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
+from jaxdistill.models.layers import prefer_conv
 from jaxdistill.models.nets import as_net
 from jaxdistill.objectives.common import check_class_major, class_major, identity_augment
 
@@ -34,7 +35,9 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
   as PyTorch's DataParallel). Otherwise every image's embedding is its own, and the real images go
   class by class (``lax.map``): the same means, with one class's activations in memory instead of all.
   """
-  fns = as_net(net)
+  # No gradient flows through a loop here: XLA's own convolution is faster and leaner than the
+  # "patches" one that "auto" picks on CPU for unrolled training.
+  fns = as_net(prefer_conv(net, "lax"))
   aug = augment or identity_augment
 
   def init(key, syn):

@@ -19,7 +19,7 @@ cross-entropy on hard labels or on soft labels (``[N, K]`` float logits; targets
 DATM). With ``remat=True`` (default) each step is wrapped in ``jax.checkpoint``: the backward pass
 recomputes a step's activations instead of storing them for all steps, so memory is nearly flat in
 ``syn_steps`` (at width 128 and 20 steps, several times less than storing every step) at about the same
-speed. Use the models' default ``conv_impl="patches"`` on CPU: ``lax.conv`` gradients inside ``scan`` are
+speed. Use the models' default ``conv_impl="auto"`` ("patches" on CPU): ``lax.conv`` gradients inside ``scan`` are
 an order of magnitude slower on XLA's CPU backend.
 
 Which segment: ``trajectory_sampler`` (a ``distill.Sampler``) draws an expert uniformly and a start

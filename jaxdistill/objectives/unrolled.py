@@ -20,7 +20,7 @@ per class per step, initial step size ``distill_lr`` 0.02 (stored through a soft
 
 Implementation: parameters are one flat vector (``jax.flatten_util.ravel_pytree``) carried through a
 ``lax.scan`` over the T steps, each step ``jax.checkpoint``-ed (``remat``): memory nearly flat in T.
-Use the models' default ``conv_impl="patches"`` on CPU (``lax.conv`` gradients inside ``scan`` are
+Use the models' default ``conv_impl="auto"`` ("patches" on CPU) (``lax.conv`` gradients inside ``scan`` are
 an order of magnitude slower on XLA's CPU backend).
 """
 from __future__ import annotations
