@@ -159,6 +159,25 @@ def test_auto_conv_is_patches_on_cpu_and_prefer_conv_only_replaces_auto(key):
   assert ident(auto) != ident(models.ConvNet(10, width=8, conv_impl="lax"))
 
 
+def test_instance_norm_equals_flax_groupnorm_per_channel(key):
+  """The fast instance norm: the parameter tree, outputs and input/parameter gradients of
+  ``flax.linen.GroupNorm(group_size=1, epsilon=1e-5)``, and the same parameter paths inside a ConvNet
+  (checkpoints written with Flax's module load)."""
+  x = 3.0 + 2.0 * jax.random.normal(key, (4, 6, 5, 7))
+  ours, theirs = layers.instance_norm(), nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5)
+  v = theirs.init(key, x)
+  v = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.fold_in(key, p.size), p.shape), v)
+  assert jax.tree.structure(ours.init(key, x)) == jax.tree.structure(v)
+  f = lambda m: jax.value_and_grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(v, x)
+  (a, ga), (b, gb) = f(ours), f(theirs)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for u, w in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(u, w, rtol=1e-4, atol=1e-5)
+  paths = flax.traverse_util.flatten_dict(jax.eval_shape(
+      lambda: models.ConvNet(10, width=4).init(key, jnp.zeros((1, 28, 28, 1)), train=False))["params"])
+  assert ("GroupNorm_0", "scale") in paths and ("GroupNorm_2", "bias") in paths
+
+
 def test_conv_params_have_flax_names_and_shapes(key):
   x = jnp.ones((1, 8, 8, 3))
   ours = layers.Conv(4, 3, padding=1).init(key, x)

@@ -103,18 +103,23 @@ def test_grads_finite_nonzero_and_remat_matches(key):
   syn = toy_syn(soft=True)
   noise = lambda k, x: x + 0.1 * jax.random.normal(k, x.shape)  # key-dependent, like DSA
 
-  def value_and_grads(remat):
+  def value_and_grads(remat, scan_unroll=1):
     obj = objectives.trajectory_matching(TinyMLP(), K, syn_steps=4, batch_syn=2, augment=noise,
-                                         remat=remat)
+                                         remat=remat, scan_unroll=scan_unroll)
     f = lambda im, lab, llr: obj.loss(SyntheticSet(im, lab, llr), segment_batch(traj), key, ())[0]
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(syn.images, syn.labels, syn.log_lr)
 
   v0, g0 = value_and_grads(False)
-  v1, g1 = value_and_grads(True)
-  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
-  for a, b in zip(g0, g1):
-    assert np.all(np.isfinite(np.asarray(a))) and float(jnp.abs(a).max()) > 0
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+  # remat, and the scan unrolled partly (2 steps per iteration) or fully (4: no loop), with and without
+  # remat: the same values and gradients.
+  for remat, scan_unroll in ((True, 1), (True, 2), (True, 4), (False, 4)):
+    v1, g1 = value_and_grads(remat, scan_unroll)
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
+    for a, b in zip(g0, g1):
+      assert np.all(np.isfinite(np.asarray(a))) and float(jnp.abs(a).max()) > 0
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match="scan_unroll"):
+    objectives.trajectory_matching(TinyMLP(), K, syn_steps=4, scan_unroll=0)
 
 
 def test_convnet_with_dsa_has_finite_gradients(key):

@@ -242,6 +242,28 @@ class Conv(nn.Module):
     return y
 
 
+class GroupNorm(nn.Module):
+  """Instance norm (``flax.linen.GroupNorm`` with one group per channel), written for speed.
+
+  Per image and channel: ``(x - mean) / sqrt(var + eps) * scale + bias`` over H and W, with the variance
+  of the centred values (PyTorch's two-pass formula). Flax's GroupNorm computes the same through a
+  grouped reshape; this direct form makes the unrolled training of trajectory matching markedly faster
+  on CPU. The class keeps Flax's name so that parameter paths (``GroupNorm_0``, ...) and therefore
+  checkpoints and expert trajectories written with ``flax.linen.GroupNorm`` load unchanged.
+  """
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
+    return centred * (lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
 def instance_norm(width: Optional[int] = None, name: Optional[str] = None) -> nn.Module:
   """Instance norm as in the references: ``GroupNorm(groups = channels)``, affine, eps 1e-5.
 
@@ -252,8 +274,8 @@ def instance_norm(width: Optional[int] = None, name: Optional[str] = None) -> nn
   Returns:
     A module mapping ``[N, H, W, C]`` to normalized ``[N, H, W, C]`` with ``scale``/``bias`` ``[C]``.
   """
-  del width  # group_size=1 gives one group per channel for any width.
-  return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, name=name)
+  del width  # one group per channel for any width
+  return GroupNorm(epsilon=1e-5, name=name)
 
 
 def make_norm(norm: str, train: bool, name: Optional[str] = None) -> Callable[[jax.Array], jax.Array]:

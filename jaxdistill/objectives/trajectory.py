@@ -45,6 +45,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill import training
+from jaxdistill.checks import check_positive_int
 from jaxdistill.data.sampling import Sampler
 from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
 from jaxdistill.models.nets import as_net
@@ -128,7 +129,7 @@ def flat_net(net, image_shape: Sequence[int]) -> tuple:
 def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: jax.Array,
            lrs: jax.Array, idx: jax.Array, aug_keys: jax.Array,
            augment: Any = identity_augment, remat: bool = True,
-           groups: Optional[jax.Array] = None) -> jax.Array:
+           groups: Optional[jax.Array] = None, scan_unroll: int = 1) -> jax.Array:
   """``len(lrs)`` SGD steps of the student on synthetic minibatches; returns the final ``[P]``.
 
   Args:
@@ -139,7 +140,9 @@ def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: ja
     augment: ``(key, x) -> x``, or a tuple of them routed by ``groups`` (``partial_updates.route_augment``).
     remat: ``jax.checkpoint`` each step (memory nearly flat in ``S``).
     groups: ``[N]`` int row groups for a tuple ``augment``.
+    scan_unroll: student steps per iteration of the ``lax.scan`` (``unroll=``); the same values.
   """
+  check_positive_int("scan_unroll", scan_unroll)
 
   def step(theta, inp):
     rows, k, lr = inp
@@ -148,14 +151,16 @@ def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: ja
     return theta - lr * g, None
 
   if remat:
-    step = jax.checkpoint(step, prevent_cse=False)
-  theta, _ = jax.lax.scan(step, theta, (idx, aug_keys, lrs))
+    # prevent_cse=False is safe only while the steps stay inside a loop: unrolled, XLA's CSE could merge
+    # the recomputation with the forward pass and the remat would be lost.
+    step = jax.checkpoint(step, prevent_cse=scan_unroll > 1)
+  theta, _ = jax.lax.scan(step, theta, (idx, aug_keys, lrs), unroll=scan_unroll)
   return theta
 
 
 def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Optional[int] = None,
                         augment: Optional[Any] = None, remat: bool = True,
-                        groups: Optional[Any] = None) -> Objective:
+                        groups: Optional[Any] = None, scan_unroll: int = 1) -> Objective:
   """The MTT / DATM objective.
 
   Args:
@@ -169,6 +174,8 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
     groups: ``[N]`` int row groups when ``augment`` is a tuple, e.g. SelMatch's combined augmentation
       inside the unroll: ``augment=(dsa, crop_flip)``, ``groups=partial_updates.augment_groups(mask)`` (DSA on
       the distilled rows, crop+flip on the frozen ones; the reference uses DSA on every row here).
+    scan_unroll: student steps per iteration of the unroll's ``lax.scan`` (``syn_steps``: no loop); the
+      same values and gradients, another speed / compile-time trade-off.
 
   The synthetic set needs ``log_lr`` (scalar, or ``[syn_steps]`` per step); distill with
   ``Distiller(..., learn_lr=True)`` to learn it (reference: SGD lr_lr 1e-5-1e-7, momentum 0.5) and
@@ -181,6 +188,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
   """
   if syn_steps < 1:
     raise ValueError(f"syn_steps must be >= 1; got {syn_steps}.")
+  check_positive_int("scan_unroll", scan_unroll)
   if batch_syn is not None and batch_syn < 1:
     raise ValueError(f"batch_syn must be >= 1 (or None for all rows); got {batch_syn}.")
   aug = augment or identity_augment
@@ -228,7 +236,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
       perm_key, aug_key = segment_key(key, offset + j)
       idx = _varying(minibatch_indices(perm_key, n, bs, syn_steps), axis_name)
       theta = unroll(apply_flat, theta0, images, labels, lrs, idx,
-                     jax.random.split(aug_key, syn_steps), aug, remat, groups)
+                     jax.random.split(aug_key, syn_steps), aug, remat, groups, scan_unroll)
       dist = jnp.sum(jnp.square(theta0 - theta_target))
       return jnp.sum(jnp.square(theta - theta_target)) / dist, dist
 
