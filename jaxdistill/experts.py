@@ -43,7 +43,7 @@ from jax.flatten_util import ravel_pytree
 from jaxdistill import evaluate, training
 from jaxdistill.checkpoint import Checkpointer
 from jaxdistill.checks import check_images_labels
-from jaxdistill.models.layers import resolve_conv_impl
+from jaxdistill.models.layers import prefer_conv
 # The per-example scores live with the selection methods that use them; re-exported here, where the
 # experts write them.
 from jaxdistill.selection.scores import (el2n_scores, first_learned_epoch,  # noqa: F401
@@ -139,8 +139,7 @@ def _as_arrays(data) -> tuple:
 def _expert_config(cfg: ExpertConfig, model, key: jax.Array, images, dataset_name) -> dict:
   # The convolution implementation is how the network runs, not which network: "auto" is recorded as
   # what it runs here, so directories written with the explicit choice of the same backend still match.
-  if getattr(model, "conv_impl", None) is not None:
-    model = model.clone(conv_impl=resolve_conv_impl(model.conv_impl))
+  model = prefer_conv(model, "auto")
   return {"protocol": cfg.describe(), "model": repr(model), "dataset": dataset_name,
           "train_shape": list(np.shape(images)),
           "key": np.asarray(jax.random.key_data(key)).tolist()}

@@ -148,30 +148,26 @@ def _kmeans(key, points, k, iters):
   return cents, assign(cents)
 
 
-def _check_images(images, labels) -> tuple:
-  return check_images_labels(images, labels, hard=True)
-
-
 def _from_indices(images, labels, idx) -> SyntheticSet:
   return SyntheticSet(jnp.asarray(images[idx], jnp.float32), jnp.asarray(labels[idx], jnp.int32))
 
 
 def random(key: jax.Array, images, labels, num_classes: int, ipc: int) -> SyntheticSet:
   """``ipc`` random real images per class. ``images``: ``[N, H, W, C]``, ``labels``: ``[N]``."""
-  images, labels = _check_images(images, labels)
+  images, labels = check_images_labels(images, labels, hard=True)
   return _from_indices(images, labels, random_indices(key, labels, num_classes, ipc))
 
 
 def herding(images, labels, num_classes: int, ipc: int, features=None) -> SyntheticSet:
   """Herding selection in ``features`` ``[N, D]`` (default: pixels)."""
-  images, labels = _check_images(images, labels)
+  images, labels = check_images_labels(images, labels, hard=True)
   f = images if features is None else features
   return _from_indices(images, labels, herding_indices(labels, num_classes, ipc, f))
 
 
 def k_center(images, labels, num_classes: int, ipc: int, features=None) -> SyntheticSet:
   """K-center greedy selection in ``features`` ``[N, D]`` (default: pixels)."""
-  images, labels = _check_images(images, labels)
+  images, labels = check_images_labels(images, labels, hard=True)
   f = images if features is None else features
   return _from_indices(images, labels, kcenter_indices(labels, num_classes, ipc, f))
 
@@ -180,7 +176,7 @@ def k_means(key: jax.Array, images, labels, num_classes: int, ipc: int, features
             nearest: bool = False, iters: int = 50) -> SyntheticSet:
   """Per class, ``ipc`` k-means clusters (in ``features``, default pixels); each row is the mean image
   of a cluster, or with ``nearest=True`` the real image nearest the cluster's centroid."""
-  images, labels = _check_images(images, labels)
+  images, labels = check_images_labels(images, labels, hard=True)
   per = _per_class(labels, num_classes, ipc)
   f = _flat(images if features is None else features)
   rows = []
@@ -200,7 +196,7 @@ def k_means(key: jax.Array, images, labels, num_classes: int, ipc: int, features
 def average(key: jax.Array, images, labels, num_classes: int, ipc: int) -> SyntheticSet:
   """Class-average images: each class split at random into ``ipc`` near-equal groups, one mean image
   per group (``ipc=1``: the class mean)."""
-  images, labels = _check_images(images, labels)
+  images, labels = check_images_labels(images, labels, hard=True)
   per = _per_class(labels, num_classes, ipc)
   rows = []
   for k, idx in zip(jax.random.split(key, num_classes), per):
