@@ -17,8 +17,8 @@ instance norm; random pixel values: the cost does not depend on them):
                  (50 epochs of SGD on the synthetic set): the first outer step of an iteration.
   eval           evaluation: a fresh network trained on 100 images for 20 epochs (the reference's
                  ``evaluate_synset``: 21 epochs, lr / 10 with a new optimizer after epoch 11), DSA,
-                 batch 256, then the 10,000-image test set predicted (batches of 2,000 / 256); XLA's
-                 FLOPs and buffers are the training program's.
+                 batch 256, then the 10,000-image test set predicted (jaxdistill: one program, as
+                 ``jd.evaluate.accuracy`` runs it; PyTorch: its test loader's batches of 256).
   expert         expert epoch: one SGD epoch (lr 0.01, batch 256, DSA) over 5,120 images.
 
 Before timing, every unit's loss (MTT, DM, DC matching) or trained network (evaluation, expert: the
@@ -27,9 +27,11 @@ and inputs with augmentation off, and the run stops unless they agree to ``--rto
 Each timed unit runs in its own subprocess, pinned with ``taskset`` to the first ``c`` cores for each
 ``c`` in ``--cores`` (PyTorch's threads set to ``c``; XLA follows the affinity), so its peak resident
 memory is its own (it includes each framework's runtime, and XLA's compiler for jaxdistill). Seconds:
-median of ``--reps`` runs after a warm-up run (which compiles); one run on one core and for mtt80. For jaxdistill the table also gives XLA's
-FLOP count of the compiled unit and the share of the dense-matmul rate it reaches (the faster of the two
-frameworks' 4096x4096 float32 matmul on the same cores).
+median of ``--reps`` runs after a warm-up run (which compiles); one run on one core and for mtt80. For
+jaxdistill the table also gives the peak memory reached before the first run (the runtime and XLA's
+compiler) and XLA's own buffer estimate of the program; each framework's dense 4096x4096 float32 matmul
+rate on the same cores is printed beside it. Where the time goes inside each jaxdistill unit (and the
+FLOPs it actually executes): ``python -m benchmarks.profile``.
 """
 from __future__ import annotations
 
@@ -76,6 +78,13 @@ def _jax_model(width):
   return jd.models.get_model("convnet", K, width=width)
 
 
+def _with_program(run, compiled, make_args):
+  """``run`` with ``run.program = (compiled, make_args)``: the unit's one XLA program and a function
+  returning fresh arguments for it (``benchmarks.profile`` traces it)."""
+  run.program = (compiled, make_args)
+  return run
+
+
 def _jax_unit(unit: str, width: int):
   """``(run, flops, predicted_bytes)``: ``run()`` does the unit once and blocks on its result."""
   import jax
@@ -113,7 +122,7 @@ def _jax_unit(unit: str, width: int):
 
     args = (syn.images, syn.log_lr, batch, jax.random.key(0))
     compiled, flops, mem = analyse(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args))
-    return (lambda: jax.block_until_ready(compiled(*args))), flops, mem
+    return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
 
   if unit in ("dm", "dc"):
     sampler = jd.distill.class_balanced_sampler(real_np.reshape(-1, H, H, C),
@@ -140,19 +149,21 @@ def _jax_unit(unit: str, width: int):
       jax.block_until_ready((st, m))
       holder["s"] = time.perf_counter() - t
     run.timed_inside = holder
-    return run, flops, mem
+    fresh = lambda: (jd.distill.init_state(jax.random.key(0), syn._replace(log_lr=None), d), batch)
+    return _with_program(run, compiled, fresh), flops, mem
 
   if unit == "eval":
     cfg = jd.evaluate.EvalConfig(epochs=20, augment="dsa")
     x_test = jnp.asarray(np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32))
 
-    def train(key, images, labels):
-      return jd.evaluate.train(key, model, images, labels, cfg, dataset_name="fashion_mnist")
+    def train_and_predict(key, images, labels, x_test):
+      # As the library's evaluation: one program trains, then predicts the test set in batches.
+      v = jd.evaluate.train(key, model, images, labels, cfg, dataset_name="fashion_mnist")
+      return jd.evaluate.predict(model, v, x_test, cfg.test_batch_size)
 
-    args = (jax.random.key(0), syn.images, syn.labels)
-    compiled, flops, mem = analyse(jax.jit(train).lower(*args))
-    # The test set is predicted as the library's evaluation does it (jitted batches of 2,000).
-    return (lambda: jax.block_until_ready(jd.evaluate.predict(model, compiled(*args), x_test))), flops, mem
+    args = (jax.random.key(0), syn.images, syn.labels, x_test)
+    compiled, flops, mem = analyse(jax.jit(train_and_predict).lower(*args))
+    return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
 
   if unit == "expert":
     n = 5120
@@ -164,7 +175,7 @@ def _jax_unit(unit: str, width: int):
     opt = jd.experts.optimizer(cfg).init(v["params"])
     args = (v, opt, x, y, jax.random.key(1))
     compiled, flops, mem = analyse(epoch.lower(*args))
-    return (lambda: jax.block_until_ready(compiled(*args))), flops, mem
+    return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
   raise ValueError(f"unknown unit {unit!r}; choose from {UNITS}")
 
 
@@ -363,6 +374,7 @@ def child(unit: str, fw: str, width: int, reps: int) -> dict:
     run = _torch_unit(unit, width)
   else:
     run, flops, mem = _jax_unit(unit, width)
+  compiled_peak = _peak_rss_gb()  # jaxdistill: the peak up to here includes XLA's compiler
   run()  # warm-up (jaxdistill: compiled above; this is the first execution)
   setup = time.perf_counter() - t0
   times = []
@@ -375,7 +387,7 @@ def child(unit: str, fw: str, width: int, reps: int) -> dict:
     times.append(s)
   times.sort()
   return {"unit": unit, "fw": fw, "cores": cores, "seconds": times[len(times) // 2],
-          "setup_s": setup, "peak_rss_gb": _peak_rss_gb(),
+          "setup_s": setup, "peak_rss_gb": _peak_rss_gb(), "compiled_peak_gb": compiled_peak,
           "flops": flops, "xla_bytes": mem, "matmul": _matmul_rate(fw)}
 
 
@@ -453,23 +465,23 @@ def main():
            "| quantity | jaxdistill | PyTorch | relative difference |", "|---|---|---|---|"]
   lines += [f"| {u} | {j:.7g} | {t:.7g} | {r:.1e} |" for u, j, t, r in agree]
   lines += ["", "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch | PyTorch peak GB | "
-            "jaxdistill peak GB | XLA buffers GB | jax GFLOP | jax % of matmul rate |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "jaxdistill peak GB | jaxdistill peak GB before the first run | XLA buffers GB |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for unit in a.units.split(","):
     for cores in [int(c) for c in a.cores.split(",")]:
       t, j = get(unit, "torch", cores), get(unit, "jax", cores)
       if j is None and t is None:
         continue
-      peak = max(x["matmul"] for x in (t, j) if x is not None)
       fmt = lambda r, k, f: f.format(r[k]) if r is not None else "—"
       ratio = f"{j['seconds'] / t['seconds']:.2f}" if (t and j) else "—"
-      share = (f"{100 * j['flops'] / j['seconds'] / peak:.0f}%" if j and j["flops"] == j["flops"]
-               else "—")
       lines.append(f"| {unit} | {cores} | {fmt(t, 'seconds', '{:.2f}')} | "
                    f"{fmt(j, 'seconds', '{:.2f}')} | {ratio} | {fmt(t, 'peak_rss_gb', '{:.2f}')} | "
-                   f"{fmt(j, 'peak_rss_gb', '{:.2f}')} | "
-                   f"{(j['xla_bytes'] / 1e9) if j else float('nan'):.2f} | "
-                   f"{(j['flops'] / 1e9) if j else float('nan'):.1f} | {share} |")
+                   f"{fmt(j, 'peak_rss_gb', '{:.2f}')} | {fmt(j, 'compiled_peak_gb', '{:.2f}')} | "
+                   f"{(j['xla_bytes'] / 1e9) if j else float('nan'):.2f} |")
+  rates = {fw: [r["matmul"] for r in results if r.get("fw") == fw and r.get("cores") == max(
+      int(c) for c in a.cores.split(",")) and "matmul" in r] for fw in ("torch", "jax")}
+  lines += ["", "Dense 4096x4096 float32 matmul on the most cores, GFLOP/s (each child process): "
+            + "; ".join(f"{fw} {', '.join(f'{x / 1e9:.0f}' for x in v)}" for fw, v in rates.items() if v)]
   errors = [r for r in results if "error" in r]
   if errors:
     lines += ["", "Failed units:", ""] + [f"- {r['unit']} {r['fw']} {r['cores']} cores: "

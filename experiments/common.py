@@ -50,6 +50,25 @@ def json_cache(path: str, fn):
   return out
 
 
+# Configuration fields that change float rounding only (how a gradient is split), left out of cache names.
+ROUNDING_ONLY_FIELDS = ("microbatch",)
+
+
+class _Repr(str):
+  def __repr__(self) -> str:
+    return str(self)
+
+
+def _named(p):
+  """A NamedTuple config's ``repr`` without ``ROUNDING_ONLY_FIELDS`` (others unchanged)."""
+  fields = getattr(p, "_fields", ())
+  if not any(f in fields for f in ROUNDING_ONLY_FIELDS):
+    return p
+  body = ", ".join(f"{f}={getattr(p, f)!r}" for f in fields if f not in ROUNDING_ONLY_FIELDS)
+  return _Repr(f"{type(p).__name__}({body})")
+
+
 def ident(*parts) -> str:
-  """A short stable digest of ``parts`` (their ``repr``), to name cached results."""
-  return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+  """A short stable digest of ``parts`` (their ``repr``, configs without ``ROUNDING_ONLY_FIELDS``),
+  to name cached results."""
+  return hashlib.sha256(repr(tuple(_named(p) for p in parts)).encode()).hexdigest()[:12]

@@ -69,6 +69,8 @@ class ExpertConfig(NamedTuple):
     record_correct: record per-example correctness after every epoch (one eval-mode pass over the
       training set per epoch) and write the forgetting / first-learned scores.
     eval_batch_size: batch of those passes.
+    microbatch: rows per gradient piece ("auto": 32 on CPU, whole batches on accelerators; 0: whole
+      batches); the same gradient up to float rounding, so it is not part of ``describe``.
   """
   epochs: int = 50
   lr: float = 0.01
@@ -78,11 +80,13 @@ class ExpertConfig(NamedTuple):
   augment: Union[str, Callable] = "dsa"
   record_correct: bool = True
   eval_batch_size: int = 1000
+  microbatch: Union[int, str] = "auto"
 
   def describe(self) -> dict:
-    """A JSON-able description without ``epochs`` (a directory may be extended to more epochs)."""
+    """A JSON-able description without ``epochs`` (a directory may be extended to more epochs) and
+    ``microbatch`` (it changes float rounding only)."""
     d = self._asdict()
-    del d["epochs"]
+    del d["epochs"], d["microbatch"]
     aug = d["augment"]
     d["augment"] = aug if isinstance(aug, str) else getattr(aug, "__qualname__", type(aug).__name__)
     return d
@@ -116,7 +120,7 @@ def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) 
       params, stats, opt_state = carry
       idx_b, valid_b, k = inp
       loss, new_stats, grads = training.loss_and_grads(model, params, stats, aug(k, images[idx_b]),
-                                                       labels[idx_b], valid_b, "ce")
+                                                       labels[idx_b], valid_b, "ce", cfg.microbatch)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), new_stats, opt_state), loss * jnp.sum(valid_b)
 

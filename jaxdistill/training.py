@@ -5,6 +5,12 @@ An epoch visits the ``N`` rows in a random order in ``ceil(N / batch_size)`` bat
 batch is kept (padded with repeated rows whose weight is 0), as a PyTorch ``DataLoader`` without
 ``drop_last``. Models follow the jaxdistill interface (``apply(variables, x, train=...)``, BatchNorm
 running statistics in ``batch_stats``).
+
+Micro-batches: a batch's gradient may be computed in pieces of ``microbatch`` rows and summed (a
+``lax.scan``), which is the same gradient up to float rounding for every network whose rows do not
+interact (all but BatchNorm ones, which always run whole batches). On CPU this is faster (the pieces'
+activations stay in cache) and needs a fraction of the memory; ``"auto"`` uses 32-row pieces on CPU and
+whole batches on accelerators.
 """
 from __future__ import annotations
 
@@ -26,6 +32,28 @@ def resolve_augment(aug, dataset_name: Optional[str] = None) -> Callable:
   return augment_lib.get_augment(aug, dataset_name=dataset_name, siamese=False)
 
 
+CPU_MICROBATCH = 32
+
+
+def resolve_microbatch(microbatch) -> int:
+  """The piece size ``microbatch`` runs: ``"auto"`` is 32 rows on XLA's CPU backend and 0 (whole batches)
+  on accelerators; an int >= 0 is taken as is (0: whole batches)."""
+  if microbatch == "auto":
+    return CPU_MICROBATCH if jax.default_backend() == "cpu" else 0
+  if isinstance(microbatch, bool) or not isinstance(microbatch, (int, np.integer)) or microbatch < 0:
+    raise ValueError(f"microbatch must be 'auto' or an int >= 0 (0: whole batches); got {microbatch!r}.")
+  return int(microbatch)
+
+
+def piece_size(batch: int, microbatch) -> int:
+  """Rows per piece for a batch of ``batch`` rows: the largest divisor of ``batch`` that is at most the
+  resolved ``microbatch`` (``batch`` itself for whole batches)."""
+  mb = resolve_microbatch(microbatch)
+  if mb == 0 or mb >= batch:
+    return batch
+  return max(d for d in range(1, mb + 1) if batch % d == 0)
+
+
 def forward(model, variables, x: jax.Array, train: bool):
   """``(logits, batch_stats or None)``: with ``train`` BatchNorm uses and updates batch statistics."""
   if "batch_stats" in variables:
@@ -40,30 +68,52 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kin
   """Weighted mean loss. ``targets``: ``[B]`` int or ``[B, K]`` float; ``weights``: ``[B]`` 0/1.
   ``kind``: ``"ce"`` (cross-entropy; soft targets as distributions) or ``"mse"`` (half squared error to
   the label rows, one-hot for int targets)."""
+  return jnp.sum(per_row_loss(logits, targets, kind) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def per_row_loss(logits: jax.Array, targets: jax.Array, kind: str) -> jax.Array:
+  """``[B]`` loss of each row (see ``weighted_loss``)."""
   if kind == "ce":
     if targets.ndim == 1:
-      per = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    else:
-      per = optax.softmax_cross_entropy(logits, targets)
-  elif kind == "mse":
+      return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return optax.softmax_cross_entropy(logits, targets)
+  if kind == "mse":
     if targets.ndim == 1:
       targets = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
-    per = 0.5 * jnp.sum(jnp.square(logits - targets), axis=-1)
-  else:
-    raise ValueError(f"Unknown loss {kind!r}; known: 'ce', 'mse'.")
-  return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return 0.5 * jnp.sum(jnp.square(logits - targets), axis=-1)
+  raise ValueError(f"Unknown loss {kind!r}; known: 'ce', 'mse'.")
 
 
-def loss_and_grads(model, params, stats, x: jax.Array, y: jax.Array, weights: jax.Array, kind: str):
-  """``(loss, new batch_stats, grads)`` of one training batch."""
+def loss_and_grads(model, params, stats, x: jax.Array, y: jax.Array, weights: jax.Array, kind: str,
+                   microbatch=0):
+  """``(loss, new batch_stats, grads)`` of one training batch (``weighted_loss``), in pieces of
+  ``microbatch`` rows for networks without batch statistics (see the module docstring)."""
+  rows = piece_size(x.shape[0], microbatch) if stats is None else x.shape[0]
+  if rows == x.shape[0]:
+    def loss_fn(p):
+      v = {"params": p} if stats is None else {"params": p, "batch_stats": stats}
+      logits, new_stats = forward(model, v, x, train=True)
+      return weighted_loss(logits, y, weights, kind), new_stats
 
-  def loss_fn(p):
-    v = {"params": p} if stats is None else {"params": p, "batch_stats": stats}
-    logits, new_stats = forward(model, v, x, train=True)
-    return weighted_loss(logits, y, weights, kind), new_stats
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, new_stats, grads
 
-  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  return loss, new_stats, grads
+  total = jnp.maximum(jnp.sum(weights), 1.0)
+
+  def piece(acc, xyw):
+    xp, yp, wp = xyw
+
+    def loss_fn(p):
+      logits, _ = forward(model, {"params": p}, xp, train=True)
+      return jnp.sum(per_row_loss(logits, yp, kind) * wp) / total
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    return jax.tree.map(jnp.add, acc, (loss, grads)), None
+
+  split = lambda a: a.reshape(-1, rows, *a.shape[1:])
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(piece, zero, (split(x), split(y), split(weights)))
+  return loss, None, grads
 
 
 def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple:

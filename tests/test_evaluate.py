@@ -123,3 +123,68 @@ def test_bad_inputs(data):
     evaluate.accuracy(jax.random.key(0), (x, np.ones((len(y), 4), np.float32)), data, TinyNet(), 1, CFG)
   with pytest.raises(ValueError, match="Unknown schedule"):
     evaluate.accuracy(jax.random.key(0), (x, y), data, TinyNet(), 1, CFG._replace(schedule="poly"))
+
+
+@pytest.mark.parametrize("kind,soft", [("ce", False), ("ce", True), ("mse", False)])
+def test_microbatched_gradient_equals_whole_batch(kind, soft):
+  """Pieces of 4 rows (masked padding rows included) give the whole batch's loss and gradient."""
+  from jaxdistill import models
+  x, y = _toy(4, 2)  # 12 rows
+  model = models.get_model("convnet", 3, width=4, depth=2)
+  params = evaluate.init_variables(jax.random.key(0), model, x.shape[1:])["params"]
+  t = jax.nn.softmax(jax.random.normal(jax.random.key(1), (12, 3))) if soft else jnp.asarray(y)
+  w = jnp.ones(12).at[-3:].set(0.0)
+  whole = training.loss_and_grads(model, params, None, jnp.asarray(x), t, w, kind, microbatch=0)
+  piece = training.loss_and_grads(model, params, None, jnp.asarray(x), t, w, kind, microbatch=5)
+  assert training.piece_size(12, 5) == 4
+  np.testing.assert_allclose(piece[0], whole[0], rtol=1e-6)
+  assert piece[1] is None
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), piece[2], whole[2])
+
+
+def test_batchnorm_networks_always_run_whole_batches():
+  from jaxdistill import models
+  x, y = _toy(4, 2)
+  model = models.get_model("convnet", 3, width=4, depth=1, norm="batchnorm")
+  v = evaluate.init_variables(jax.random.key(0), model, x.shape[1:])
+  args = (model, v["params"], v["batch_stats"], jnp.asarray(x), jnp.asarray(y), jnp.ones(12), "ce")
+  a, b = training.loss_and_grads(*args, microbatch=0), training.loss_and_grads(*args, microbatch=2)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_microbatch_resolution_and_bad_values():
+  assert training.resolve_microbatch("auto") == (training.CPU_MICROBATCH
+                                                  if jax.default_backend() == "cpu" else 0)
+  assert training.piece_size(256, 32) == 32 and training.piece_size(100, 32) == 25
+  assert training.piece_size(7, 0) == 7 and training.piece_size(7, 64) == 7
+  assert evaluate.resolve_test_batch("auto") == (32 if jax.default_backend() == "cpu" else 256)
+  for bad in (0, -3, 1.5, "big"):
+    with pytest.raises(ValueError, match="test_batch_size must be"):
+      evaluate.resolve_test_batch(bad)
+  for bad in (-1, 2.5, "fast", True):
+    with pytest.raises(ValueError, match="microbatch must be"):
+      training.resolve_microbatch(bad)
+
+
+def test_protocol_with_pieces_matches_whole_batches(data):
+  """The evaluation protocol trains the same network (to float rounding) in pieces or whole."""
+  cfg = CFG._replace(epochs=3, batch_size=20)
+  args = (jax.random.key(3), TinyNet(), jnp.asarray(data.x_train), jnp.asarray(data.y_train))
+  a = evaluate.train(*args, cfg._replace(microbatch=0))
+  b = evaluate.train(*args, cfg._replace(microbatch=4))
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), a, b)
+
+
+def test_predict_auto_model_equals_explicit_convolutions():
+  """``predict`` runs an "auto" ConvNet with lax.conv: the same classes as with either explicit choice."""
+  from jaxdistill import models
+  x, _ = _toy(10, 4)
+  auto = models.get_model("convnet", 3, width=8, depth=2)
+  v = evaluate.init_variables(jax.random.key(2), auto, x.shape[1:])
+  logits = auto.apply(v, jnp.asarray(x), train=False)
+  assert float(jnp.min(jnp.abs(jnp.diff(jnp.sort(logits, -1), axis=-1)[:, -1]))) > 1e-4  # no near ties
+  got = evaluate.predict(auto, v, jnp.asarray(x), 8)
+  for impl in ("patches", "lax"):
+    want = evaluate.predict(auto.clone(conv_impl=impl), v, jnp.asarray(x), 8)
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, logits.argmax(-1))

@@ -300,3 +300,15 @@ def test_three_steps_reproduce_recorded_values(name, workdir, tiny_npz, cached_d
   assert set(got) == set(want)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{name}: {k}")
+
+
+def test_cache_names_ignore_rounding_only_fields():
+  """Cached results stay valid across ``microbatch`` (float rounding only), not across real changes;
+  expert directories' identity ignores it as well."""
+  from experiments.common import ident
+  cfg = jd.evaluate.EvalConfig(epochs=300)
+  assert ident("set", cfg) == ident("set", cfg._replace(microbatch=0))
+  assert ident("set", cfg) != ident("set", cfg._replace(lr=0.02))
+  assert ident("set", cfg) != ident("other", cfg)
+  e = jd.experts.ExpertConfig()
+  assert e.describe() == e._replace(microbatch=0).describe() and "microbatch" not in e.describe()
