@@ -54,6 +54,27 @@ def piece_size(batch: int, microbatch) -> int:
   return max(d for d in range(1, mb + 1) if batch % d == 0)
 
 
+def value_and_grad_in_pieces(piece_loss: Callable, params, data, rows: int):
+  """``(L, dL/dparams)`` of ``L = sum over pieces of piece_loss(params, piece)``, where the pieces are
+  consecutive ``rows``-row slices (axis 0) of every array in ``data``, one ``lax.scan`` over them.
+
+  ``piece_loss`` must be a sum over its rows (divided by a constant), so that the pieces add up to the
+  whole batch's loss; ``rows`` must divide the batch (``piece_size`` picks such a size).
+  """
+  n = jax.tree.leaves(data)[0].shape[0]
+  if rows == n:
+    return jax.value_and_grad(piece_loss)(params, data)
+  if n % rows:
+    raise ValueError(f"rows={rows} does not divide the batch of {n} rows.")
+
+  def body(acc, piece):
+    return jax.tree.map(jnp.add, acc, jax.value_and_grad(piece_loss)(params, piece)), None
+
+  split = jax.tree.map(lambda a: a.reshape(n // rows, rows, *a.shape[1:]), data)
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  return jax.lax.scan(body, zero, split)[0]
+
+
 def forward(model, variables, x: jax.Array, train: bool):
   """``(logits, batch_stats or None)``: with ``train`` BatchNorm uses and updates batch statistics."""
   if "batch_stats" in variables:
@@ -100,19 +121,12 @@ def loss_and_grads(model, params, stats, x: jax.Array, y: jax.Array, weights: ja
 
   total = jnp.maximum(jnp.sum(weights), 1.0)
 
-  def piece(acc, xyw):
+  def piece_loss(p, xyw):
     xp, yp, wp = xyw
+    logits, _ = forward(model, {"params": p}, xp, train=True)
+    return jnp.sum(per_row_loss(logits, yp, kind) * wp) / total
 
-    def loss_fn(p):
-      logits, _ = forward(model, {"params": p}, xp, train=True)
-      return jnp.sum(per_row_loss(logits, yp, kind) * wp) / total
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    return jax.tree.map(jnp.add, acc, (loss, grads)), None
-
-  split = lambda a: a.reshape(-1, rows, *a.shape[1:])
-  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-  (loss, grads), _ = jax.lax.scan(piece, zero, (split(x), split(y), split(weights)))
+  loss, grads = value_and_grad_in_pieces(piece_loss, params, (x, y, weights), rows)
   return loss, None, grads
 
 

@@ -163,3 +163,21 @@ def test_evaluation_schedule_is_the_references(epochs, key):
   # The old simplification (E epochs, x0.1 at E // 2, momentum kept) is an explicit option and differs.
   half = evaluate.train(key, model, x, y, cfg._replace(schedule="half"), variables=variables)["params"]
   assert not np.allclose(half["Dense_0"]["kernel"], p["Dense_0"]["kernel"], atol=1e-6)
+
+
+def test_dc_in_pieces_equals_whole_batches(key):
+  """DC's real-image gradients and inner training summed over 2-row pieces give the whole-batch
+  matching loss, image gradient and trained network (up to float rounding)."""
+  net = toys.TinyConv()
+  rng = np.random.default_rng(1)
+  syn = SyntheticSet(jnp.asarray(rng.normal(size=(K * 4, 8, 8, 1)), jnp.float32),
+                     jnp.repeat(jnp.arange(K, dtype=jnp.int32), 4))
+  batch = {"images": jnp.asarray(rng.normal(size=(K, 6, 8, 8, 1)), jnp.float32)}
+  out = {}
+  for mb in (0, 2):
+    obj = objectives.gradient_matching(net, K, outer_loop=5, inner_loop=2, batch_train=8, microbatch=mb)
+    state = obj.init(key, syn)
+    value, grad = jax.value_and_grad(lambda im: obj.loss(syn._replace(images=im), batch, key, state)[0])(
+        syn.images)
+    out[mb] = (value, grad, obj.update(state, syn, jax.random.key(3)).variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out[2], out[0])

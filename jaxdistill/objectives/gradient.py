@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdistill import training
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, pmean
 from jaxdistill.models.nets import as_net
@@ -66,7 +67,7 @@ class DCState(NamedTuple):
 def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
                       augment: Optional[Callable] = None, train_augment: Optional[Callable] = None,
                       lr_net: float = 0.01, batch_train: int = 256,
-                      bn_per_class: int = 16) -> Objective:
+                      bn_per_class: int = 16, microbatch="auto") -> Objective:
   """The DC objective (DSA when ``augment`` is a siamese DSA and ``train_augment`` a per-sample DSA).
 
   Args:
@@ -82,6 +83,9 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
       gradients are then computed in eval mode (running statistics), as the reference. The inner
       training runs in training mode and updates the running statistics too. Under data parallelism
       the refreshed statistics are averaged over the devices' shards.
+    microbatch: rows per piece of the real images' gradients and of the inner training's gradients
+      (``training.resolve_microbatch``: "auto" is 32 on CPU, whole batches on accelerators; 0: whole
+      batches). The same values up to float rounding; BatchNorm networks train on whole batches.
 
   The batch is ``{"images": [K, P, H, W, C]}``, split over devices along P.
   """
@@ -117,8 +121,16 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
       v = {**variables, "params": p}
       return cross_entropy(apply_eval(v, x), jnp.full((x.shape[0],), c, jnp.int32))
 
+    def real_piece(p, x, c, total):
+      logits = apply_eval({**variables, "params": p}, x)
+      ce = training.per_row_loss(logits, jnp.full((x.shape[0],), c, jnp.int32), "ce")
+      return pmean(jnp.sum(ce) / total, axis_name)
+
     def per_class(xr, xs, c):
-      g_real = jax.grad(lambda p: pmean(grads_of(p, xr, c), axis_name))(params)
+      # Eval-mode rows do not interact, so the real images' gradient may be summed over pieces.
+      rows = training.piece_size(xr.shape[0], microbatch)
+      _, g_real = training.value_and_grad_in_pieces(
+          lambda p, x: real_piece(p, x, c, xr.shape[0]), params, xr, rows)
       g_syn = jax.grad(lambda p: grads_of(p, xs, c))(params)
       return gradient_distance(jax.lax.stop_gradient(g_real), g_syn)
 
@@ -136,10 +148,18 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     full, rest = divmod(n, bs)
 
     def sgd(v, idx, ak):
-      def loss_fn(p):
-        logits, v_new = train_apply({**v, "params": p}, train_aug(ak, x[idx]))
-        return cross_entropy(logits, y[idx]), v_new
-      g, v_new = jax.grad(loss_fn, has_aux=True)(v["params"])
+      xb, yb = train_aug(ak, x[idx]), y[idx]
+      if "batch_stats" in v:  # batch statistics: the whole batch at once
+        def loss_fn(p):
+          logits, v_new = train_apply({**v, "params": p}, xb)
+          return cross_entropy(logits, yb), v_new
+        g, v_new = jax.grad(loss_fn, has_aux=True)(v["params"])
+      else:
+        def piece_loss(p, xy):
+          return jnp.sum(training.per_row_loss(fns.apply({**v, "params": p}, xy[0]), xy[1], "ce")) / len(idx)
+        _, g = training.value_and_grad_in_pieces(piece_loss, v["params"], (xb, yb),
+                                                 training.piece_size(len(idx), microbatch))
+        v_new = v
       return {**v_new, "params": jax.tree.map(lambda p, gi: p - lr_net * gi, v["params"], g)}
 
     def epoch(v, k):
