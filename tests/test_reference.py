@@ -181,3 +181,19 @@ def test_dc_in_pieces_equals_whole_batches(key):
         syn.images)
     out[mb] = (value, grad, obj.update(state, syn, jax.random.key(3)).variables)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out[2], out[0])
+
+
+def test_dm_in_pieces_equals_whole_classes(key):
+  """DM's real means embedded in 3-image pieces equal the whole-class means: same loss and image
+  gradient (up to float rounding)."""
+  net = toys.TinyConv()
+  rng = np.random.default_rng(2)
+  syn = SyntheticSet(jnp.asarray(rng.normal(size=(K * 2, 8, 8, 1)), jnp.float32),
+                     jnp.repeat(jnp.arange(K, dtype=jnp.int32), 2))
+  batch = {"images": jnp.asarray(rng.normal(size=(K, 6, 8, 8, 1)), jnp.float32)}
+  out = {}
+  for mb in (0, 3):
+    obj = objectives.distribution_matching(net, K, microbatch=mb)
+    out[mb] = jax.value_and_grad(lambda im: obj.loss(syn._replace(images=im), batch, key, ())[0])(
+        syn.images)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), out[3], out[0])

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxdistill import training
 from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.models.layers import prefer_conv
@@ -19,7 +20,8 @@ from jaxdistill.models.nets import as_net
 from jaxdistill.objectives.common import check_class_major, class_major, identity_augment
 
 
-def distribution_matching(net, num_classes: int, augment: Optional[Callable] = None) -> Objective:
+def distribution_matching(net, num_classes: int, augment: Optional[Callable] = None,
+                          microbatch="auto") -> Objective:
   """The DM objective.
 
   Args:
@@ -27,13 +29,17 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     num_classes: K; the synthetic rows must be class-major with equal counts.
     augment: ``(key, x) -> x`` applied siamese-style (one key per class for real and synthetic);
       e.g. ``jaxdistill.augment.get_augment("dsa", siamese=True)``. None: no augmentation.
+    microbatch: real images embedded at once within a class (``training.resolve_microbatch``: "auto"
+      is 32 on CPU, the whole class on accelerators; 0: the whole class); the same means up to float
+      rounding. BatchNorm networks embed all real images in one batch regardless.
 
   The batch is ``{"images": [K, P, H, W, C]}`` (``distill.class_balanced_sampler``), split over devices
   along P. The synthetic images of all classes go through the network as one batch. So do the real ones
   when the network keeps running statistics (``"batch_stats"`` in its variables: BatchNorm, whose
   statistics then cover all classes, as the reference's; under data parallelism each device's shard,
   as PyTorch's DataParallel). Otherwise every image's embedding is its own, and the real images go
-  class by class (``lax.map``): the same means, with one class's activations in memory instead of all.
+  class by class (``lax.map``), each class in pieces of ``microbatch`` images: the same means, with one
+  piece's activations in memory instead of all.
   """
   # No gradient flows through a loop here: XLA's own convolution is faster and leaner than the
   # "patches" one that "auto" picks on CPU for unrolled training.
@@ -60,7 +66,10 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
       fr = fns.embed(variables, real_aug.reshape(num_classes * num_real, *real.shape[2:]))
       real_means = fr.reshape(num_classes, num_real, -1).mean(1)
     else:
-      real_means = jax.lax.map(lambda x: fns.embed(variables, x).mean(0), real_aug)
+      rows = training.piece_size(num_real, microbatch)
+      pieces = real_aug.reshape(num_classes, num_real // rows, rows, *real.shape[2:])
+      embed_sum = lambda x: fns.embed(variables, x).sum(0)
+      real_means = jax.lax.map(lambda xc: jax.lax.map(embed_sum, xc).sum(0) / num_real, pieces)
     real_means = jax.lax.stop_gradient(real_means)
     fs = fns.embed(variables, syn_aug)
     syn_means = fs.reshape(num_classes, ipc, -1).mean(1)
