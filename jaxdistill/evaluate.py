@@ -178,8 +178,8 @@ def resolve_test_batch(test_batch_size) -> int:
 def predict(model, variables, x: jax.Array, batch_size="auto") -> jax.Array:
   """Predicted classes ``[M]`` for ``x`` ``[M, H, W, C]`` (eval mode, in batches).
 
-  A model left at ``conv_impl="auto"`` predicts with ``lax.conv`` (no gradient flows here, and XLA's
-  convolution is the faster forward on every backend); its variables are the same."""
+  A model left at ``conv_impl="auto"`` predicts with ``lax.conv`` (the same variables): no gradient flows
+  here, and on CPU XLA's convolution is the faster forward (on accelerators "auto" means it anyway)."""
   model = models_lib.prefer_conv(model, "lax")
   m = x.shape[0]
   bs = min(resolve_test_batch(batch_size), m)
