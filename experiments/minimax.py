@@ -44,7 +44,7 @@ def pretrain(c, model, schedule, arrays, image_shape, key):
          "num_timesteps": c.num_timesteps, "pretrain": p.to_dict()}
   state, info = dfn.run(state, step, arrays, p.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
                         checkpoint_every=p.checkpoint_every, config=cfg, logger=logger,
-                        desc="pretrain")
+                        desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
   logger.close()
   info = _record_time(d, info, p.steps)
   return state.ema, info
@@ -79,7 +79,8 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
   cfg = {"pretrain_dir": os.path.abspath(os.path.join(c.workdir, "pretrain")),
          "finetune": f.to_dict(), "lambdas": list(lambdas)}
   state, info = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
-                        checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name)
+                        checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
+                        adopt_legacy=c.adopt_legacy_checkpoints)
   logger.close()
   return state.ema, _record_time(d, info, f.steps)
 

@@ -6,6 +6,10 @@ identity refuses to resume from (or overwrite) it and says what differs. Every s
 checksum of each array (saved in the same atomic orbax step, item ``checksums``), verified on restore: a corrupt or
 unverifiable latest step is reported by step and array, and the newest verified step is restored
 instead, with a warning. Typed PRNG keys are stored as their raw ``key_data`` and wrapped again.
+
+Steps written by earlier versions of the library (one orbax item ``default``, no checksums) cannot be
+verified and are refused by ``restore``; ``Checkpointer.adopt_legacy(like)`` rewrites them once in the
+current layout after checking that they restore into the structure, shapes and dtypes of ``like``.
 """
 from __future__ import annotations
 
@@ -38,6 +42,25 @@ def _from_storable(stored, like):
   return jax.tree.map(lambda s, l: jax.random.wrap_key_data(s) if _is_key(l) else s, stored, like)
 
 
+def _abstract(like):
+  """``ShapeDtypeStruct``s (with shardings where ``like`` has them) of ``like``'s storable leaves."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+                      if not hasattr(x, "sharding") else
+                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      _to_storable(like))
+
+
+def _orbax_name(path) -> str:
+  """The dotted name orbax gives the leaf at ``path`` (``params.Dense_0.kernel``, ``opt_state.0.mu``)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return ".".join(parts)
+
+
 def _jsonable(config: Any) -> Any:
   return json.loads(json.dumps(config, default=str, sort_keys=True))
 
@@ -55,6 +78,9 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list:
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint step whose arrays do not match their checksums, or that cannot be read."""
+
+
+LEGACY_ITEM = "default"  # the single orbax item of steps written before checksums
 
 
 def checksums(tree) -> dict:
@@ -211,11 +237,71 @@ class Checkpointer:
       _log.warning("Moved the unverifiable checkpoint %s to %s.", src, dst)
     self._mngr.reload()
 
+  def _is_legacy(self, step: int) -> bool:
+    d = self._step_dir(step)
+    return (os.path.isdir(os.path.join(d, LEGACY_ITEM))
+            and not os.path.isdir(os.path.join(d, "checksums")))
+
+  def adopt_legacy(self, like) -> list:
+    """Rewrites every step written before checksums (one orbax item ``default``) in the current
+    layout, so that ``restore`` accepts it; returns the steps adopted.
+
+    Each legacy step is read into the structure, shapes and dtypes of ``like`` (a mismatch raises
+    ``CorruptCheckpointError`` and changes nothing), written again with checksums of what was read, and
+    restored and verified once more. The original step directory is kept beside it as
+    ``<step>.legacy``. Only call this on checkpoints you trust: there were no checksums to verify them
+    against.
+    """
+    adopted = []
+    for s in sorted(self.all_steps()):
+      if not self._is_legacy(s):
+        continue
+      self._check_legacy_layout(s, like)
+      reader = ocp.CheckpointManager(self.directory)
+      try:
+        stored = reader.restore(s, args=ocp.args.StandardRestore(_abstract(like)))
+      except Exception as e:  # orbax raises several types for corrupt / incompatible files
+        raise CorruptCheckpointError(f"Legacy checkpoint step {s} in {self._step_dir(s)} does not "
+                                     f"restore into the given structure: {type(e).__name__}: "
+                                     f"{str(e)[:300]}") from e
+      finally:
+        reader.close()
+      tree = _from_storable(stored, like)
+      src = self._step_dir(s)
+      os.replace(src, src + ".legacy")
+      self._mngr.reload()
+      self.save(s, tree, force=True)
+      self._restore_verified(like, s)
+      _log.warning("Adopted the legacy checkpoint %s (original kept as %s.legacy).", src, src)
+      adopted.append(s)
+    return adopted
+
+  def _check_legacy_layout(self, step: int, like) -> None:
+    """Raises ``CorruptCheckpointError`` unless the legacy step's arrays have exactly the names,
+    shapes and dtypes of ``like``'s (orbax would otherwise pad or cut arrays to the requested shape)."""
+    from etils import epath
+    try:
+      meta = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self._step_dir(step)) / LEGACY_ITEM).tree
+    except Exception as e:  # orbax raises several types for corrupt / incompatible files
+      raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {self._step_dir(step)} has "
+                                   f"unreadable metadata: {type(e).__name__}: {e}") from e
+    stored = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(meta)}
+    wanted = {_orbax_name(p): (tuple(a.shape), np.dtype(a.dtype))
+              for p, a in jax.tree_util.tree_leaves_with_path(_abstract(like))}
+    diff = [f"{k}: stored {stored.get(k, '<missing>')}, expected {wanted.get(k, '<missing>')}"
+            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+    if diff:
+      raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {self._step_dir(step)} does "
+                                   f"not match the given structure:\n  " + "\n  ".join(diff))
+
   def _restore_verified(self, like, step: int):
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-                            if not hasattr(x, "sharding") else
-                            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            _to_storable(like))
+    if self._is_legacy(step):
+      raise CorruptCheckpointError(
+          f"Checkpoint step {step} in {self._step_dir(step)} was written by an earlier version of "
+          f"the library, without checksums, so it cannot be verified. If you trust it, call "
+          f"Checkpointer.adopt_legacy(like) once to rewrite it with checksums.")
+    abstract = _abstract(like)
     try:
       stored = self._mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), checksums=ocp.args.JsonRestore()))

@@ -144,6 +144,39 @@ def test_corrupt_latest_checkpoint_is_detected_and_the_run_resumes_from_the_veri
   assert os.path.isdir(os.path.join(ckpt, "4.corrupt"))  # kept aside for inspection
 
 
+def _write_legacy_step(directory, step, tree):
+  """A step as earlier versions of the library wrote it: one orbax item, no checksums."""
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(directory)
+  mngr.save(step, args=ocp.args.StandardSave(tree))
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def test_legacy_checkpoint_is_refused_until_adopted_then_restores_exactly(tmp_path, key):
+  d = str(tmp_path / "ck")
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "key": jax.random.key(3),
+          "step": np.int32(7)}
+  ck = Checkpointer(d, {"run": 1})
+  _write_legacy_step(d, 5, jax.tree.map(lambda x: jax.random.key_data(x)
+                                        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
+                                        tree))
+  ck = Checkpointer(d, {"run": 1})
+  with pytest.raises(CorruptCheckpointError, match="adopt_legacy"):
+    ck.restore(tree)
+  wrong = dict(tree, w=np.zeros((3, 3), np.float32))
+  with pytest.raises(CorruptCheckpointError, match="step 5"):
+    ck.adopt_legacy(wrong)
+  assert ck.all_steps() == [5] and not os.path.exists(os.path.join(d, "5.legacy"))
+  assert ck.adopt_legacy(tree) == [5]
+  assert ck.adopt_legacy(tree) == []  # once
+  got = Checkpointer(d, {"run": 1}).restore(tree)
+  np.testing.assert_array_equal(got["w"], tree["w"])
+  np.testing.assert_array_equal(jax.random.key_data(got["key"]), jax.random.key_data(tree["key"]))
+  assert int(got["step"]) == 7
+  assert os.path.isdir(os.path.join(d, "5.legacy"))  # the original is kept
+
+
 def test_resume_checks_the_run_identity_without_a_config(tmp_path, key):
   ckpt = str(tmp_path / "ck")
   d = make()

@@ -47,5 +47,7 @@ def get_config():
   c.other_model = "mlp"
   c.coverage_epochs = 1
   c.workdir = "runs/minimax_fashion_mnist"
+  # Checkpoints written before they carried checksums are refused unless adopted (rewritten) first.
+  c.adopt_legacy_checkpoints = False
   c.results = "experiments/results/minimax_fashion_mnist.md"
   return c

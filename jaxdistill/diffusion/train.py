@@ -141,7 +141,7 @@ def make_step(model, schedule: gaussian.Schedule, tx: optax.GradientTransformati
 def run(state: TrainState, step_fn: Callable, arrays, num_steps: int, *,
         checkpoint_dir: Optional[str] = None, checkpoint_every: int = 500, keep: int = 2,
         config: Optional[dict] = None, logger=None, log_every: int = 50, progress: bool = True,
-        desc: str = "train") -> tuple:
+        desc: str = "train", adopt_legacy: bool = False) -> tuple:
   """Runs ``step_fn`` until ``num_steps`` steps are done, resuming from ``checkpoint_dir``.
 
   Args:
@@ -152,6 +152,8 @@ def run(state: TrainState, step_fn: Callable, arrays, num_steps: int, *,
     checkpoint_dir: orbax checkpoints every ``checkpoint_every`` steps and at the end; ``config`` is
       stored beside them and checked on resume.
     logger: ``write(step, metrics)`` every ``log_every`` steps (``jaxdistill.logs.MetricLogger``).
+    adopt_legacy: first rewrite checkpoints written by earlier versions of the library (without
+      checksums) in the current layout (``Checkpointer.adopt_legacy``); without it they are refused.
 
   Returns:
     ``(state, info)`` with ``info = {"steps_run", "seconds", "resumed_from"}``.
@@ -163,6 +165,8 @@ def run(state: TrainState, step_fn: Callable, arrays, num_steps: int, *,
   resumed = 0
   if checkpoint_dir is not None:
     ckpt = Checkpointer(checkpoint_dir, config, save_every=checkpoint_every, keep=keep)
+    if adopt_legacy:
+      ckpt.adopt_legacy(state)
     if ckpt.latest_step() is not None:
       state = ckpt.restore(state)
       resumed = int(state.step)
