@@ -26,7 +26,9 @@ training loss after a few deterministic epochs) is computed by both frameworks f
 and inputs with augmentation off, and the run stops unless they agree to ``--rtol`` (1e-4 relative).
 Each timed unit runs in its own subprocess, pinned with ``taskset`` to the first ``c`` cores for each
 ``c`` in ``--cores`` (PyTorch's threads set to ``c``; XLA follows the affinity), so its peak resident
-memory is its own (it includes each framework's runtime, and XLA's compiler for jaxdistill). Seconds:
+memory is its own (it includes each framework's runtime, and XLA's compiler for jaxdistill, whose
+side runs inside ``jaxdistill.host.trim_after_compiles()``: freed compiler memory goes back to the
+OS after each compilation; PyTorch compiles nothing). Seconds:
 median of ``--reps`` runs after a warm-up run (which compiles); one run on one core and for mtt80. For
 jaxdistill the table also gives the peak memory reached before the first run (the runtime and XLA's
 compiler) and XLA's own buffer estimate of the program; each framework's dense 4096x4096 float32 matmul
@@ -36,6 +38,7 @@ FLOPs it actually executes): ``python -m benchmarks.profile``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -365,6 +368,14 @@ def _peak_rss_gb() -> float:
 
 
 def child(unit: str, fw: str, width: int, reps: int) -> dict:
+  with contextlib.ExitStack() as stack:
+    if fw == "jax":  # the freed compiler memory goes back to the OS after each compilation
+      from jaxdistill import host
+      stack.enter_context(host.trim_after_compiles())
+    return _child(unit, fw, width, reps)
+
+
+def _child(unit: str, fw: str, width: int, reps: int) -> dict:
   cores = len(os.sched_getaffinity(0))
   flops = mem = float("nan")
   t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from jaxdistill import metrics
 from jaxdistill import kernels
 from jaxdistill import parameterization
 from jaxdistill import diffusion
+from jaxdistill import host
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 __version__ = "0.1.0"

@@ -276,3 +276,18 @@ def test_two_processes_on_localhost_match_one_and_their_checkpoint_resumes_in_on
   resumed, hist = distill.run(key, toy_syn(), make(), 4, checkpoint_dir=ckpt, progress=False)
   assert [h["step"] for h in hist] == [4]
   assert np.all(np.isfinite(np.asarray(resumed.syn.images)))
+
+
+def test_trim_after_compiles_releases_after_each_compilation_and_only_inside_the_block():
+  from jaxdistill import host
+  calls = []
+  f = jax.jit(lambda x: jnp.sin(x) * 3.0)
+  with host.trim_after_compiles(lambda: calls.append(1)):
+    f(np.ones(5, np.float32))  # compiles
+    f(np.ones(5, np.float32))  # cached: no compilation
+    f(np.ones(6, np.float32))  # a new shape compiles again
+  assert len(calls) == 2
+  f(np.ones(7, np.float32))
+  assert len(calls) == 2  # the listener is gone after the block
+  if sys.platform.startswith("linux"):  # glibc
+    assert host.release_freed_memory()
