@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import print_and_write
+
 
 def one(width: int, syn_steps: int, remat: bool, reps: int, max_run_gib: float) -> dict:
   import jax
@@ -125,12 +127,10 @@ def main():
             f"({os.cpu_count()} cores, shared), median of {a.reps} step(s); total wall time "
             f"{time.time() - t0:.0f} s.")
   md = header + "\n\n" + table(rows) + "\n"
-  print(md)
-  if a.out:
-    cmdline = " ".join(["python -m benchmarks.mtt_step"] + sys.argv[1:])
-    with open(a.out, "w") as f:
-      f.write(f"# MTT step: memory and time vs syn_steps\n\nCommand: `{cmdline}`  \n"
-              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n{md}")
+  cmdline = " ".join(["python -m benchmarks.mtt_step"] + sys.argv[1:])
+  print_and_write(f"# MTT step: memory and time vs syn_steps\n\nCommand: `{cmdline}`  \n"
+                  f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n{md}",
+                  a.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import print_and_write
+
 MOVEMENT = {"copy", "transpose", "broadcast", "pad", "slice", "concatenate", "dynamic-slice",
             "dynamic-update-slice", "gather", "scatter", "reshape", "bitcast", "reverse", "iota",
             "constant", "parameter", "tuple", "get-tuple-element", "copy-start", "copy-done"}
@@ -213,11 +215,7 @@ def main():
     results.append(profile_unit(unit, a.width, a.reps, a.top))
     print(json.dumps({k: v for k, v in results[-1].items() if k != "top"}), flush=True)
   text = report(results, matmul_flops_per_s(4096, 3), sys.argv[1:], started)
-  print(text)
-  if a.out:
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-      f.write(text)
+  print_and_write(text, a.out)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import print_and_write
+
 UNITS = ("mtt20", "mtt80", "dm", "dc", "eval", "expert")
 K, IPC, REAL, H, C = 10, 10, 256, 28, 1
 
@@ -497,12 +499,7 @@ def main():
   if errors:
     lines += ["", "Failed units:", ""] + [f"- {r['unit']} {r['fw']} {r['cores']} cores: "
                                            f"`{r['error'][-200:]}`" for r in errors]
-  text = "\n".join(lines) + "\n"
-  print(text)
-  if a.out:
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-      f.write(text)
+  print_and_write("\n".join(lines) + "\n", a.out)
 
 
 if __name__ == "__main__":
