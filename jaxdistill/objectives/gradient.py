@@ -117,21 +117,17 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     syn_c = class_major(syn.images, num_classes)
     keys = jax.random.split(key, num_classes)
 
-    def grads_of(p, x, c):
-      v = {**variables, "params": p}
-      return cross_entropy(apply_eval(v, x), jnp.full((x.shape[0],), c, jnp.int32))
-
-    def real_piece(p, x, c, total):
+    def class_ce(p, x, c, total):
+      """Cross-entropy of rows ``x`` of class ``c``, summed and divided by the class's ``total``."""
       logits = apply_eval({**variables, "params": p}, x)
-      ce = training.per_row_loss(logits, jnp.full((x.shape[0],), c, jnp.int32), "ce")
-      return pmean(jnp.sum(ce) / total, axis_name)
+      return jnp.sum(training.per_row_loss(logits, jnp.full((x.shape[0],), c, jnp.int32), "ce")) / total
 
     def per_class(xr, xs, c):
       # Eval-mode rows do not interact, so the real images' gradient may be summed over pieces.
       rows = training.piece_size(xr.shape[0], microbatch)
       _, g_real = training.value_and_grad_in_pieces(
-          lambda p, x: real_piece(p, x, c, xr.shape[0]), params, xr, rows)
-      g_syn = jax.grad(lambda p: grads_of(p, xs, c))(params)
+          lambda p, x: pmean(class_ce(p, x, c, xr.shape[0]), axis_name), params, xr, rows)
+      g_syn = jax.grad(class_ce)(params, xs, c, xs.shape[0])
       return gradient_distance(jax.lax.stop_gradient(g_real), g_syn)
 
     # One siamese augmentation per class (one DSA op each), then the classes one after the other, as
