@@ -312,3 +312,11 @@ def test_cache_names_ignore_rounding_only_fields():
   assert ident("set", cfg) != ident("other", cfg)
   e = jd.experts.ExpertConfig()
   assert e.describe() == e._replace(microbatch=0).describe() and "microbatch" not in e.describe()
+
+
+def test_seconds_per_step_counts_steps_between_batched_metric_reads():
+  from experiments.distill import _sec_per_step
+  # Steps 1-10 read together at 30 s (with compilation), 11-20 at 50 s, 21-30 at 70 s.
+  history = [{"step": s, "sec": 30.0 + 20.0 * ((s - 1) // 10)} for s in range(1, 31)]
+  assert _sec_per_step(history) == "2.00 s/step after compilation"
+  assert "not measured" in _sec_per_step(history[:10])
