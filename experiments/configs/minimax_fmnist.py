@@ -13,7 +13,7 @@ ConvNet trained one epoch on the training set; image grids.
 
 Expected (seed 0; evaluated 2026-11-26 under the current defaults): generated sets are far below random
 real images and DM at this scale (ConvNet at IPC 10: vanilla 49.9, Minimax 54.2, DiffFit alone 54.2,
-random real 76.8, DM 79.2; at IPC 50: 56.0, 57.4, -, 82.4, 83.4). Run time on one shared CPU core:
+random real 76.8, DM 79.2; at IPC 50: 56.0, 57.4, 57.9, 82.4, 83.4). Run time on one shared CPU core:
 pretraining 51 min (2000 steps), each fine-tuning ~6 min (600 steps), sampling 0.5-4.5 min per set,
 evaluation 2-3 min per IPC-10 set and ~10 min per IPC-50 set (ConvNet); the coverage network ~7 min.
 """
