@@ -28,6 +28,12 @@ from jaxdistill import diffusion as dfn
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
 
+def _pretrain_config(c) -> dict:
+  """What identifies a pretraining: checked by its checkpoints and recorded by every fine-tuning of it."""
+  return {"dataset": c.dataset, "seed": c.seed, "model": c.model.to_dict(), "schedule": c.schedule,
+          "num_timesteps": c.num_timesteps, "pretrain": c.pretrain.to_dict()}
+
+
 def pretrain(c, model, schedule, arrays, image_shape, key):
   """Trains the DiT from scratch; returns ``(ema params, info)``."""
   p = c.pretrain
@@ -40,10 +46,8 @@ def pretrain(c, model, schedule, arrays, image_shape, key):
   step = dfn.make_step(model, schedule, tx, p.batch_size, p.ema_decay)
   d = os.path.join(c.workdir, "pretrain")
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
-  cfg = {"dataset": c.dataset, "seed": c.seed, "model": c.model.to_dict(), "schedule": c.schedule,
-         "num_timesteps": c.num_timesteps, "pretrain": p.to_dict()}
   state, info = dfn.run(state, step, arrays, p.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
-                        checkpoint_every=p.checkpoint_every, config=cfg, logger=logger,
+                        checkpoint_every=p.checkpoint_every, config=_pretrain_config(c), logger=logger,
                         desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
   logger.close()
   info = _record_time(d, info, p.steps)
@@ -76,8 +80,8 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
   step = dfn.make_step(model, schedule, tx, f.batch_size, f.ema_decay, mm=mm)
   d = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
-  cfg = {"pretrain_dir": os.path.abspath(os.path.join(c.workdir, "pretrain")),
-         "finetune": f.to_dict(), "lambdas": list(lambdas)}
+  # the pretraining by its configuration, not its path: a moved workdir still resumes
+  cfg = {"pretrained": _pretrain_config(c), "finetune": f.to_dict(), "lambdas": list(lambdas)}
   state, info = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
                         checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
                         adopt_legacy=c.adopt_legacy_checkpoints)
