@@ -253,13 +253,14 @@ class Checkpointer:
     against.
     """
     adopted = []
+    abstract = _abstract(like)
     for s in sorted(self.all_steps()):
       if not self._is_legacy(s):
         continue
-      self._check_legacy_layout(s, like)
+      self._check_legacy_layout(s, abstract)
       reader = ocp.CheckpointManager(self.directory)
       try:
-        stored = reader.restore(s, args=ocp.args.StandardRestore(_abstract(like)))
+        stored = reader.restore(s, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # orbax raises several types for corrupt / incompatible files
         raise CorruptCheckpointError(f"Legacy checkpoint step {s} in {self._step_dir(s)} does not "
                                      f"restore into the given structure: {type(e).__name__}: "
@@ -276,9 +277,10 @@ class Checkpointer:
       adopted.append(s)
     return adopted
 
-  def _check_legacy_layout(self, step: int, like) -> None:
+  def _check_legacy_layout(self, step: int, abstract) -> None:
     """Raises ``CorruptCheckpointError`` unless the legacy step's arrays have exactly the names,
-    shapes and dtypes of ``like``'s (orbax would otherwise pad or cut arrays to the requested shape)."""
+    shapes and dtypes of ``abstract``'s (orbax would otherwise pad or cut arrays to the requested
+    shape)."""
     from etils import epath
     try:
       meta = ocp.StandardCheckpointHandler().metadata(
@@ -288,7 +290,7 @@ class Checkpointer:
                                    f"unreadable metadata: {type(e).__name__}: {e}") from e
     stored = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(meta)}
     wanted = {_orbax_name(p): (tuple(a.shape), np.dtype(a.dtype))
-              for p, a in jax.tree_util.tree_leaves_with_path(_abstract(like))}
+              for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
     diff = [f"{k}: stored {stored.get(k, '<missing>')}, expected {wanted.get(k, '<missing>')}"
             for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
     if diff:
