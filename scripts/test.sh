@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs everything (scripts/setup.sh), then runs the whole suite on 2 processes.
+# The test command: installs everything (scripts/setup.sh), then runs the whole suite on 2 processes
+# (tests marked with one xdist_group share a worker, and so its module fixtures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -n 2 --durations=15 "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=15 "$@"

@@ -139,6 +139,10 @@ def _ft_state(model, params, tx, mem=True):
   return dfn.init_state(jax.random.key(5), params, tx, memory)
 
 
+# the tests of the `finetuned` fixture run in one pytest-xdist worker, which builds it once
+FINETUNED = pytest.mark.xdist_group("finetuned")
+
+
 @pytest.fixture(scope="module")
 def finetuned(tiny):
   """Three trainings (3 steps each) of the same stand-in pretrained weights: the plain diffusion loss
@@ -164,6 +168,7 @@ def finetuned(tiny):
               arrays=arrays)
 
 
+@FINETUNED
 def test_zero_lambdas_equal_plain_diffusion_step(finetuned):
   a, b = (finetuned["states"][n] for n in ("plain", "zero"))
   # equal up to float reassociation (the graphs differ by the zero-weighted terms)
@@ -184,6 +189,7 @@ def tiny_arrays(finetuned):
   return finetuned["arrays"]
 
 
+@FINETUNED
 def test_training_loss_falls_on_toy_set(tiny, finetuned):
   model, params, arrays = tiny
   s = dfn.make_schedule(100)
@@ -199,6 +205,7 @@ def test_training_loss_falls_on_toy_set(tiny, finetuned):
   assert after < 0.75 * before
 
 
+@FINETUNED
 def test_only_difffit_subset_changes(finetuned):
   params, state = finetuned["params"], finetuned["states"]["minimax"]
   changed = {dfn.train.path_name(p): bool(np.any(np.asarray(u) != np.asarray(v)))
@@ -212,6 +219,7 @@ def test_only_difffit_subset_changes(finetuned):
   assert all(changed[n] for n in trainable)
 
 
+@FINETUNED
 def test_resume_is_exact(tiny, finetuned, tmp_path):
   model, _, arrays = tiny
   params, tx, step = finetuned["params"], finetuned["tx"], finetuned["steps"]["minimax"]
