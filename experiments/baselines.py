@@ -9,11 +9,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import provenance, quiet_logs
+from experiments.common import provenance, run_script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
@@ -28,7 +27,6 @@ def train_feature_net(key, data, model, epochs):
 
 
 def main(_):
-  quiet_logs()
   c = _CONFIG.value
   key = jax.random.key(c.seed)
   data = jd.data.load(c.dataset)
@@ -73,4 +71,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_script(main)

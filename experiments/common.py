@@ -1,5 +1,5 @@
-"""Helpers shared by the experiment mains: the provenance header every results file carries, and a
-JSON cache that lets a stopped experiment resume stage by stage."""
+"""Helpers shared by the experiment mains: how a script runs, the provenance header every results file
+carries, and a JSON cache that lets a stopped experiment resume stage by stage."""
 from __future__ import annotations
 
 import datetime
@@ -11,7 +11,9 @@ import shlex
 import sys
 
 import jax
-from absl import logging
+from absl import app, logging
+
+from jaxdistill import host
 
 
 def provenance(config) -> str:
@@ -32,9 +34,16 @@ def _module_name() -> str:
   return spec.name if spec is not None else sys.argv[0]
 
 
-def quiet_logs() -> None:
-  """Keeps orbax's per-save INFO lines out of the console (warnings and errors still show)."""
-  logging.set_verbosity(logging.WARNING)
+def run_script(main) -> None:
+  """``absl.app.run(main)`` for the experiment scripts: orbax's per-save INFO lines kept out of the
+  console (warnings and errors still show), and the compiler's freed host memory handed back to the
+  operating system after every compilation (``jaxdistill.host.trim_after_compiles``)."""
+  def wrapped(argv):
+    logging.set_verbosity(logging.WARNING)
+    with host.trim_after_compiles():
+      return main(argv)
+
+  app.run(wrapped)
 
 
 def json_cache(path: str, fn):

@@ -20,12 +20,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments import registry
-from experiments.common import provenance, quiet_logs
+from experiments.common import provenance, run_script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
@@ -165,9 +164,8 @@ def _sec_per_step(history) -> str:
 
 
 def main(_):
-  quiet_logs()
   run(_CONFIG.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_script(main)

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import ident as _ident, json_cache as _json_cache, provenance, quiet_logs
+from experiments.common import ident as _ident, json_cache as _json_cache, provenance, run_script
 from jaxdistill import diffusion as dfn
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -144,7 +143,6 @@ def _evaluate(c, data, syn, keys, cov_state):
 
 
 def main(_):
-  quiet_logs()
   c = _CONFIG.value
   key = jax.random.key(c.seed)
   train_key, sample_key, eval_key, cov_key, rnd_key = jax.random.split(key, 5)
@@ -231,4 +229,4 @@ def write_results(c, table, info):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_script(main)

@@ -44,11 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import ident, json_cache, provenance, quiet_logs
+from experiments.common import ident, json_cache, provenance, run_script
 from experiments.registry import difficulty_scores
 
 
@@ -150,7 +149,6 @@ def plot(path: str, curves: dict, ratios, title: str) -> None:
 
 
 def main(_):
-  quiet_logs()
   c = _CONFIG.value
   try:  # fail now, not hours in, when the plot cannot be drawn
     import matplotlib  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
@@ -331,4 +329,4 @@ def main(_):
 if __name__ == "__main__":
   # Defined here, not at import, so that tests can import this module beside experiments.distill.
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  app.run(main)
+  run_script(main)
