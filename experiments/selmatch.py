@@ -126,6 +126,13 @@ def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
   return jd.distill.decoded(state, d), prev["seconds"]
 
 
+def loss_trend(workdir: str, steps: int) -> str:
+  """The distillation loss of a run, averaged over the logged steps of each sixth of the run."""
+  block = max(1, steps // 6)
+  means = jd.logs.block_means(jd.logs.read_metrics(os.path.join(workdir, "logs")), "loss", block)
+  return ", ".join(f"{s}-{s + block - 1}: {m:.3f}" for s, m in means)
+
+
 def plot(path: str, curves: dict, ratios, title: str) -> None:
   """Accuracy (mean ± std over seeds) against subset ratio, one line per method."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -297,12 +304,14 @@ def main(_):
     point("MTT", ratio, r)
     print(f"[{tag}] MTT: {r} ({mtt_s:.0f} s)", flush=True)
     run_lines.append(f"- IPC {ipc}: MTT {mtt_s:.0f} s of distillation, learned step size "
-                     f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}).")
+                     f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}); "
+                     f"loss by steps {loss_trend(os.path.join(root, f'mtt_ipc{ipc}'), c.mtt.steps)}.")
 
     for alpha in alphas:
       mask = jd.partial_updates.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
+      sel_dir = os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}")
       sel, sel_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
-                               os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}"))
+                               sel_dir)
       frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask],
                                         np.asarray(win.images)[~mask]))
       label = f"SelMatch (alpha {alpha:g}, beta {best['holdout']:g})"
@@ -314,7 +323,8 @@ def main(_):
       print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa} ({sel_s:.0f} s)", flush=True)
       run_lines.append(f"- IPC {ipc}, alpha {alpha:g}: SelMatch {sel_s:.0f} s of distillation, "
                        f"learned step size {float(np.exp(np.asarray(sel.log_lr))):.4g}; frozen rows "
-                       f"bit-identical to the window after distillation: {frozen_same}.")
+                       f"bit-identical to the window after distillation: {frozen_same}; loss by "
+                       f"steps {loss_trend(sel_dir, c.mtt.steps)}.")
       jd.logs.save_grid(os.path.join(os.path.dirname(c.out),
                                      f"selmatch_{data.name}_ipc{ipc}_alpha{alpha:g}.png"),
                         np.asarray(sel.images), data.mean, data.std, nrow=ipc)

@@ -35,6 +35,34 @@ class MetricLogger:
       self._tb.close()
 
 
+def read_metrics(log_dir: str) -> list:
+  """The rows a ``MetricLogger`` wrote to ``<log_dir>/metrics.jsonl``, one per step in step order.
+
+  A resumed run logs again the steps after its last checkpoint; the row written last wins.
+  """
+  rows = {}
+  with open(os.path.join(log_dir, "metrics.jsonl")) as f:
+    for n, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+        rows[int(row["step"])] = row
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{f.name} line {n} is not a metrics row: {line[:80]!r}") from e
+  return [rows[s] for s in sorted(rows)]
+
+
+def block_means(rows: Sequence[dict], key: str, block: int) -> list:
+  """``[(first step, mean of key)]`` over the logged rows of steps ``[0, block)``, ``[block, 2 block)``,
+  ...: the trend of a noisy per-step metric such as a distillation loss."""
+  if block < 1:
+    raise ValueError(f"block must be a positive number of steps, got {block}")
+  out = {}
+  for r in rows:
+    if key in r:
+      out.setdefault(int(r["step"]) // block, []).append(float(r[key]))
+  return [(b * block, float(np.mean(v))) for b, v in sorted(out.items())]
+
+
 def image_grid(images: np.ndarray, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
                nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
   """Un-normalizes ``images`` ``[N, H, W, C]`` and tiles them into a ``uint8`` grid ``[h, w, C]``.
