@@ -52,15 +52,17 @@ def read_metrics(log_dir: str) -> list:
 
 
 def block_means(rows: Sequence[dict], key: str, block: int) -> list:
-  """``[(first step, mean of key)]`` over the logged rows of steps ``[0, block)``, ``[block, 2 block)``,
-  ...: the trend of a noisy per-step metric such as a distillation loss."""
+  """``[(first step, mean of key)]`` over the logged rows of steps 1 to ``block``, ``block + 1`` to
+  ``2 block``, ...: the trend of a noisy per-step metric such as a distillation loss. Steps count
+  updates (``distill.run`` logs the metrics of the n-th update as step n), so a run of ``6 * block``
+  steps has six blocks."""
   if block < 1:
     raise ValueError(f"block must be a positive number of steps, got {block}")
   out = {}
   for r in rows:
     if key in r:
-      out.setdefault(int(r["step"]) // block, []).append(float(r[key]))
-  return [(b * block, float(np.mean(v))) for b, v in sorted(out.items())]
+      out.setdefault((int(r["step"]) - 1) // block, []).append(float(r[key]))
+  return [(b * block + 1, float(np.mean(v))) for b, v in sorted(out.items())]
 
 
 def image_grid(images: np.ndarray, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),

@@ -10,16 +10,17 @@ from jaxdistill import logs
 def test_read_metrics_keeps_the_last_row_of_a_relogged_step_and_block_means(tmp_path):
   d = str(tmp_path / "logs")
   log = logs.MetricLogger(d, tensorboard=False)
-  for s in (0, 10, 20, 30):
+  for s in (10, 20, 30, 40):
     log.write(s, {"loss": np.float32(s), "lr": 0.1})
-  # a run killed after step 30 and resumed from its checkpoint at step 20 logs 20 and 30 again
-  for s in (20, 30, 40):
+  # a run killed after step 40 and resumed from its checkpoint at step 25 logs 30 and 40 again
+  for s in (30, 40, 50):
     log.write(s, {"loss": s + 1.0, "lr": 0.2})
   log.close()
   rows = logs.read_metrics(d)
-  assert [r["step"] for r in rows] == [0, 10, 20, 30, 40]
-  assert [r["loss"] for r in rows] == [0.0, 10.0, 21.0, 31.0, 41.0]
-  assert logs.block_means(rows, "loss", 20) == [(0, 5.0), (20, 26.0), (40, 41.0)]
+  assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
+  assert [r["loss"] for r in rows] == [10.0, 20.0, 31.0, 41.0, 51.0]
+  # steps 1-20, 21-40, 41-60
+  assert logs.block_means(rows, "loss", 20) == [(1, 15.0), (21, 36.0), (41, 51.0)]
   assert logs.block_means(rows, "missing", 20) == []
   with pytest.raises(ValueError, match="block"):
     logs.block_means(rows, "loss", 0)
