@@ -8,7 +8,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_flags
 
 import jaxdistill as jd

@@ -19,7 +19,6 @@ Evaluators (``c.evals``), each ``fn(key, syn, mask) -> {column: value}``:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable, NamedTuple, Optional
 

@@ -36,7 +36,6 @@ command continues where a stopped one ended. A larger ``mtt.steps`` extends fini
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -97,7 +96,7 @@ def _result(d: dict):
 
 def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
   """MTT (or SelMatch with ``mask``) on ``syn0``, DSA on every row as in the reference; returns the
-  distilled ``SyntheticSet`` and the seconds of distillation summed over every (resumed) session."""
+  distilled ``SyntheticSet`` (its log, with time stamps, in ``workdir/logs``)."""
   aug = jd.augment.get_augment("dsa", dataset_name=data.name, siamese=False)
   obj = jd.objectives.trajectory_matching(model, data.num_classes, c.mtt.syn_steps,
                                           batch_syn=c.mtt.batch_syn or None, augment=aug, remat=True)
@@ -112,25 +111,22 @@ def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
   identity = {k: v for k, v in c.mtt.to_dict().items() if k not in ("steps", "checkpoint_every")}
   identity.update(model=c.model, model_kwargs=c.model_kwargs.to_dict(), per_class=c.per_class,
                   holdout_per_class=c.holdout_per_class, seed=c.seed)
-  t = time.time()
   state, _ = jd.distill.run(key, syn0, d, c.mtt.steps, checkpoint_dir=os.path.join(workdir, "ckpt"),
                             checkpoint_every=c.mtt.checkpoint_every, config=identity,
                             logger=jd.logs.MetricLogger(os.path.join(workdir, "logs")))
-  path = os.path.join(workdir, "seconds.json")
-  prev = json.load(open(path)) if os.path.exists(path) else {"seconds": 0.0, "steps": 0}
-  step = int(state.step)
-  if step > prev["steps"]:  # time only sessions that did work
-    prev = {"seconds": prev["seconds"] + time.time() - t, "steps": step}
-    with open(path, "w") as f:
-      json.dump(prev, f)
-  return jd.distill.decoded(state, d), prev["seconds"]
+  return jd.distill.decoded(state, d)
 
 
-def loss_trend(workdir: str, steps: int) -> str:
-  """The distillation loss of a run, averaged over the logged steps of each sixth of the run."""
+def run_summary(workdir: str, steps: int) -> str:
+  """A distillation run from its log: seconds per iteration, and its loss averaged over the logged
+  steps of each sixth of the run (the record of whether it had levelled off)."""
+  rows = jd.logs.read_metrics(os.path.join(workdir, "logs"))
   block = max(1, steps // 6)
-  means = jd.logs.block_means(jd.logs.read_metrics(os.path.join(workdir, "logs")), "loss", block)
-  return ", ".join(f"{s}-{s + block - 1}: {m:.3f}" for s, m in means)
+  trend = ", ".join(f"{s}-{s + block - 1}: {m:.3f}"
+                    for s, m in jd.logs.block_means(rows, "loss", block))
+  sps = jd.logs.seconds_per_step(rows)
+  speed = "not measured" if sps is None else f"{sps:.1f} s"
+  return f"{steps} iterations, {speed} each (median over logged intervals); loss by steps {trend}"
 
 
 def plot(path: str, curves: dict, ratios, title: str) -> None:
@@ -297,21 +293,20 @@ def main(_):
         point(f"best window ({chosen})", ratio, r)
     win = wins[best["holdout"]]
 
-    mtt, mtt_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), rnd, None, model, data, traj,
-                             os.path.join(root, f"mtt_ipc{ipc}"))
+    mtt_dir = os.path.join(root, f"mtt_ipc{ipc}")
+    mtt = mtt_distill(c, jax.random.fold_in(run_key, ipc), rnd, None, model, data, traj, mtt_dir)
     r = ev(mtt)
     rows.append(f"| {tag} | MTT (random real init, all rows) | {cell(r)} | {cov(mtt)} |")
     point("MTT", ratio, r)
-    print(f"[{tag}] MTT: {r} ({mtt_s:.0f} s)", flush=True)
-    run_lines.append(f"- IPC {ipc}: MTT {mtt_s:.0f} s of distillation, learned step size "
+    print(f"[{tag}] MTT: {r}", flush=True)
+    run_lines.append(f"- IPC {ipc}: MTT, learned step size "
                      f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}); "
-                     f"loss by steps {loss_trend(os.path.join(root, f'mtt_ipc{ipc}'), c.mtt.steps)}.")
+                     f"{run_summary(mtt_dir, c.mtt.steps)}.")
 
     for alpha in alphas:
       mask = jd.partial_updates.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
       sel_dir = os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}")
-      sel, sel_s = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj,
-                               sel_dir)
+      sel = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj, sel_dir)
       frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask],
                                         np.asarray(win.images)[~mask]))
       label = f"SelMatch (alpha {alpha:g}, beta {best['holdout']:g})"
@@ -320,11 +315,11 @@ def main(_):
       rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(sel)} |")
       rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")
       point(f"SelMatch alpha {alpha:g} (combined aug)", ratio, r_comb)
-      print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa} ({sel_s:.0f} s)", flush=True)
-      run_lines.append(f"- IPC {ipc}, alpha {alpha:g}: SelMatch {sel_s:.0f} s of distillation, "
-                       f"learned step size {float(np.exp(np.asarray(sel.log_lr))):.4g}; frozen rows "
-                       f"bit-identical to the window after distillation: {frozen_same}; loss by "
-                       f"steps {loss_trend(sel_dir, c.mtt.steps)}.")
+      print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa}", flush=True)
+      run_lines.append(f"- IPC {ipc}, alpha {alpha:g}: SelMatch, learned step size "
+                       f"{float(np.exp(np.asarray(sel.log_lr))):.4g}; frozen rows bit-identical to "
+                       f"the window after distillation: {frozen_same}; "
+                       f"{run_summary(sel_dir, c.mtt.steps)}.")
       jd.logs.save_grid(os.path.join(os.path.dirname(c.out),
                                      f"selmatch_{data.name}_ipc{ipc}_alpha{alpha:g}.png"),
                         np.asarray(sel.images), data.mean, data.std, nrow=ipc)

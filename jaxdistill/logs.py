@@ -93,3 +93,15 @@ def save_grid(path: str, images: np.ndarray, mean=(0.0,), std=(1.0,), nrow: Opti
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
   return path
+
+
+def seconds_per_step(rows: Sequence[dict]) -> Optional[float]:
+  """Median seconds per step between consecutive logged rows (``None`` with fewer than two).
+
+  A row's ``sec`` counts from the start of the session that logged it, so across a resume the
+  difference is meaningless; the median over all intervals leaves those few out, where a total
+  would not (a session stopped before it finished would be missing from it).
+  """
+  rates = [(b["sec"] - a["sec"]) / (b["step"] - a["step"]) for a, b in zip(rows, rows[1:])
+           if b["step"] > a["step"] and b["sec"] > a["sec"]]
+  return float(np.median(rates)) if rates else None

@@ -32,3 +32,11 @@ def test_read_metrics_names_a_corrupt_line(tmp_path):
     f.write('{"step": 0, "loss": 1.0}\n{"step": 10, "lo')
   with pytest.raises(ValueError, match="line 2"):
     logs.read_metrics(d)
+
+
+def test_seconds_per_step_is_the_median_interval_and_skips_a_resume():
+  rows = [{"step": 10, "sec": 30.0}, {"step": 20, "sec": 50.0}, {"step": 30, "sec": 70.0},
+          # resumed from step 25: this session's clock restarted (restore and compile in its first row)
+          {"step": 40, "sec": 45.0}, {"step": 50, "sec": 66.0}, {"step": 60, "sec": 87.0}]
+  assert logs.seconds_per_step(rows) == pytest.approx(2.05)  # median of 2.0, 2.0, 2.1, 2.1
+  assert logs.seconds_per_step(rows[:1]) is None
