@@ -43,11 +43,30 @@ def _from_storable(stored, like):
 
 
 def _abstract(like):
-  """``ShapeDtypeStruct``s (with shardings where ``like`` has them) of ``like``'s storable leaves."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-                      if not hasattr(x, "sharding") else
-                      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      _to_storable(like))
+  """``ShapeDtypeStruct``s of ``like``'s storable leaves, each with ``like``'s sharding or, for a leaf
+  without one (numpy arrays, Python scalars, ``ShapeDtypeStruct``s), this process's first device.
+
+  Every leaf gets a sharding of this machine, so a checkpoint written on other devices (a CPU run
+  resumed on a GPU, or a run of another device count) restores here: left without one, orbax takes the
+  writer's sharding from the checkpoint and refuses it as a topology mismatch.
+  """
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x):
+    sharding = getattr(x, "sharding", None)
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=sharding or default)
+
+  return jax.tree.map(leaf, _to_storable(like))
+
+
+def stored_abstract(step_dir: str, item: str = "state"):
+  """The restore target of a step's ``item`` as stored (its structure, shapes and dtypes), placed on
+  this process's first device whatever devices wrote it; for reading checkpoints without a template
+  (``jaxdistill.experts.load_trajectory``)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  meta = ocp.StandardCheckpointHandler().metadata(epath.Path(os.path.abspath(step_dir)) / item).tree
+  return _abstract(jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta))
 
 
 def _orbax_name(path) -> str:
@@ -65,15 +84,28 @@ def _jsonable(config: Any) -> Any:
   return json.loads(json.dumps(config, default=str, sort_keys=True))
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list:
+def _diff(a: dict, b: dict, prefix: str = "", rtol: float = 0.0) -> list:
+  """The differing entries of two JSON dicts. ``rtol > 0``: lists of floats (measurements, such as
+  ``distill.run_identity``'s optimizer probe) are equal when every pair differs by at most ``rtol``
+  times the largest magnitude in the two lists, so that float rounding of another device (a run
+  resumed on a GPU after a CPU) is no difference; everything else compares exactly."""
   out = []
   for k in sorted(set(a) | set(b)):
     va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
     if isinstance(va, dict) and isinstance(vb, dict):
-      out += _diff(va, vb, f"{prefix}{k}.")
-    elif va != vb:
+      out += _diff(va, vb, f"{prefix}{k}.", rtol)
+    elif not _same(va, vb, rtol):
       out.append(f"{prefix}{k}: checkpoint has {va!r}, this run has {vb!r}")
   return out
+
+
+def _same(a, b, rtol: float) -> bool:
+  floats = (rtol > 0 and isinstance(a, list) and isinstance(b, list) and len(a) == len(b) > 0
+            and all(type(x) is float for x in a + b))  # pylint: disable=unidiomatic-typecheck
+  if not floats:
+    return a == b
+  scale = max(abs(x) for x in a + b)
+  return all(abs(x - y) <= rtol * scale for x, y in zip(a, b))
 
 
 class CorruptCheckpointError(ValueError):
@@ -101,6 +133,10 @@ def _write_json(path: str, obj) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+# Relative tolerance of the float measurements in a run identity (float32 rounding differs by device).
+IDENTITY_RTOL = 1e-5
 
 
 class Checkpointer:
@@ -131,7 +167,8 @@ class Checkpointer:
         self._check_json(CONFIG_FILE, config or {}, "configuration", first=True)
         if identity is not None:
           self._check_json(IDENTITY_FILE, identity,
-                           "run identity (key, objective, shapes, optimizer, data)")
+                           "run identity (key, objective, shapes, optimizer, data)",
+                           rtol=IDENTITY_RTOL)
       if jax.process_count() > 1 and turn:
         multihost_utils.sync_global_devices(f"jaxdistill checkpoint files {self.directory}")
     self._mngr = ocp.CheckpointManager(
@@ -139,7 +176,8 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                              enable_async_checkpointing=False))
 
-  def _check_json(self, name: str, value, what: str, first: bool = False) -> None:
+  def _check_json(self, name: str, value, what: str, first: bool = False,
+                  rtol: float = 0.0) -> None:
     path = os.path.join(self.directory, name)
     value = _jsonable(value)
     if os.path.exists(path):
@@ -148,7 +186,7 @@ class Checkpointer:
           old = json.load(f)
       except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is unreadable ({e}); not resuming into {self.directory}.") from e
-      diff = _diff(old, value) if isinstance(old, dict) and isinstance(value, dict) else (
+      diff = _diff(old, value, rtol=rtol) if isinstance(old, dict) and isinstance(value, dict) else (
           [] if old == value else [f"checkpoint has {old!r}, this run has {value!r}"])
       if diff:
         raise ValueError(f"The checkpoint directory {self.directory} was written by another "

@@ -41,7 +41,7 @@ import orbax.checkpoint as ocp
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill import evaluate, training
-from jaxdistill.checkpoint import Checkpointer
+from jaxdistill.checkpoint import Checkpointer, stored_abstract
 from jaxdistill.checks import check_images_labels
 from jaxdistill.models.layers import prefer_conv
 # The per-example scores live with the selection methods that use them; re-exported here, where the
@@ -353,7 +353,8 @@ def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
         raise ValueError(f"Expert {i} in {directory!r} has {steps[-1]} epoch(s); asked for "
                          f"{max_epoch}.")
       steps = steps[:max_epoch + 1]
-    per_epoch = [mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    target = stored_abstract(os.path.join(path, str(steps[0])))
+    per_epoch = [mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
                  ["state"]["variables"]["params"] for s in steps]
   finally:
     mngr.close()

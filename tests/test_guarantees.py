@@ -177,6 +177,39 @@ def test_legacy_checkpoint_is_refused_until_adopted_then_restores_exactly(tmp_pa
   assert os.path.isdir(os.path.join(d, "5.legacy"))  # the original is kept
 
 
+_OTHER_TOPOLOGY = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax, jax.numpy as jnp
+    from jaxdistill.checkpoint import Checkpointer
+    dev = jax.devices()[1]  # a device this test's process does not have
+    for epoch in (0, 1):
+      tree = {{"variables": {{"params": {{"w": jax.device_put(jnp.full((2, 3), float(epoch)), dev)}}}},
+              "step": jax.device_put(jnp.int32(epoch), dev)}}
+      ck = Checkpointer({d!r}, {{"run": 1}}, save_every=1)
+      ck.save(epoch, tree, force=True)
+      ck.close()
+""")
+
+
+def test_checkpoints_written_on_other_devices_restore_here(tmp_path):
+  """A checkpoint records the devices that wrote it (a CPU run resumed on a GPU, another device
+  count): both the template restore and the template-free expert reader place it on this machine."""
+  from jaxdistill import experts
+  d = str(tmp_path / "experts" / "expert_0")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  r = subprocess.run([sys.executable, "-c", _OTHER_TOPOLOGY.format(d=d)], env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert len(jax.devices()) == 1
+  like = {"variables": {"params": {"w": np.zeros((2, 3), np.float32)}}, "step": np.int32(0)}
+  got = Checkpointer(d, {"run": 1}).restore(like, 1)
+  np.testing.assert_array_equal(np.asarray(got["variables"]["params"]["w"]), np.ones((2, 3)))
+  assert int(got["step"]) == 1
+  traj = experts.load_trajectory(str(tmp_path / "experts"), 0)
+  np.testing.assert_array_equal(traj["w"], np.stack([np.zeros((2, 3)), np.ones((2, 3))]))
+
+
 def test_resume_checks_the_run_identity_without_a_config(tmp_path, key):
   ckpt = str(tmp_path / "ck")
   d = make()
@@ -192,6 +225,21 @@ def test_resume_checks_the_run_identity_without_a_config(tmp_path, key):
   ref, _ = distill.run(key, toy_syn(), d, 4, progress=False)
   assert [h["step"] for h in hist] == [3, 4]
   np.testing.assert_array_equal(np.asarray(state.syn.images), np.asarray(ref.syn.images))
+
+
+def test_identity_measurements_tolerate_another_devices_rounding_only(tmp_path):
+  """The optimizer probe as a GPU measured it (a std of 7.45e-9 where the CPU gets 0) resumes on the
+  CPU; another optimizer, another key or another shape is still refused."""
+  d = str(tmp_path / "ck")
+  ident = {"key": [0, 1], "optimizer_probe": {"images": [-0.1, 7.45058e-09]},
+           "synthetic": {"images": [[10, 8, 8, 1], "float32"]}}
+  Checkpointer(d, {"run": 1}, identity=ident)
+  Checkpointer(d, {"run": 1}, identity=dict(ident, optimizer_probe={"images": [-0.1, 0.0]}))
+  for other, what in ((dict(ident, optimizer_probe={"images": [-0.1001, 0.0]}), "optimizer_probe"),
+                      (dict(ident, key=[0, 2]), "key"),
+                      (dict(ident, synthetic={"images": [[10, 8, 8, 3], "float32"]}), "synthetic")):
+    with pytest.raises(ValueError, match=f"(?s)another run identity.*{what}"):
+      Checkpointer(d, {"run": 1}, identity=other)
 
 
 _CHILD = textwrap.dedent("""
