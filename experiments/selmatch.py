@@ -125,7 +125,7 @@ def run_summary(workdir: str, steps: int) -> str:
   trend = ", ".join(f"{s}-{s + block - 1}: {m:.3f}"
                     for s, m in jd.logs.block_means(rows, "loss", block))
   sps = jd.logs.seconds_per_step(rows)
-  speed = "not measured" if sps is None else f"{sps:.1f} s"
+  speed = "not measured" if sps is None else f"{sps:.2g} s"
   return f"{steps} iterations, {speed} each (median over logged intervals); loss by steps {trend}"
 
 
@@ -280,17 +280,18 @@ def main(_):
         for b in c.search.betas) + f" | {best['holdout']:g} | {best['test']:g} |")
     print(f"[{tag}] window search: best beta on held-out {best['holdout']}, on test {best['test']}",
           flush=True)
-    wins = {}
+    wins, win_acc = {}, {}
     for split in ("holdout", "test"):
       b = best[split]
       if b not in wins:
         wins[b] = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, ipc,
                                            b, unit=c.search.unit)
-        r = ev(wins[b])
+        win_acc[b] = ev(wins[b])
         chosen = " and ".join(s.replace("holdout", "held-out") for s in ("holdout", "test")
                               if best[s] == b)
-        rows.append(f"| {tag} | best window on {chosen} (beta {b:g}) | {cell(r)} | {cov(wins[b])} |")
-        point(f"best window ({chosen})", ratio, r)
+        rows.append(f"| {tag} | best window on {chosen} (beta {b:g}) | {cell(win_acc[b])} | "
+                    f"{cov(wins[b])} |")
+      point(f"best window (chosen on {split.replace('holdout', 'held-out')})", ratio, win_acc[b])
     win = wins[best["holdout"]]
 
     mtt_dir = os.path.join(root, f"mtt_ipc{ipc}")
@@ -303,7 +304,7 @@ def main(_):
                      f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}); "
                      f"{run_summary(mtt_dir, c.mtt.steps)}.")
 
-    for alpha in alphas:
+    for i, alpha in enumerate(alphas):
       mask = jd.partial_updates.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
       sel_dir = os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}")
       sel = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj, sel_dir)
@@ -314,7 +315,9 @@ def main(_):
       r_dsa = ev(sel)
       rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(sel)} |")
       rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")
-      point(f"SelMatch alpha {alpha:g} (combined aug)", ratio, r_comb)
+      # One line through each ratio's first alpha (the paper's), separate points for the others.
+      point(f"SelMatch, alpha {'/'.join(f'{a[0]:g}' for a in c.alphas)} (combined aug)"
+            if i == 0 else f"SelMatch, alpha {alpha:g} (combined aug)", ratio, r_comb)
       print(f"[{tag}] {label}: combined {r_comb}, DSA {r_dsa}", flush=True)
       run_lines.append(f"- IPC {ipc}, alpha {alpha:g}: SelMatch, learned step size "
                        f"{float(np.exp(np.asarray(sel.log_lr))):.4g}; frozen rows bit-identical to "
