@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -60,13 +60,57 @@ def _abstract(like):
   return jax.tree.map(leaf, _to_storable(like))
 
 
-def stored_abstract(step_dir: str, item: str = "state"):
+def _stored_abstract(step_dir: str, item: str = "state"):
   """The restore target of a step's ``item`` as stored (its structure, shapes and dtypes), placed on
-  this process's first device whatever devices wrote it; for reading checkpoints without a template
-  (``jaxdistill.experts.load_trajectory``)."""
+  this process's first device whatever devices wrote it."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   meta = ocp.StandardCheckpointHandler().metadata(epath.Path(os.path.abspath(step_dir)) / item).tree
   return _abstract(jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta))
+
+
+def read_verified(directory: str, steps: Sequence[int], subtree: Sequence[str] = ()) -> list:
+  """The part ``subtree`` (a path of dict keys) of each of a ``Checkpointer`` directory's ``steps``,
+  read without a template (the stored structure of the first step, on this process's first device
+  whatever devices wrote it) and checked against the checksums written with it; for readers that know
+  the directory but not the run's full state (``jaxdistill.experts.load_trajectory``).
+
+  Raises:
+    CorruptCheckpointError: a step cannot be read, has no checksums for ``subtree``, or its arrays
+      differ from them.
+  """
+  directory = os.path.abspath(directory)
+  steps = [int(s) for s in steps]
+  if not steps:
+    return []
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False))
+  prefix = "".join(f"[{k!r}]" for k in subtree)
+  out = []
+  try:
+    target = None
+    for step in steps:
+      step_dir = os.path.join(directory, str(step))
+      try:
+        target = target or _stored_abstract(step_dir)
+        stored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
+      except Exception as e:  # orbax raises several types for corrupt / incompatible files
+        raise CorruptCheckpointError(f"Checkpoint step {step} in {step_dir} could not be read: "
+                                     f"{type(e).__name__}: {str(e)[:300]}") from e
+      tree = stored["state"]
+      for k in subtree:
+        tree = tree[k]
+      expected = {k: v for k, v in (stored["checksums"] or {}).items() if k.startswith(prefix)}
+      bad = _mismatched(expected, {prefix + k: v for k, v in checksums(tree).items()})
+      if not expected or bad:
+        raise CorruptCheckpointError(
+            f"Checkpoint step {step} in {step_dir} is corrupt: "
+            + (f"array(s) {', '.join(bad)} do not match the checksums written with it." if expected
+               else f"it has no checksums for {prefix or 'its state'}."))
+      out.append(tree)
+  finally:
+    mngr.close()
+  return out
 
 
 def _orbax_name(path) -> str:
@@ -124,6 +168,11 @@ def checksums(tree) -> dict:
     h.update(f"{a.dtype}{a.shape}".encode())
     out[jax.tree_util.keystr(path)] = h.hexdigest()
   return out
+
+
+def _mismatched(expected: dict, got: dict) -> list:
+  """The array names whose checksums differ between ``expected`` and ``got`` (or are in only one)."""
+  return sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
 
 
 def _write_json(path: str, obj) -> None:
@@ -226,8 +275,7 @@ class Checkpointer:
   def verify(self, step: int, tree, expected: dict) -> None:
     """Raises ``CorruptCheckpointError`` unless ``tree`` (restored from ``step``) matches the
     ``expected`` checksums saved with it."""
-    got = checksums(tree)
-    bad = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+    bad = _mismatched(expected, checksums(tree))
     if bad:
       raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} is corrupt: "
                                    f"array(s) {', '.join(bad)} do not match the checksums written "

@@ -41,7 +41,7 @@ import orbax.checkpoint as ocp
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill import evaluate, training
-from jaxdistill.checkpoint import Checkpointer, stored_abstract
+from jaxdistill.checkpoint import Checkpointer, read_verified
 from jaxdistill.checks import check_images_labels
 from jaxdistill.models.layers import prefer_conv
 # The per-example scores live with the selection methods that use them; re-exported here, where the
@@ -341,6 +341,8 @@ def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
 
   Raises:
     FileNotFoundError: no such expert or no saved epoch. ValueError: fewer than ``max_epoch`` epochs.
+    jaxdistill.checkpoint.CorruptCheckpointError: an epoch's parameters differ from the checksums
+    written with them, or cannot be read.
   """
   path = os.path.join(directory, EXPERT_DIR.format(i))
   if not os.path.isdir(path):
@@ -353,9 +355,7 @@ def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
         raise ValueError(f"Expert {i} in {directory!r} has {steps[-1]} epoch(s); asked for "
                          f"{max_epoch}.")
       steps = steps[:max_epoch + 1]
-    target = stored_abstract(os.path.join(path, str(steps[0])))
-    per_epoch = [mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-                 ["state"]["variables"]["params"] for s in steps]
+    per_epoch = read_verified(path, steps, ("variables", "params"))
   finally:
     mngr.close()
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x, np.float32) for x in xs]), *per_epoch)

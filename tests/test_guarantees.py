@@ -227,6 +227,24 @@ def test_resume_checks_the_run_identity_without_a_config(tmp_path, key):
   np.testing.assert_array_equal(np.asarray(state.syn.images), np.asarray(ref.syn.images))
 
 
+def test_a_corrupt_expert_epoch_is_refused_by_the_trajectory_reader(tmp_path):
+  from jaxdistill import experts
+  d = str(tmp_path / "experts" / "expert_0")
+  w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+  ck = Checkpointer(d, {"run": 1}, save_every=1)
+  for epoch in (0, 1):
+    ck.save(epoch, {"variables": {"params": {"w": w + epoch}}, "step": np.int32(epoch)}, force=True)
+  ck.close()
+  traj = experts.load_trajectory(str(tmp_path / "experts"), 0)
+  np.testing.assert_array_equal(traj["w"], np.stack([w, w + 1]))
+  biggest = _array_files(d, 1)[-1]
+  raw = bytearray(open(biggest, "rb").read())
+  raw[len(raw) // 2] ^= 0x10
+  open(biggest, "wb").write(bytes(raw))
+  with pytest.raises(CorruptCheckpointError, match="step 1 "):
+    experts.load_trajectory(str(tmp_path / "experts"), 0)
+
+
 def test_identity_measurements_tolerate_another_devices_rounding_only(tmp_path):
   """The optimizer probe as a GPU measured it (a std of 7.45e-9 where the CPU gets 0) resumes on the
   CPU; another optimizer, another key or another shape is still refused."""
