@@ -271,7 +271,6 @@ def check_agreement(width: int, rtol: float) -> list:
   """``[(unit, jax value, torch value, relative difference)]``; raises if any exceeds ``rtol``."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   import torch
   import torch.nn.functional as F
   from jax.flatten_util import ravel_pytree
@@ -468,7 +467,7 @@ def main():
         return r
     return None
 
-  lines = [f"# jaxdistill vs the PyTorch reference code, side by side", "",
+  lines = ["# jaxdistill vs the PyTorch reference code, side by side", "",
            f"- command: `{' '.join(['python', '-m', 'benchmarks.vs_pytorch'] + sys.argv[1:])}`",
            f"- date: {started}; machine: {platform.machine()}, {os.cpu_count()} cores, "
            f"load average before / after: {load0} / {_load()}",

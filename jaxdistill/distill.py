@@ -33,7 +33,7 @@ from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import parallel, partial_updates
 from jaxdistill.checks import check_positive_int
 # Samplers live with the data; re-exported here, where the loop uses them.
-from jaxdistill.data.sampling import Sampler, class_balanced_sampler, random_sampler  # noqa: F401
+from jaxdistill.data.sampling import Sampler, class_balanced_sampler, random_sampler  # noqa: F401  (re-exported: jd.distill.class_balanced_sampler)
 from jaxdistill.objectives.base import Objective
 from jaxdistill.types import SyntheticSet
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
 from jaxdistill import partial_updates
 from jaxdistill import training

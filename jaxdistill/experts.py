@@ -28,7 +28,6 @@ stores ``parameters()``) into a ``Trajectories`` of flat vectors ``[num_experts,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union

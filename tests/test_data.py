@@ -2,8 +2,6 @@
 bad input."""
 import gzip
 import importlib.util
-import os
-import shutil
 
 import jax
 import numpy as np

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import flax.linen as nn
 import chex
 import jax
 import jax.numpy as jnp

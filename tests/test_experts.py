@@ -1,5 +1,4 @@
 """Expert trajectories: training, storage, exact resume, per-example scores."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

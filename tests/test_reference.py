@@ -83,7 +83,6 @@ def test_dm_with_batchnorm_embeds_all_classes_in_one_batch(key):
 
 def test_dc_with_batchnorm_matches_in_eval_mode_after_refreshing_running_stats(key):
   net = _bn_net()
-  fns = as_net(net)
   real, syn = _real_and_syn(1)
   obj = objectives.gradient_matching(net, K, outer_loop=2, inner_loop=1, bn_per_class=2)
   state = obj.init(key, syn)

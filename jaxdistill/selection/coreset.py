@@ -8,7 +8,7 @@ type every distillation method starts from. Herding and k-center work in a featu
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
