@@ -212,7 +212,8 @@ def build_kip(c, data):
 def build_frepo(c, data):
   obj = jd.objectives.frepo("convnet_frepo", data.num_classes, pool_size=c.frepo_pool,
                             max_online_updates=c.frepo_max_online,
-                            net_options=dict(c.frepo_net_kwargs), use_flip=False)
+                            net_options=dict(c.frepo_net_kwargs), use_flip=False,
+                            reg=c.get("frepo_reg", 1e-6))
   init = random_init(c, data)
   init = init._replace(labels=jd.objectives.kip_labels(init.labels, data.num_classes))
   return Method(obj, optimizer(c, labels=True), flat_sampler(c, data), init,
@@ -400,3 +401,4 @@ def run_identity(c) -> dict:
   if "experts" in d:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
   return d
+

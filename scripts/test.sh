@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs everything (scripts/setup.sh), then runs the whole suite on 2 processes
-# (tests marked with one xdist_group share a worker, and so its module fixtures).
+# The test command: installs everything (scripts/setup.sh), then runs the suite on 2 processes (tests
+# marked with one xdist_group share a worker, and so its module fixtures). By default the fast set
+# (the tests not marked slow); `bash scripts/test.sh -m slow` runs the slow set, `-m ""` everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -28,6 +28,7 @@ ALL = [(n, _op(n)) for n in OP_NAMES] + [("dsa", _dsa())]
 ALL_IDS = [n for n, _ in ALL]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,fn", ALL, ids=ALL_IDS)
 @pytest.mark.parametrize("siamese", [True, False])
 def test_shape_dtype_and_gradient(name, fn, siamese, getkey):
@@ -171,6 +172,7 @@ def test_color_ops():
                              np.asarray(x).mean((1, 2, 3)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dsa_jit_and_vmap(getkey):
   x = _images(getkey())
   key = getkey()
@@ -266,6 +268,7 @@ def test_bad_inputs_raise(key):
     A.dsa(key, x, mode="M")
 
 
+@pytest.mark.slow
 def test_map_groups_applies_one_chosen_op_per_group(getkey):
   """Siamese DSA with one key per class: each class gets exactly the op its key picks (as applying
   the augmentation class by class by hand), without computing every op as vmap would."""

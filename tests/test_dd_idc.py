@@ -71,6 +71,7 @@ def python_loop_dd(syn, batch, key):
   return unrolled.cross_entropy(MLP.apply({"params": params}, batch["images"]), batch["labels"])
 
 
+@pytest.mark.slow
 def test_dd_loss_matches_python_loop_and_gradients_reach_everything(key):
   syn, batch = toy_syn(), real_batch()
   obj = objectives.dataset_distillation(MLP, K, unroll_steps=STEPS, epochs=EPOCHS)
@@ -129,6 +130,7 @@ def test_dd_bad_input(key):
     objectives.dataset_distillation(MLP, K, unroll_steps=0)
 
 
+@pytest.mark.slow
 def test_dd_partial_update_mask_holds(key):
   x, y = toy_data()
   obj = objectives.dataset_distillation(MLP, K, unroll_steps=STEPS, epochs=EPOCHS)
@@ -289,6 +291,7 @@ MULTI = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device():
   """The real batch is split over devices; the losses' pmean must give the one-device result."""
   code = MULTI.format(tests=os.path.dirname(__file__))

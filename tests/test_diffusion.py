@@ -168,6 +168,7 @@ def finetuned(tiny):
               arrays=arrays)
 
 
+@pytest.mark.slow
 @FINETUNED
 def test_zero_lambdas_equal_plain_diffusion_step(finetuned):
   a, b = (finetuned["states"][n] for n in ("plain", "zero"))
@@ -189,6 +190,7 @@ def tiny_arrays(finetuned):
   return finetuned["arrays"]
 
 
+@pytest.mark.slow
 @FINETUNED
 def test_training_loss_falls_on_toy_set(tiny, finetuned):
   model, params, arrays = tiny
@@ -205,6 +207,7 @@ def test_training_loss_falls_on_toy_set(tiny, finetuned):
   assert after < 0.75 * before
 
 
+@pytest.mark.slow
 @FINETUNED
 def test_only_difffit_subset_changes(finetuned):
   params, state = finetuned["params"], finetuned["states"]["minimax"]
@@ -219,6 +222,7 @@ def test_only_difffit_subset_changes(finetuned):
   assert all(changed[n] for n in trainable)
 
 
+@pytest.mark.slow
 @FINETUNED
 def test_resume_is_exact(tiny, finetuned, tmp_path):
   model, _, arrays = tiny
@@ -237,6 +241,7 @@ def test_resume_is_exact(tiny, finetuned, tmp_path):
     np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_and_class_major(tiny):
   model, params, _ = tiny
   s = dfn.make_schedule(100)
@@ -253,6 +258,7 @@ def test_sampling_is_deterministic_and_class_major(tiny):
   assert float(a.images.min()) >= -1.0 - 1e-5 and float(a.images.max()) <= 1.0 + 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, match", [
     (dict(classes=[0, 5]), "Unknown class id"),
     (dict(classes=[-1]), "Unknown class id"),

@@ -39,6 +39,7 @@ def make(method="dm", mask=None, lr=0.1):
   return distill.Distiller(obj, tx, distill.class_balanced_sampler(x, y, K, P), mask=mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dm", "dc"])
 def test_objective_finite_grad_shape_and_step_moves(method, key):
   d = make(method)
@@ -103,6 +104,7 @@ def test_frozen_rows_bit_identical_while_distilled_rows_move(key):
   assert np.all(np.abs(got[mask] - init[mask]).reshape(K, -1).max(1) > 1e-3)
 
 
+@pytest.mark.slow
 def test_step_compiles_once(key):
   d = make("dc")
   state = distill.init_state(key, toy_syn(), d)
@@ -122,6 +124,7 @@ def test_weakly_typed_log_lr_does_not_recompile(key):
   assert step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, key):
   d = make("dc")
   full, _ = distill.run(key, toy_syn(), d, 6, progress=False)
@@ -196,6 +199,7 @@ MULTI = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device():
   code = MULTI.format(tests=os.path.dirname(__file__))
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -213,6 +217,7 @@ SIGTERM_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_the_last_checkpoint_loadable_and_resumable(tmp_path, key):
   """A run killed by SIGTERM mid-training keeps a checkpoint that restores and resumes."""
   import signal

@@ -46,6 +46,7 @@ def test_learns_and_is_deterministic(data):
   np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
+@pytest.mark.slow
 def test_vmap_and_map_seeds_agree(data):
   syn = (data.x_train, data.y_train)
   a = evaluate.accuracy(jax.random.key(3), syn, data, TinyNet(), 2, CFG._replace(seed_parallel="vmap"))
@@ -53,6 +54,7 @@ def test_vmap_and_map_seeds_agree(data):
   np.testing.assert_allclose(a.accuracies, b.accuracies, atol=0.02)
 
 
+@pytest.mark.slow
 def test_learned_lr_overrides_config(data):
   """A learned step size of ~0 leaves the network at its initialization, like cfg.lr = 0."""
   tiny = SyntheticSet(jnp.asarray(data.x_train), jnp.asarray(data.y_train), jnp.asarray(-40.0))
@@ -125,6 +127,7 @@ def test_bad_inputs(data):
     evaluate.accuracy(jax.random.key(0), (x, y), data, TinyNet(), 1, CFG._replace(schedule="poly"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,soft", [("ce", False), ("ce", True), ("mse", False)])
 def test_microbatched_gradient_equals_whole_batch(kind, soft):
   """Pieces of 4 rows (masked padding rows included) give the whole batch's loss and gradient."""
@@ -142,6 +145,7 @@ def test_microbatched_gradient_equals_whole_batch(kind, soft):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), piece[2], whole[2])
 
 
+@pytest.mark.slow
 def test_batchnorm_networks_always_run_whole_batches():
   from jaxdistill import models
   x, y = _toy(4, 2)
@@ -175,6 +179,7 @@ def test_protocol_with_pieces_matches_whole_batches(data):
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), a, b)
 
 
+@pytest.mark.slow
 def test_predict_auto_model_equals_explicit_convolutions():
   """``predict`` runs an "auto" ConvNet with lax.conv: the same classes as with either explicit choice."""
   from jaxdistill import models

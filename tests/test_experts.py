@@ -35,6 +35,7 @@ def test_forgetting_and_first_learned_on_hand_made_history():
     experts.forgetting_counts(np.ones(3, bool))
 
 
+@pytest.mark.slow
 def test_train_saves_every_epoch_and_resumes_bit_identically(tmp_path, key):
   x, y = toy_data()
   straight = experts.train(key, (x, y), TinyConv(), str(tmp_path / "a"), num_experts=2, cfg=CFG,

@@ -273,6 +273,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path):
   """SIGKILL a child mid-run (between steps or inside a checkpoint write) twice; resuming finishes with
   exactly the uninterrupted result."""
@@ -320,6 +321,7 @@ _HOST = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_on_localhost_match_one_and_their_checkpoint_resumes_in_one(tmp_path):
   """jax.distributed over two CPU processes (gloo collectives), one device each: the same run as one
   process to ~1e-6 per step (the same tolerance as the fake-device test), and the checkpoint the two

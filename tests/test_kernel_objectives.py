@@ -103,6 +103,7 @@ def test_wrong_label_shapes_raise(key):
     fr.loss(syn._replace(labels=jnp.zeros((N, 2))), batch, key, state)
 
 
+@pytest.mark.slow
 def test_krr_test_accuracy(key):
   x, y = toy_data(n_per=30)
   # The class means are a good support set for this toy problem.
@@ -129,6 +130,7 @@ def test_singular_kernel_gives_nan_loss_flag_and_stops_the_loop(key):
     objectives.krr_test_accuracy(zero, toy_syn(), *toy_data())
 
 
+@pytest.mark.slow
 def test_frepo_loss_gradients_and_pool_update(key):
   syn, batch = toy_syn(), real_batch()
   obj = objectives.frepo(TinyNet(), K, pool_size=3, max_online_updates=4)
@@ -164,6 +166,7 @@ def test_frepo_loss_gradients_and_pool_update(key):
   np.testing.assert_allclose(float(hard), float(aux["kernel_loss"]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_frepo_registry_default_net_and_flip(key):
   syn, batch = toy_syn(), real_batch()
   obj = objectives.frepo("convnet_frepo", K, pool_size=2, net_options={"width": 4, "depth": 2})
@@ -190,6 +193,7 @@ def test_label_margin():
   np.testing.assert_allclose(objectives.label_margin(y), -(1 / 3 + 0.1) / 2, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kip", "frepo"])
 def test_partial_update_mask_holds(method, key):
   x, y = toy_data()

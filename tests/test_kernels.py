@@ -49,6 +49,7 @@ def toy_inputs(n=4, d=5, seed=0):
 # Analytic kernels
 # ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_depth_zero_is_the_linear_kernel_and_kernels_are_symmetric_psd():
   x = toy_inputs()
   lin = W_STD ** 2 * (x @ x.T) / x.shape[1] + B_STD ** 2
@@ -77,6 +78,7 @@ def test_arccos_closed_form_depth_one():
   np.testing.assert_allclose(ntk[0, 0], 0.5 + 0.5 * 1.0, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_analytic_fc_kernels_match_monte_carlo_of_wide_networks():
   depth, width = 2, 2048
   x = toy_inputs()

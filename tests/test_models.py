@@ -38,6 +38,7 @@ def _shapes(model, shape):
   return variables, logits, feats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_output_and_feature_shapes(name):
   for kwargs in ({}, SMALL.get(name, {})):
@@ -53,6 +54,7 @@ def test_output_and_feature_shapes(name):
       assert test_logits.shape == (2, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["convnet", "mlp", "resnet18bn_ap"])
 def test_forward_is_finite(name, getkey):
   kwargs = {**SMALL.get(name, {}), **({"stage_sizes": (1, 1, 1, 1)} if "resnet" in name else {})}
@@ -86,6 +88,7 @@ def test_bad_rank_is_a_clear_error(bad):
     jax.eval_shape(lambda v: model.apply(v, jnp.zeros(bad), train=False), variables)
 
 
+@pytest.mark.slow
 def test_batchnorm_model_keeps_running_stats(getkey):
   model = models.get_model("convnet_bn", 10, width=4)
   x = jax.random.normal(getkey(), (4, 32, 32, 3)) * 3.0 + 1.0
@@ -107,6 +110,7 @@ def test_batchnorm_model_keeps_running_stats(getkey):
 CONV_CASES = [(1, 1, 0), (3, 1, 1), (3, 2, 1), (3, 1, 3), (5, 1, 2), (4, 2, 0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,s,p", CONV_CASES)
 def test_conv_impls_match_flax_conv(k, s, p, getkey):
   """Same parameters -> same outputs and gradients (w.r.t. kernel, bias and input) as nn.Conv."""
@@ -130,6 +134,7 @@ def test_conv_impls_match_flax_conv(k, s, p, getkey):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_auto_conv_is_patches_on_cpu_and_prefer_conv_only_replaces_auto(key):
   """"auto" runs "patches" on the CPU backend (bit for bit); ``prefer_conv`` swaps an "auto" model's
   implementation and keeps an explicit one; the DM loss is the same with either implementation."""
@@ -159,6 +164,7 @@ def test_auto_conv_is_patches_on_cpu_and_prefer_conv_only_replaces_auto(key):
   assert ident(auto) != ident(models.ConvNet(10, width=8, conv_impl="lax"))
 
 
+@pytest.mark.slow
 def test_instance_norm_equals_flax_groupnorm_per_channel(key):
   """The fast instance norm: the parameter tree, outputs and input/parameter gradients of
   ``flax.linen.GroupNorm(group_size=1, epsilon=1e-5)``, and the same parameter paths inside a ConvNet
@@ -178,6 +184,7 @@ def test_instance_norm_equals_flax_groupnorm_per_channel(key):
   assert ("GroupNorm_0", "scale") in paths and ("GroupNorm_2", "bias") in paths
 
 
+@pytest.mark.slow
 def test_conv_params_have_flax_names_and_shapes(key):
   x = jnp.ones((1, 8, 8, 3))
   ours = layers.Conv(4, 3, padding=1).init(key, x)
@@ -187,7 +194,8 @@ def test_conv_params_have_flax_names_and_shapes(key):
   assert layers.DEFAULT_CONV_IMPL in layers.CONV_IMPLS
 
 
-@pytest.mark.parametrize("name", ["convnet", "convnet_bn", "mlp", "alexnet", "vgg11", "resnet18"])
+@pytest.mark.parametrize("name", ["convnet", "convnet_bn", "mlp"] + [pytest.param(n, marks=pytest.mark.slow)
+                                                               for n in ("alexnet", "vgg11", "resnet18")])
 def test_init_is_pytorchs_default(name, key):
   """Every conv / dense weight and bias ~ U(+-1/sqrt(fan_in)) (PyTorch's kaiming-uniform with a=sqrt(5)
   and its bias rule), as the reference networks; norm scales 1, shifts 0."""
@@ -216,6 +224,7 @@ def test_init_is_pytorchs_default(name, key):
   assert checked >= 2
 
 
+@pytest.mark.slow
 def test_conv_impls_agree_second_order_through_scan(getkey):
   """The MTT/DD pattern: d/dx of a loss after SGD steps inside lax.scan, for every impl."""
   x = jax.random.normal(getkey(), (3, 8, 8, 2))
@@ -262,6 +271,7 @@ def test_instance_norm_and_pooling_match_references(getkey):
   assert layers.avg_pool2(jnp.ones((1, 7, 7, 1))).shape == (1, 3, 3, 1)  # floor, as PyTorch
 
 
+@pytest.mark.slow
 def test_convnet_conv_impls_give_the_same_network(getkey):
   x = jax.random.normal(getkey(), (2, 28, 28, 1))
   nets = {impl: models.ConvNet(10, width=8, conv_impl=impl) for impl in layers.CONV_IMPLS}

@@ -62,6 +62,7 @@ def _real_and_syn(seed=0, hw=8):
   return real, syn
 
 
+@pytest.mark.slow
 def test_dm_with_batchnorm_embeds_all_classes_in_one_batch(key):
   net = _bn_net()
   fns = as_net(net)
@@ -81,6 +82,7 @@ def test_dm_with_batchnorm_embeds_all_classes_in_one_batch(key):
   assert abs(per_class - float(value)) > 1e-3 * abs(float(value))
 
 
+@pytest.mark.slow
 def test_dc_with_batchnorm_matches_in_eval_mode_after_refreshing_running_stats(key):
   net = _bn_net()
   real, syn = _real_and_syn(1)
@@ -110,6 +112,7 @@ def test_dc_with_batchnorm_matches_in_eval_mode_after_refreshing_running_stats(k
   np.testing.assert_allclose(float(value), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dc_inner_training_uses_a_short_last_batch(key):
   """DC trains its network on the synthetic set in batches of batch_train, the last one short (a
   DataLoader without drop_last), plain SGD lr_net."""
@@ -164,6 +167,7 @@ def test_evaluation_schedule_is_the_references(epochs, key):
   assert not np.allclose(half["Dense_0"]["kernel"], p["Dense_0"]["kernel"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dc_in_pieces_equals_whole_batches(key):
   """DC's real-image gradients and inner training summed over 2-row pieces give the whole-batch
   matching loss, image gradient and trained network (up to float rounding)."""

@@ -18,6 +18,7 @@ def toy():
   return images, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", selection.METHODS)
 @pytest.mark.parametrize("ipc", [1, 5])
 def test_shape_balance_determinism(toy, method, ipc):
@@ -81,6 +82,7 @@ def test_average_ipc1_is_class_mean(toy):
     np.testing.assert_allclose(np.asarray(syn.images[c]), images[labels == c].mean(0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kmeans_nearest_returns_real_images(toy):
   images, labels = toy
   syn = selection.k_means(jax.random.key(0), images, labels, K, 2, nearest=True)

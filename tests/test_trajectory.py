@@ -87,7 +87,7 @@ def test_minibatch_indices_are_permutation_chunks(key):
     trajectory.minibatch_indices(key, 6, 4, 3)
 
 
-@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("soft", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_loss_equals_python_loop(key, soft):
   traj = toy_trajectories()
   syn = toy_syn(soft=soft)
@@ -98,6 +98,7 @@ def test_loss_equals_python_loop(key, soft):
   assert 0 < float(loss) and np.isfinite(float(aux["expert_distance"]))
 
 
+@pytest.mark.slow
 def test_grads_finite_nonzero_and_remat_matches(key):
   traj = toy_trajectories()
   syn = toy_syn(soft=True)
@@ -122,6 +123,7 @@ def test_grads_finite_nonzero_and_remat_matches(key):
     objectives.trajectory_matching(TinyMLP(), K, syn_steps=4, scan_unroll=0)
 
 
+@pytest.mark.slow
 def test_convnet_with_dsa_has_finite_gradients(key):
   from jaxdistill import augment, models
   model = models.get_model("convnet", K, width=4, depth=1)
@@ -239,6 +241,7 @@ MULTI = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device():
   code = MULTI.format(tests=os.path.dirname(__file__))
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
