@@ -402,3 +402,23 @@ def run_identity(c) -> dict:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
   return d
 
+
+# Fields that only shape the distillation: the random-real baseline's evaluation reads none of them
+# (its images come from the seed and the data, its labels are class ids, it has no mask), so runs that
+# differ only in these share one cached baseline. Every other field is part of the baseline's identity,
+# a new one included: a field missing here costs a re-evaluation, never a stale result.
+NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optimizer_kwargs",
+                "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
+                "idc_factor", "idc_dsa", "frepo_pool", "frepo_max_online", "frepo_net_kwargs",
+                "frepo_reg", "datm", "mtt", "selmatch", "distill_augment", "combined_augment", "evals",
+                "checkpoint_every", "image_every", "progress", "results", "workdir", "data_dir")
+
+
+def baseline_identity(c, evaluator: str) -> dict:
+  """What the random-real baseline of ``evaluator`` may depend on: the config without
+  ``NOT_BASELINE`` (nor the experts' location and progress output)."""
+  d = {k: v for k, v in c.to_dict().items() if k not in NOT_BASELINE}
+  if "experts" in d:
+    d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
+  return {"evaluator": evaluator, **d}
+

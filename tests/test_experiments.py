@@ -379,6 +379,21 @@ def test_guard_comparison_is_bit_exact_at_home_and_scaled_elsewhere():
   assert golden.check({"loss": [2.0]}, record, home)[0].startswith("fields differ")
 
 
+def test_baseline_identity_fails_closed():
+  """Runs that differ only in distillation fields share a random-real baseline; any other field,
+  a new one included, and every evaluator's own settings give another."""
+  from experiments.distill import _baseline_id
+  c = load_config("kip_fmnist.py")
+  base = _baseline_id(c, "protocol")
+  c2 = load_config("kip_fmnist.py")
+  c2.steps, c2.optimizer_kwargs.learning_rate, c2.method = 7, 0.5, "dm"
+  assert _baseline_id(c2, "protocol") == base
+  assert _baseline_id(c, "krr") != base
+  for change in ({"kip_depth": 2}, {"eval_epochs": 5}, {"ipc": 1}, {"model_kwargs.width": 3},
+                 {"a_new_field": 1}):
+    assert _baseline_id(override(load_config("kip_fmnist.py"), change), "protocol") != base, change
+
+
 def test_cache_names_ignore_rounding_only_fields():
   """Cached results stay valid across ``microbatch`` (float rounding only), not across real changes;
   expert directories' identity ignores it as well."""
