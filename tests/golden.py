@@ -75,10 +75,9 @@ def scales(fp: dict) -> dict:
   """Each field's scale: a sum's is the sum of magnitudes of its values, a loss's its magnitude."""
   out = {"loss": [abs(v) for v in fp["loss"]]}
   for k in fp:
-    if k.endswith(("_sum", "_weighted")):
-      base = k.rsplit("_", 1)[0] if k.endswith("_weighted") else k[:-len("_sum")]
-      base = base[:-len("_abs")] if base.endswith("_abs") else base
-      out[k] = fp[f"{base}_abs_sum"]
+    if k != "loss":  # <prefix>_sum, <prefix>_weighted, <prefix>_abs_sum
+      prefix = k[:-len("_abs_sum")] if k.endswith("_abs_sum") else k.rsplit("_", 1)[0]
+      out[k] = fp[f"{prefix}_abs_sum"]
   return out
 
 
