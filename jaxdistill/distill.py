@@ -35,7 +35,7 @@ from jaxdistill.checks import check_positive_int
 # Samplers live with the data; re-exported here, where the loop uses them.
 from jaxdistill.data.sampling import Sampler, class_balanced_sampler, random_sampler  # noqa: F401  (re-exported: jd.distill.class_balanced_sampler)
 from jaxdistill.objectives.base import Objective
-from jaxdistill.types import SyntheticSet
+from jaxdistill.types import LEARNABLE_LEAVES, ROW_LEAVES, SyntheticSet
 
 class DistillState(NamedTuple):
   """Everything a run needs to resume exactly; arrays only."""
@@ -125,50 +125,54 @@ def optimizer(images: optax.GradientTransformation, labels=None, log_lr=None,
   if step_size not in STEP_SIZE_SPACES:
     raise ValueError(f"Unknown step_size {step_size!r}; choose 'lr' (update the step size itself, "
                      f"as MTT) or 'log' (update its log).")
-  txs = {"images": images}
-  if labels is not None:
-    txs["labels"] = labels
-  if log_lr is not None:
-    txs["log_lr"] = in_lr_space(log_lr) if step_size == "lr" else log_lr
+  given = {"images": images, "labels": labels,
+           "log_lr": None if log_lr is None else in_lr_space(log_lr) if step_size == "lr" else log_lr}
+  txs = {leaf.name: given[leaf.name] for leaf in LEARNABLE_LEAVES if given[leaf.name] is not None}
   tx = optax.multi_transform(txs, lambda params: {k: k for k in params})
   return LeafOptimizer(tx.init, tx.update, tuple(txs))
 
 
-def learn_flags(d: "Distiller") -> tuple:
-  """``(learn_labels, learn_lr)`` of a ``Distiller``: declared by its optimizer (``optimizer()``), and
-  refused when an explicit flag contradicts the optimizer (a leaf with an optimizer but marked fixed
-  would silently never move; a learnable leaf without an optimizer would fail)."""
+def learned_leaves(d: "Distiller") -> tuple:
+  """The names of the leaves a ``Distiller`` learns (``LEARNABLE_LEAVES`` order): the images, and
+  each optional leaf its optimizer declares (``optimizer()``). An explicit flag that contradicts the
+  optimizer is refused (a leaf with an optimizer but marked fixed would silently never move; a
+  learnable leaf without an optimizer would fail)."""
   declared = getattr(d.tx, "leaves", None)
   out = []
-  for flag, leaf, name in ((d.learn_labels, "labels", "learn_labels"),
-                           (d.learn_lr, "log_lr", "learn_lr")):
-    if declared is None:
-      out.append(bool(flag))
+  for leaf in LEARNABLE_LEAVES:
+    if leaf.flag is None:
+      out.append(leaf.name)
       continue
-    has = leaf in declared
-    if flag is not None and bool(flag) != has:
-      if has:
-        raise ValueError(f"The optimizer has a {leaf}= optimizer but {name}=False: the {leaf} would "
-                         f"never move. Drop {name}=False (it is derived from the optimizer) or the "
-                         f"{leaf}= optimizer.")
-      raise ValueError(f"{name}=True but the optimizer has no {leaf}= optimizer; pass "
-                       f"distill.optimizer(..., {leaf}=...).")
-    out.append(has)
+    flag = getattr(d, leaf.flag)
+    if declared is None:
+      has = bool(flag)
+    else:
+      has = leaf.name in declared
+      if flag is not None and bool(flag) != has:
+        if has:
+          raise ValueError(f"The optimizer has a {leaf.name}= optimizer but {leaf.flag}=False: the "
+                           f"{leaf.name} would never move. Drop {leaf.flag}=False (it is derived from "
+                           f"the optimizer) or the {leaf.name}= optimizer.")
+        raise ValueError(f"{leaf.flag}=True but the optimizer has no {leaf.name}= optimizer; pass "
+                         f"distill.optimizer(..., {leaf.name}=...).")
+    if has:
+      out.append(leaf.name)
   return tuple(out)
 
 
-def learnable(syn: SyntheticSet, learn_labels: bool, learn_lr: bool) -> dict:
-  """The leaves of ``syn`` that the optimizer updates."""
-  out = {"images": syn.images}
-  if learn_labels:
-    if syn.labels.ndim != 2 or not jnp.issubdtype(syn.labels.dtype, jnp.floating):
-      raise ValueError("learn_labels needs soft labels: a float [N, K] array; got "
-                       f"{syn.labels.dtype} {syn.labels.shape}.")
-    out["labels"] = syn.labels
-  if learn_lr:
-    if syn.log_lr is None:
-      raise ValueError("learn_lr needs a SyntheticSet with log_lr set.")
-    out["log_lr"] = syn.log_lr
+def learnable(syn: SyntheticSet, leaves: tuple) -> dict:
+  """``{name: value}`` of the leaves of ``syn`` named in ``leaves`` (``learned_leaves``), each checked
+  to be what a learned leaf must be."""
+  out = {}
+  for leaf in LEARNABLE_LEAVES:
+    if leaf.name not in leaves:
+      continue
+    x = getattr(syn, leaf.name)
+    if x is None or not jnp.issubdtype(x.dtype, jnp.floating) or \
+        (leaf.ndim is not None and x.ndim != leaf.ndim):
+      got = "None" if x is None else f"{x.dtype} {tuple(x.shape)}"
+      raise ValueError(f"Learning {leaf.name} ({leaf.flag or 'always'}) needs {leaf.what}; got {got}.")
+    out[leaf.name] = x
   return out
 
 
@@ -200,7 +204,7 @@ def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> Di
   # A copy (the step donates the state's buffers) with strong dtypes: a weakly typed leaf such as
   # log_lr=jnp.log(0.01) would otherwise change type after the first update and recompile the step.
   syn = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), syn)
-  params = learnable(syn, *learn_flags(d))
+  params = learnable(syn, learned_leaves(d))
   check_descent(d.tx, params)
   state = DistillState(jnp.zeros((), jnp.int32), syn, d.tx.init(params),
                        d.objective.init(obj_key, _training_view(syn, d)), run_key)
@@ -226,9 +230,8 @@ def place(state: DistillState, mesh=None) -> DistillState:
 
 
 def _training_view(syn: SyntheticSet, d: Distiller) -> SyntheticSet:
-  syn = syn._replace(images=partial_updates.freeze_rows(syn.images, d.mask),
-                     labels=partial_updates.freeze_rows(syn.labels, d.mask)
-                     if jnp.issubdtype(syn.labels.dtype, jnp.floating) else syn.labels)
+  syn = syn._replace(**{n: partial_updates.freeze_rows(getattr(syn, n), d.mask) for n in ROW_LEAVES
+                        if jnp.issubdtype(getattr(syn, n).dtype, jnp.floating)})
   return d.decode(syn) if d.decode is not None else syn
 
 
@@ -242,7 +245,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
   ``mesh`` (default: every device)."""
   mesh = parallel.data_mesh() if mesh is None else mesh
   axis = parallel.DATA_AXIS
-  flags = learn_flags(d)
+  leaves = learned_leaves(d)
   tx = partial_updates.masked_rows(d.tx, d.mask)  # frozen rows' updates are exactly zero
 
   def per_device(params, syn, batch, key, obj_state):
@@ -256,7 +259,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
 
   def step(state: DistillState, batch):
     _, loss_key, update_key = step_keys(state)
-    params = learnable(state.syn, *flags)
+    params = learnable(state.syn, leaves)
     batch_specs = jax.tree.map(lambda x: parallel.batch_spec(x.ndim, d.objective.batch_axis), batch)
     sharded = jax.shard_map(per_device, mesh=mesh,
                             in_specs=(jax.P(), jax.P(), batch_specs, jax.P(), jax.P()),
@@ -266,7 +269,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
     syn = _with(state.syn, optax.apply_updates(params, updates))
     obj_state = d.objective.update(obj_state, _training_view(syn, d), update_key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-    if flags[1]:
+    if "log_lr" in leaves:
       metrics["lr"] = jnp.exp(jnp.mean(syn.log_lr))
     metrics.update(health(syn, loss))
     return DistillState(state.step + 1, syn, opt_state, obj_state, state.key), metrics
@@ -278,11 +281,7 @@ def health(syn: SyntheticSet, loss: jax.Array) -> dict:
   """Metrics the run checks to stop a diverging or broken run, computed inside the jitted step:
   ``finite`` (1.0 when the loss, images, float labels and log step size are all finite) and
   ``max_abs_image`` (the largest image magnitude)."""
-  leaves = [loss, syn.images]
-  if jnp.issubdtype(syn.labels.dtype, jnp.floating):
-    leaves.append(syn.labels)
-  if syn.log_lr is not None:
-    leaves.append(syn.log_lr)
+  leaves = [loss] + [x for x in syn if x is not None and jnp.issubdtype(x.dtype, jnp.floating)]
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
   return {"finite": finite.astype(jnp.float32), "max_abs_image": jnp.max(jnp.abs(syn.images))}
 
@@ -479,7 +478,7 @@ def run_identity(key: jax.Array, state: DistillState, d: Distiller) -> dict:
   """What makes a run this run, JSON-able: resuming a checkpoint written with another identity is
   refused. The optimizer is identified by its first update of the initial learnable leaves for a fixed
   probe gradient (this tells learning rates, momentum and optimizer kind apart)."""
-  params = learnable(state.syn, *learn_flags(d))
+  params = learnable(state.syn, learned_leaves(d))
   probe = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
   with jax.numpy_dtype_promotion("standard"):
     updates, _ = d.tx.update(probe, d.tx.init(params), params)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdistill.types import ROW_LEAVES
+
 
 def check_mask(mask, num_rows: int) -> Optional[jax.Array]:
   """Validates a row mask (``[N]`` bool, True = distilled) against ``num_rows``; None passes through."""
@@ -48,9 +50,9 @@ def mask_updates(updates: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
 
 
 def masked_rows(inner: optax.GradientTransformation, mask: Optional[jax.Array],
-                leaves: Sequence[str] = ("images", "labels")) -> optax.GradientTransformation:
+                leaves: Sequence[str] = ROW_LEAVES) -> optax.GradientTransformation:
   """``inner`` with the updates of the frozen rows (``mask`` False) of the named top-level ``leaves``
-  of a dict of parameters set to exactly zero; other leaves pass unchanged. The state is ``inner``'s
+  of a dict of parameters (default: the per-row learnable leaves, images and labels) set to exactly zero; other leaves pass unchanged. The state is ``inner``'s
   own (same tree), so checkpoints of ``inner`` restore into it. ``mask`` None returns ``inner``.
 
   Example: ``tx = masked_rows(optax.sgd(100.0, momentum=0.5), mask)`` over

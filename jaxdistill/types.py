@@ -35,6 +35,25 @@ class SyntheticSet(NamedTuple):
     return self.labels
 
 
+class Leaf(NamedTuple):
+  """A leaf of ``SyntheticSet`` that a distillation may learn."""
+  name: str  # the SyntheticSet field
+  flag: Optional[str]  # the ``distill.Distiller`` field that declares it learned (None: always learned)
+  per_row: bool  # one entry per synthetic image: a partial update's frozen rows keep theirs
+  ndim: Optional[int]  # the rank a learned value must have (None: any)
+  what: str  # what a learned value must be, for error messages
+
+
+# The learnable leaves, declared once: the optimizer, the row mask of partial updates, the health
+# checks and a run's identity all read them from here.
+LEARNABLE_LEAVES = (
+    Leaf("images", None, True, 4, "float [N, H, W, C] images"),
+    Leaf("labels", "learn_labels", True, 2, "soft labels: a float [N, K] array"),
+    Leaf("log_lr", "learn_lr", False, None, "a float log step size (SyntheticSet.log_lr set)"),
+)
+ROW_LEAVES = tuple(leaf.name for leaf in LEARNABLE_LEAVES if leaf.per_row)
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A labelled image-classification dataset held in host memory.

@@ -49,7 +49,7 @@ def test_per_class_objectives_refuse_rows_that_are_not_class_major(method, key):
 def test_learnable_leaves_come_from_the_optimizer_and_contradictions_are_refused(key):
   syn = toy_syn()._replace(log_lr=jnp.log(jnp.float32(0.01)))
   d = make(log_lr=optax.sgd(1e-5))
-  assert distill.learn_flags(d) == (False, True)  # derived: the step size learns
+  assert distill.learned_leaves(d) == ("images", "log_lr")  # derived: the step size learns
   with pytest.raises(ValueError, match="log_lr= optimizer but learn_lr=False"):
     distill.init_state(key, syn, d._replace(learn_lr=False))
   with pytest.raises(ValueError, match="learn_labels=True but the optimizer has no labels="):
