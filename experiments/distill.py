@@ -3,8 +3,9 @@
 Usage: python -m experiments.distill --config experiments/configs/<method>_<dataset>.py[:IPC] \
          [--config.ipc=1 --config.data_dir=/path ...]
 
-Methods: dm, dc, dsa, idc, kip, frepo, dd, mtt, datm, selmatch (``experiments.registry``). MTT, DATM and
-SelMatch first load their experts from ``c.experts.dir`` or train them there. Prints the accuracies of
+Methods: dm, dc, dsa, idc, kip, frepo, dd, mtt, datm, selmatch (one module each in
+``experiments/methods/``; ``--config.method`` may also name a module of one's own by its import
+path, see ``experiments.methods``). MTT, DATM and SelMatch first load their experts from ``c.experts.dir`` or train them there. Prints the accuracies of
 the distilled set and of random real images of the same IPC under every evaluator in ``c.evals``, writes
 the image grid, metrics (JSONL + TensorBoard) and checkpoints under ``<workdir>``, and appends a section
 to ``<results>``. Run the same command again to resume; raise ``--config.steps`` to extend a finished

@@ -1,4 +1,6 @@
-"""The methods by name: ``BUILDERS[c.method](c, data) -> Method``, one small builder per method.
+"""The methods by name, and the pieces they share: ``build(c, data) -> Method`` builds method
+``c.method``, one module per method in ``experiments/methods/`` (or any module named by its import path;
+see ``experiments.methods``).
 
 A ``Method`` holds what a distillation run needs (objective, optimizer, real-batch sampler, initial
 ``SyntheticSet``, row mask, parameterization) and the evaluators the config names (``c.evals``). The
@@ -10,16 +12,20 @@ extends, and refuses a directory written with another model, protocol or data).
 
 Evaluators (``c.evals``), each ``fn(key, syn, mask) -> {column: value}``:
 
-- ``"protocol"``: fresh networks of every architecture in ``c.eval_models`` trained on the set
-  (``jaxdistill.evaluate``); SelMatch's combined augmentation when ``c.combined_augment`` and a mask is
-  given (DSA on the distilled rows, crop+flip on the frozen ones);
-- ``"krr"``: the kernel predictor's test accuracy (KIP);
-- ``"dd_own"``: networks trained by DD's own unrolled procedure with the set's step sizes;
-- ``"coverage"``: SelMatch's coverage of the real training set in an expert's feature space.
+- ``"protocol"`` (every method): fresh networks of every architecture in ``c.eval_models`` trained on
+  the set (``jaxdistill.evaluate``); SelMatch's combined augmentation when ``c.combined_augment`` and a
+  mask is given (DSA on the distilled rows, crop+flip on the frozen ones);
+- a method's own evaluators: ``"krr"``, the kernel predictor's test accuracy (KIP); ``"dd_own"``,
+  networks trained by DD's own unrolled procedure with the set's step sizes; ``"coverage"`` (MTT,
+  DATM, SelMatch), SelMatch's coverage of the real training set in an expert's feature space.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import pkgutil
+import types
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -156,22 +162,31 @@ def trajectory_parts(c, data, model, traj, mask=None):
   return obj, sampler
 
 
-def _with_step_size(c, syn):
+def with_step_size(c, syn):
+  """``syn`` with MTT's initial learnable step size ``c.mtt.lr_teacher``."""
   return syn._replace(log_lr=jnp.log(jnp.asarray(c.mtt.lr_teacher, jnp.float32)))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Builders
-# ----------------------------------------------------------------------------------------------------
-
-def build_dm(c, data):
-  model = model_of(c, data)
-  obj = jd.objectives.distribution_matching(model, data.num_classes, augment=dsa(c, data, True))
-  return Method(obj, optimizer(c), class_sampler(c, data), random_init(c, data),
-                evaluators=evaluators(c, data))
+def trajectory_evaluators(c, data, model, traj, scores=None) -> dict:
+  """The trajectory methods' own evaluators: ``"coverage"`` in expert 0's final feature space."""
+  return {"coverage": coverage(c, data, model, traj, scores)}
 
 
-def _gradient_matching(c, data, use_dsa: bool):
+def trajectory_smoke(c) -> dict:
+  """The smallest trajectory-matching run: one 3-epoch expert without augmentation, 2 student steps
+  (DATM's growing start range kept)."""
+  small = {"experts.num": 1, "experts.epochs": 3, "experts.batch_size": 64, "experts.augment": "none",
+           "experts.progress": False, "experts.dir": "", "mtt.syn_steps": 2, "mtt.expert_epochs": 1,
+           "mtt.max_start_epoch": 2, "mtt.min_start_epoch": 0, "mtt.batch_syn": 0,
+           "coverage_sample": 0}
+  if c.mtt.initial_max_start_epoch:
+    small.update({"mtt.initial_max_start_epoch": 1, "mtt.expansion_steps": 1})
+  return small
+
+
+def gradient_matching(c, data, use_dsa: bool):
+  """DC's objective (DSA's with ``use_dsa``) with ``c.outer_loop`` / ``c.inner_loop``, or the
+  reference's loops for the IPC when they are 0."""
   outer, inner = (c.outer_loop, c.inner_loop) if c.get("outer_loop") else \
       jd.objectives.loops_for_ipc(c.ipc)
   return jd.objectives.gradient_matching(model_of(c, data), data.num_classes, outer, inner,
@@ -179,118 +194,41 @@ def _gradient_matching(c, data, use_dsa: bool):
                                          train_augment=dsa(c, data, False) if use_dsa else None)
 
 
-def build_dc(c, data):
-  return Method(_gradient_matching(c, data, False), optimizer(c), class_sampler(c, data),
-                random_init(c, data), evaluators=evaluators(c, data))
+# ----------------------------------------------------------------------------------------------------
+# Methods by name
+# ----------------------------------------------------------------------------------------------------
+
+def method_names() -> tuple:
+  """The built-in methods: the modules of ``experiments/methods/``."""
+  from experiments import methods
+  return tuple(sorted(m.name for m in pkgutil.iter_modules(methods.__path__)
+                      if not m.name.startswith("_")))
 
 
-def build_dsa(c, data):
-  return Method(_gradient_matching(c, data, True), optimizer(c), class_sampler(c, data),
-                random_init(c, data), evaluators=evaluators(c, data))
+def method_module(name: str) -> types.ModuleType:
+  """The module of method ``name``: ``experiments.methods.<name>``, or the module at import path
+  ``name`` (e.g. ``my_pkg.my_method``); it must define ``build(c, data)``."""
+  if name in method_names():
+    return _checked(importlib.import_module(f"experiments.methods.{name}"))
+  try:
+    found = bool(name) and importlib.util.find_spec(name) is not None
+  except (ImportError, ValueError):  # a parent package that does not exist, or an empty part
+    found = False
+  if not found:
+    raise ValueError(f"Unknown method {name!r}; known: {', '.join(method_names())}, or the import "
+                     f"path of a module that defines build(c, data) (see experiments.methods).")
+  return _checked(importlib.import_module(name))
 
 
-def build_idc(c, data):
-  """IDC: ``c.idc_factor``**2 real images packed per stored image, decoded by upsampling."""
-  f, k = c.idc_factor, data.num_classes
-  real = jd.selection.random(keys(c)[0], data.x_train, data.y_train, k, c.ipc * f * f)
-  init = jd.SyntheticSet(jd.parameterization.idc_init(real.images, f),
-                         jnp.repeat(jnp.arange(k, dtype=jnp.int32), c.ipc))
-  return Method(_gradient_matching(c, data, c.get("idc_dsa", False)), optimizer(c),
-                class_sampler(c, data), init, decode=jd.parameterization.idc_decode(f),
-                evaluators=evaluators(c, data))
-
-
-def build_kip(c, data):
-  kernel = jd.kernels.fc_kernel_fn("ntk", depth=c.kip_depth)
-  init = random_init(c, data)
-  init = init._replace(labels=jd.objectives.kip_labels(init.labels, data.num_classes))
-  return Method(jd.objectives.kip(kernel, data.num_classes, reg=c.kip_reg),
-                optimizer(c, labels=True), flat_sampler(c, data), init,
-                evaluators=evaluators(c, data, kernel=kernel))
-
-
-def build_frepo(c, data):
-  obj = jd.objectives.frepo("convnet_frepo", data.num_classes, pool_size=c.frepo_pool,
-                            max_online_updates=c.frepo_max_online,
-                            net_options=dict(c.frepo_net_kwargs), use_flip=False,
-                            reg=c.get("frepo_reg", 1e-6))
-  init = random_init(c, data)
-  init = init._replace(labels=jd.objectives.kip_labels(init.labels, data.num_classes))
-  return Method(obj, optimizer(c, labels=True), flat_sampler(c, data), init,
-                evaluators=evaluators(c, data))
-
-
-def build_dd(c, data):
-  """DD: its protocol evaluation uses the protocol's step size, its own (``dd_own``) the learned ones."""
-  steps, epochs = c.dd_unroll_steps, c.dd_epochs
-  model = model_of(c, data)
-  obj = jd.objectives.dataset_distillation(model, data.num_classes, steps, epochs)
-  init = random_init(c, data)
-  init = init._replace(log_lr=jnp.full((steps * epochs,), np.log(c.dd_lr_init), jnp.float32))
-  return Method(obj, optimizer(c, log_lr=True), flat_sampler(c, data), init,
-                evaluators=evaluators(c, data, use_learned_lr=False, model=model))
-
-
-def build_mtt(c, data):
-  model = model_of(c, data)
-  traj = experts(c, data, model)
-  obj, sampler = trajectory_parts(c, data, model, traj)
-  return Method(obj, optimizer(c, log_lr=True), sampler, _with_step_size(c, random_init(c, data)),
-                evaluators=evaluators(c, data, model=model, traj=traj))
-
-
-def correct_init(c, data, model, params) -> jd.SyntheticSet:
-  """DATM's initialization: random real images among those ``model`` with ``params`` classifies
-  correctly (all images when some class has fewer than ``c.ipc`` of them)."""
-  pred = np.asarray(jd.evaluate.predict(model, {"params": params}, jnp.asarray(data.x_train)))
-  right = pred == data.y_train
-  if np.bincount(data.y_train[right], minlength=data.num_classes).min() < c.ipc:
-    right = np.ones_like(right)
-  return jd.selection.random(keys(c)[0], data.x_train[right], data.y_train[right],
-                             data.num_classes, c.ipc)
-
-
-def build_datm(c, data):
-  """DATM: MTT with a growing start-epoch range, initialized with correctly classified real images and
-  learnable soft labels from the experts at epoch ``c.datm.label_epoch``."""
-  model = model_of(c, data)
-  traj = experts(c, data, model)
-  obj, sampler = trajectory_parts(c, data, model, traj)
-  apply = lambda p, x: model.apply({"params": p}, x, train=False)
-  nets = [traj.params_at(i, c.datm.label_epoch) for i in range(traj.num_experts)]
-  init = correct_init(c, data, model, nets[0])
-  labels = jd.objectives.soft_labels_from_experts(apply, nets, init.images, init.labels)
-  init = _with_step_size(c, init._replace(labels=labels))
-  return Method(obj, optimizer(c, labels=True, log_lr=True), sampler, init,
-                evaluators=evaluators(c, data, model=model, traj=traj))
-
-
-def build_selmatch(c, data):
-  """SelMatch: the difficulty window (``c.selmatch.beta``, in the reference code's unit unless
-  ``c.selmatch.unit`` says otherwise) as initialization, the easier ``alpha`` of each class distilled by
-  MTT, the rest frozen."""
-  model = model_of(c, data)
-  traj = experts(c, data, model)
-  scores = difficulty_scores(expert_dir(c), traj.experts, traj.num_epochs)
-  s = c.selmatch
-  init = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, c.ipc,
-                                  s.beta, unit=s.get("unit", "code"))
-  mask = jd.partial_updates.selmatch_mask(np.asarray(init.labels), data.num_classes, s.alpha)
-  obj, sampler = trajectory_parts(c, data, model, traj)
-  return Method(obj, optimizer(c, log_lr=True), sampler, _with_step_size(c, init), mask=mask,
-                evaluators=evaluators(c, data, model=model, traj=traj, scores=scores))
-
-
-BUILDERS = {"dm": build_dm, "dc": build_dc, "dsa": build_dsa, "idc": build_idc, "kip": build_kip,
-            "frepo": build_frepo, "dd": build_dd, "mtt": build_mtt, "datm": build_datm,
-            "selmatch": build_selmatch}
+def _checked(mod: types.ModuleType) -> types.ModuleType:
+  if not callable(getattr(mod, "build", None)):
+    raise ValueError(f"Method module {mod.__name__!r} defines no build(c, data) function.")
+  return mod
 
 
 def build(c, data) -> Method:
   """The method ``c.method`` built from the config."""
-  if c.method not in BUILDERS:
-    raise ValueError(f"Unknown method {c.method!r}; known: {', '.join(BUILDERS)}.")
-  return BUILDERS[c.method](c, data)
+  return method_module(c.method).build(c, data)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,15 +242,13 @@ def eval_config(c) -> jd.evaluate.EvalConfig:
                                 **dict(c.get("eval_kwargs", {})))
 
 
-def _protocol(c, data, use_learned_lr: bool):
+def _protocol(c, data, use_learned_lr: bool, soft_label_loss: str):
   cfg = eval_config(c)
-  # Learned soft labels of the kernel methods are regression targets: MSE, as KIP / FRePo train.
-  mse = c.method in ("kip", "frepo")
 
   def fn(key, syn, mask=None):
     run_cfg, groups = cfg, None
-    if syn.labels.ndim == 2 and mse:
-      run_cfg = run_cfg._replace(loss="mse")
+    if syn.labels.ndim == 2:
+      run_cfg = run_cfg._replace(loss=soft_label_loss)
     if mask is not None and c.get("combined_augment"):
       run_cfg, groups = run_cfg._replace(augment=(c.eval_augment, "crop_flip")), \
           jd.partial_updates.augment_groups(mask)
@@ -326,37 +262,10 @@ def _protocol(c, data, use_learned_lr: bool):
   return fn
 
 
-def _krr(c, data, kernel):
-  def fn(key, syn, mask=None):
-    return {"KRR": jd.objectives.krr_test_accuracy(kernel, syn, data.x_test, data.y_test,
-                                                   reg=c.kip_reg, num_classes=data.num_classes)}
-  return fn
-
-
-def _dd_own(c, data, model):
-  """Test accuracy of networks trained by DD's own unroll with the set's step sizes (random real images:
-  the initial step size)."""
-  x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-
-  def fn(key, syn, mask=None):
-    if syn.log_lr is None:
-      syn = syn._replace(log_lr=jnp.full((c.dd_unroll_steps * c.dd_epochs,), np.log(c.dd_lr_init),
-                                         jnp.float32))
-
-    @jax.jit
-    def one(k):
-      v = jd.objectives.dd_train(model, syn, k, c.dd_unroll_steps, c.dd_epochs,
-                                 num_classes=data.num_classes)
-      return jnp.mean(jd.evaluate.predict(model, v, x_test) == y_test)
-
-    accs = np.array([float(one(jax.random.fold_in(key, i))) for i in range(c.num_seeds)])
-    return {"DD's own training": jd.types.EvalResult(float(accs.mean()), float(accs.std()), accs)}
-  return fn
-
-
-def _coverage(c, data, model, traj, scores):
+def coverage(c, data, model, traj, scores=None):
   """SelMatch's coverage in the feature space of expert 0's final network (radius: mean nearest-
-  neighbour distance of ``c.coverage_sample`` real images; 0: all)."""
+  neighbour distance of ``c.coverage_sample`` real images; 0: all); with ``scores``, also of the
+  easy and hard halves."""
   params = traj.params_at(0, traj.num_epochs)
   embed = lambda p, x: model.apply({"params": p}, x, train=False, return_features=True)[1]
 
@@ -369,22 +278,21 @@ def _coverage(c, data, model, traj, scores):
   return fn
 
 
-def evaluators(c, data, kernel=None, model=None, traj=None, scores=None,
+def evaluators(c, data, own: Optional[dict] = None, soft_label_loss: str = "ce",
                use_learned_lr: bool = True) -> dict:
-  """The evaluators named in ``c.evals``, refusing any the method cannot provide."""
+  """The evaluators named in ``c.evals``: ``"protocol"`` (learned soft labels trained with
+  ``soft_label_loss``, "ce" or "mse"; the set's learned step size when ``use_learned_lr``) or one of
+  the method's ``own`` (``{name: fn(key, syn, mask)}``); any other name is refused."""
+  own = dict(own or {})
   made = {}
   for name in c.evals:
     if name == "protocol":
-      made[name] = _protocol(c, data, use_learned_lr)
-    elif name == "krr" and kernel is not None:
-      made[name] = _krr(c, data, kernel)
-    elif name == "dd_own" and c.method == "dd":
-      made[name] = _dd_own(c, data, model)
-    elif name == "coverage" and traj is not None:
-      made[name] = _coverage(c, data, model, traj, scores)
+      made[name] = _protocol(c, data, use_learned_lr, soft_label_loss)
+    elif name in own:
+      made[name] = own[name]
     else:
-      raise ValueError(f"Evaluator {name!r} is unknown or not available for method {c.method!r} "
-                       f"(protocol: all; krr: kip; dd_own: dd; coverage: mtt, datm, selmatch).")
+      raise ValueError(f"Evaluator {name!r} is unknown or not available for method {c.method!r}; "
+                       f"it offers: {', '.join(['protocol', *own])}.")
   return made
 
 
@@ -405,20 +313,21 @@ def run_identity(c) -> dict:
 
 # Fields that only shape the distillation: the random-real baseline's evaluation reads none of them
 # (its images come from the seed and the data, its labels are class ids, it has no mask), so runs that
-# differ only in these share one cached baseline. Every other field is part of the baseline's identity,
-# a new one included: a field missing here costs a re-evaluation, never a stale result.
+# differ only in these (or in the method's own ``DISTILL_FIELDS``) share one cached baseline. Every
+# other field is part of the baseline's identity, a new one included: a field missing here costs a
+# re-evaluation, never a stale result.
 NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optimizer_kwargs",
                 "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
-                "idc_factor", "idc_dsa", "frepo_pool", "frepo_max_online", "frepo_net_kwargs",
-                "frepo_reg", "datm", "mtt", "selmatch", "distill_augment", "combined_augment", "evals",
-                "checkpoint_every", "image_every", "progress", "results", "workdir", "data_dir")
+                "distill_augment", "combined_augment", "evals", "checkpoint_every", "image_every",
+                "progress", "results", "workdir", "data_dir")
 
 
 def baseline_identity(c, evaluator: str) -> dict:
   """What the random-real baseline of ``evaluator`` may depend on: the config without
-  ``NOT_BASELINE`` (nor the experts' location and progress output)."""
-  d = {k: v for k, v in c.to_dict().items() if k not in NOT_BASELINE}
+  ``NOT_BASELINE`` and the method's ``DISTILL_FIELDS`` (nor the experts' location and progress
+  output)."""
+  skip = set(NOT_BASELINE) | set(getattr(method_module(c.method), "DISTILL_FIELDS", ()))
+  d = {k: v for k, v in c.to_dict().items() if k not in skip}
   if "experts" in d:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
   return {"evaluator": evaluator, **d}
-

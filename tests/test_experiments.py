@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 import jaxdistill as jd
 from experiments import distill, registry
 from experiments.configs import papers
+from experiments.methods import datm
 
 import golden
 
@@ -67,22 +68,9 @@ def shrink(c, workdir: str, tiny_npz: str, mlp: bool = False):
     small["max_per_class"] = 10
   if c.dataset.startswith("custom"):
     small["data_dir"] = tiny_npz
-  if c.method == "idc":
-    small["idc_factor"] = 2
-  if c.method == "dd":
-    small.update({"dd_unroll_steps": 2, "dd_epochs": 1})
-  if c.method == "frepo":
-    small.update({"frepo_pool": 2, "frepo_net_kwargs": {"width": 4}})
-  if "experts" in c:
-    small.update({"experts.num": 1, "experts.epochs": 3, "experts.batch_size": 64,
-                  "experts.augment": "none", "experts.progress": False, "experts.dir": "",
-                  "mtt.syn_steps": 2, "mtt.expert_epochs": 1, "mtt.max_start_epoch": 2,
-                  "mtt.min_start_epoch": 0, "mtt.batch_syn": 0,
-                  "coverage_sample": 0})
-    if c.mtt.initial_max_start_epoch:  # keep DATM's growing start range
-      small.update({"mtt.initial_max_start_epoch": 1, "mtt.expansion_steps": 1})
-  if "datm" in c:
-    small["datm.label_epoch"] = 2
+  smoke = getattr(registry.method_module(c.method), "smoke", None)
+  if smoke is not None:
+    small.update(smoke(c))
   return override(c, small)
 
 
@@ -140,11 +128,11 @@ def test_config_builds_and_traces_a_step(name, workdir, tiny_npz, cached_data, m
   c = load_config(name)
   if "method" not in c:  # another experiment's config (baselines, the SelMatch sweep): it loads
     return
-  assert c.method in registry.BUILDERS
+  assert c.method in registry.method_names()
   assert set(c.eval_models) <= set(jd.models.MODEL_NAMES), c.eval_models
   c = shrink(c, workdir, tiny_npz)
   monkeypatch.setattr(registry, "experts", fake_experts)  # DATM's real-expert path runs end to end
-  monkeypatch.setattr(registry, "correct_init",
+  monkeypatch.setattr(datm, "correct_init",
                       lambda c, data, model, params: registry.random_init(c, data))
   monkeypatch.setattr(jd.objectives, "soft_labels_from_experts",
                       lambda apply, nets, images, labels: jax.nn.one_hot(labels, data.num_classes))
@@ -412,3 +400,97 @@ def test_seconds_per_step_counts_steps_between_batched_metric_reads():
   history = [{"step": s, "sec": 30.0 + 20.0 * ((s - 1) // 10)} for s in range(1, 31)]
   assert _sec_per_step(history) == "2.00 s/step after compilation"
   assert "not measured" in _sec_per_step(history[:10])
+
+
+# ----------------------------------------------------------------------------------------------------
+# A method of one's own: a module outside the package, found by its import path
+# ----------------------------------------------------------------------------------------------------
+
+TOY_METHOD = '''"""Toy method: per class, the pixel mean of the synthetic images matches the real batch's."""
+import jax.numpy as jnp
+
+from experiments import registry as r
+from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
+
+DISTILL_FIELDS = ("toy_weight",)
+
+
+def build(c, data):
+  k = data.num_classes
+
+  def loss(syn, batch, key, state, axis_name=None):
+    real = pmean(batch["images"].mean(axis=1), axis_name)
+    fake = syn.images.reshape(k, -1, *syn.images.shape[1:]).mean(axis=1)
+    return c.toy_weight * jnp.sum((real - fake) ** 2), {}
+
+  obj = Objective(no_state, loss, keep_state, batch_axis=1, name="toy_mean_matching")
+  return r.Method(obj, r.optimizer(c), r.class_sampler(c, data), r.random_init(c, data),
+                  evaluators=r.evaluators(c, data))
+'''
+
+TOY_CONFIG = '''from experiments.configs.common import base
+
+
+def get_config():
+  c = base("toy_method", ipc=1)
+  c.toy_weight = 1.0
+  c.max_per_class = 10
+  c.steps, c.batch_real, c.checkpoint_every = 20, 10, 10  # every real image of the subset
+  c.optimizer_kwargs.learning_rate = 0.1
+  c.eval_models, c.eval_model_kwargs = ("mlp",), {"mlp": {"width": 8}}
+  c.eval_epochs, c.eval_augment, c.num_seeds, c.progress = 1, "none", 1, False
+  return c
+'''
+
+
+def _toy_module(tmp_path, monkeypatch) -> str:
+  (tmp_path / "toy_method.py").write_text(TOY_METHOD)
+  (tmp_path / "toy_config.py").write_text(TOY_CONFIG)
+  (tmp_path / "no_build.py").write_text("X = 1\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  return str(tmp_path)
+
+
+def test_a_method_module_of_ones_own_builds_by_import_path(tmp_path, monkeypatch):
+  """``c.method`` names a module outside ``experiments/methods`` by import path; its
+  ``DISTILL_FIELDS`` leave the baseline's identity; unknown paths and modules without ``build`` are
+  refused by name."""
+  from experiments.distill import _baseline_id
+  _toy_module(tmp_path, monkeypatch)
+  c = load_config("dm_fmnist.py")
+  override(c, {"method": "toy_method", "toy_weight": 1.0, "max_per_class": 2, "batch_real": 2, "ipc": 1})
+  data = jd.data.load("fashion_mnist", max_per_class=2, key=jax.random.key(0))
+  m = registry.build(c, data)
+  assert m.objective.name == "toy_mean_matching" and set(m.evaluators) == {"protocol"}
+  toy = lambda method, weight: _baseline_id(override(
+      load_config("dm_fmnist.py"), {"method": method, "toy_weight": weight}), "protocol")
+  assert toy("toy_method", 1.0) == toy("toy_method", 2.0)  # declared: distillation only
+  assert toy("dm", 1.0) != toy("dm", 2.0)  # not DM's: part of its baseline's identity
+  for name, match in (("no_such_package.method", "Unknown method"), ("no_build", "no build"),
+                      ("", "Unknown method")):
+    with pytest.raises(ValueError, match=match):
+      registry.method_module(name)
+  c.evals = ("protocol", "krr")
+  with pytest.raises(ValueError, match="offers: protocol"):
+    registry.build(c, data)
+
+
+@pytest.mark.slow
+def test_a_method_module_of_ones_own_runs_through_the_cli(tmp_path, monkeypatch):
+  """The toy method, in a temporary module, distills real Fashion-MNIST through
+  ``python -m experiments.distill``: its loss falls, the run is evaluated against random real images
+  and its results section is written."""
+  toy_dir = _toy_module(tmp_path, monkeypatch)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([toy_dir, root]))
+  results = tmp_path / "results.md"
+  out = subprocess.run([sys.executable, "-m", "experiments.distill",
+                        f"--config={tmp_path / 'toy_config.py'}", f"--config.workdir={tmp_path / 'runs'}",
+                        f"--config.results={results}"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "toy_method_fashion_mnist_ipc1 [protocol] mlp: distilled" in out.stdout, out.stdout[-2000:]
+  losses = [h["loss"] for h in jd.logs.read_metrics(
+      str(tmp_path / "runs" / "toy_method_fashion_mnist_ipc1" / "logs"))]
+  assert len(losses) == 2 and losses[-1] < losses[0], losses  # logged at steps 10 and 20
+  assert "## TOY_METHOD, fashion_mnist, IPC 1" in results.read_text()
