@@ -10,6 +10,12 @@ instead, with a warning. Typed PRNG keys are stored as their raw ``key_data`` an
 Steps written by earlier versions of the library (one orbax item ``default``, no checksums) cannot be
 verified and are refused by ``restore``; ``Checkpointer.adopt_legacy(like)`` rewrites them once in the
 current layout after checking that they restore into the structure, shapes and dtypes of ``like``.
+
+The module has one part per job: the run files that guard a directory (``guard_run_files``); reading
+and verifying steps, for the ``Checkpointer`` and for readers that know a directory but not a run's
+full state (``saved_steps``, ``read_verified``: a part of each step's state, restored alone); the
+``Checkpointer`` (verified save, restore with fallback to the newest verified step); and the adoption
+of legacy steps (``adopt_legacy``). Only this module knows orbax's layout.
 """
 from __future__ import annotations
 
@@ -60,59 +66,6 @@ def _abstract(like):
   return jax.tree.map(leaf, _to_storable(like))
 
 
-def _stored_abstract(step_dir: str, item: str = "state"):
-  """The restore target of a step's ``item`` as stored (its structure, shapes and dtypes), placed on
-  this process's first device whatever devices wrote it."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  meta = ocp.StandardCheckpointHandler().metadata(epath.Path(os.path.abspath(step_dir)) / item).tree
-  return _abstract(jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta))
-
-
-def read_verified(directory: str, steps: Sequence[int], subtree: Sequence[str] = ()) -> list:
-  """The part ``subtree`` (a path of dict keys) of each of a ``Checkpointer`` directory's ``steps``,
-  read without a template (the stored structure of the first step, on this process's first device
-  whatever devices wrote it) and checked against the checksums written with it; for readers that know
-  the directory but not the run's full state (``jaxdistill.experts.load_trajectory``).
-
-  Raises:
-    CorruptCheckpointError: a step cannot be read, has no checksums for ``subtree``, or its arrays
-      differ from them.
-  """
-  directory = os.path.abspath(directory)
-  steps = [int(s) for s in steps]
-  if not steps:
-    return []
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True, save_interval_steps=0, create=False))
-  prefix = "".join(f"[{k!r}]" for k in subtree)
-  out = []
-  try:
-    target = None
-    for step in steps:
-      step_dir = os.path.join(directory, str(step))
-      try:
-        target = target or _stored_abstract(step_dir)
-        stored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), checksums=ocp.args.JsonRestore()))
-      except Exception as e:  # orbax raises several types for corrupt / incompatible files
-        raise CorruptCheckpointError(f"Checkpoint step {step} in {step_dir} could not be read: "
-                                     f"{type(e).__name__}: {str(e)[:300]}") from e
-      tree = stored["state"]
-      for k in subtree:
-        tree = tree[k]
-      expected = {k: v for k, v in (stored["checksums"] or {}).items() if k.startswith(prefix)}
-      bad = _mismatched(expected, {prefix + k: v for k, v in checksums(tree).items()})
-      if not expected or bad:
-        raise CorruptCheckpointError(
-            f"Checkpoint step {step} in {step_dir} is corrupt: "
-            + (f"array(s) {', '.join(bad)} do not match the checksums written with it." if expected
-               else f"it has no checksums for {prefix or 'its state'}."))
-      out.append(tree)
-  finally:
-    mngr.close()
-  return out
-
-
 def _orbax_name(path) -> str:
   """The dotted name orbax gives the leaf at ``path`` (``params.Dense_0.kernel``, ``opt_state.0.mu``)."""
   parts = []
@@ -157,6 +110,7 @@ class CorruptCheckpointError(ValueError):
 
 
 LEGACY_ITEM = "default"  # the single orbax item of steps written before checksums
+STATE_ITEM, CHECKSUMS_ITEM = "state", "checksums"  # the orbax items of every step
 
 
 def checksums(tree) -> dict:
@@ -184,9 +138,135 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Run files: the configuration and identity that guard a directory
+# ----------------------------------------------------------------------------------------------------
+
 # Relative tolerance of the float measurements in a run identity (float32 rounding differs by device).
 IDENTITY_RTOL = 1e-5
 
+
+def guard_run_files(directory: str, config: Optional[dict] = None,
+                    identity: Optional[dict] = None) -> None:
+  """Checks ``directory``'s ``run_config.json`` (and ``run_identity.json`` when ``identity`` is given)
+  against this run's, writing them when missing; refuses a directory written by another run, or a
+  non-empty directory that has no run files. Multi-process runs: process 0 checks and writes, then
+  the others check."""
+  lead = jax.process_index() == 0
+  for turn in ((True, False) if jax.process_count() > 1 else (True,)):
+    if turn == lead:
+      _check_run_file(directory, CONFIG_FILE, config or {}, "configuration", first=True)
+      if identity is not None:
+        _check_run_file(directory, IDENTITY_FILE, identity,
+                        "run identity (key, objective, shapes, optimizer, data)", rtol=IDENTITY_RTOL)
+    if jax.process_count() > 1 and turn:
+      multihost_utils.sync_global_devices(f"jaxdistill checkpoint files {directory}")
+
+
+def _check_run_file(directory: str, name: str, value, what: str, first: bool = False,
+                    rtol: float = 0.0) -> None:
+  path = os.path.join(directory, name)
+  value = _jsonable(value)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"{path} is unreadable ({e}); not resuming into {directory}.") from e
+    diff = _diff(old, value, rtol=rtol) if isinstance(old, dict) and isinstance(value, dict) else (
+        [] if old == value else [f"checkpoint has {old!r}, this run has {value!r}"])
+    if diff:
+      raise ValueError(f"The checkpoint directory {directory} was written by another {what}; refusing "
+                       f"to resume or overwrite it. Differences:\n  " + "\n  ".join(diff)
+                       + "\nUse another directory or delete this one.")
+    return
+  if first and any(os.scandir(directory)):
+    raise ValueError(f"{directory} is not empty and has no {CONFIG_FILE}; refusing to write "
+                     f"checkpoints into it.")
+  if not first and any(e.name.isdigit() for e in os.scandir(directory)):
+    # A directory written before identities were stored: adopt this run's identity.
+    _log.warning("%s has checkpoints but no %s; recording this run's.", directory, name)
+  _write_json(path, value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading and verifying steps
+# ----------------------------------------------------------------------------------------------------
+
+def _unreadable(step: int, step_dir: str, e: Exception, what: str = "") -> CorruptCheckpointError:
+  return CorruptCheckpointError(f"{what or 'Checkpoint'} step {step} in {step_dir} could not be read: "
+                                f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def verify(step: int, step_dir: str, tree, expected, prefix: str = "") -> None:
+  """Raises ``CorruptCheckpointError`` unless ``tree`` (the part ``prefix`` of step ``step``'s state,
+  a ``keystr`` path; "" for all of it) matches the checksums ``expected`` saved with the step."""
+  inside = lambda k: not prefix or k == prefix or k.startswith(prefix + "[")
+  expected = {k: v for k, v in expected.items() if inside(k)} if isinstance(expected, dict) else {}
+  if not expected:
+    raise CorruptCheckpointError(f"Checkpoint step {step} in {step_dir} has no checksums for "
+                                 f"{prefix or 'its state'}; it cannot be verified.")
+  bad = _mismatched(expected, {prefix + k: v for k, v in checksums(tree).items()})
+  if bad:
+    raise CorruptCheckpointError(f"Checkpoint step {step} in {step_dir} is corrupt: array(s) "
+                                 f"{', '.join(bad)} do not match the checksums written with it.")
+
+
+def saved_steps(directory: str) -> list:
+  """The finished steps of a ``Checkpointer`` directory, sorted (none for a missing directory)."""
+  if not os.path.isdir(directory):
+    return []
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False))
+  try:
+    return sorted(int(s) for s in mngr.all_steps())
+  finally:
+    mngr.close()
+
+
+def read_verified(directory: str, steps: Sequence[int], subtree: Sequence[str] = ()) -> list:
+  """The part ``subtree`` (a path of dict keys) of each of a ``Checkpointer`` directory's ``steps``,
+  restored alone (the rest of the state is not read), without a template (the stored structure, on
+  this process's first device whatever devices wrote it), and checked against the checksums written
+  with it; for readers that know the directory but not the run's full state
+  (``jaxdistill.experts``: an expert's parameters or correctness per epoch).
+
+  Raises:
+    CorruptCheckpointError: a step cannot be read, has no ``subtree`` or no checksums for it, or its
+      arrays differ from them.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  prefix = "".join(f"[{k!r}]" for k in subtree)
+  out = []
+  for step in (int(s) for s in steps):
+    step_dir = os.path.join(os.path.abspath(directory), str(step))
+    item = epath.Path(step_dir) / STATE_ITEM
+    try:
+      handler = ocp.PyTreeCheckpointHandler()
+      part = handler.metadata(item).tree
+      for k in subtree:
+        part = part[k]
+      target = _abstract(jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), part))
+      for k in reversed(subtree):
+        target = {k: target}
+      args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape,
+                                                         dtype=t.dtype), target)
+      tree = handler.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=args,
+                                                               partial_restore=True))
+      sums = ocp.JsonCheckpointHandler().restore(epath.Path(step_dir) / CHECKSUMS_ITEM,
+                                                 args=ocp.args.JsonRestore())
+    except Exception as e:  # orbax raises several types for corrupt / incompatible files
+      raise _unreadable(step, step_dir, e) from e
+    for k in subtree:
+      tree = tree[k]
+    verify(step, step_dir, tree, sums, prefix)
+    out.append(tree)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Checkpointer: verified save, restore with fallback
+# ----------------------------------------------------------------------------------------------------
 
 class Checkpointer:
   """Saves and restores a pytree of arrays (e.g. ``DistillState``) under ``directory``.
@@ -209,49 +289,11 @@ class Checkpointer:
                          + (" (keep=0 would delete every checkpoint)." if name == "keep" else "."))
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
-    # Multi-process runs: process 0 checks and writes the run files, then the others check them.
-    lead = jax.process_index() == 0
-    for turn in ((True, False) if jax.process_count() > 1 else (True,)):
-      if turn == lead:
-        self._check_json(CONFIG_FILE, config or {}, "configuration", first=True)
-        if identity is not None:
-          self._check_json(IDENTITY_FILE, identity,
-                           "run identity (key, objective, shapes, optimizer, data)",
-                           rtol=IDENTITY_RTOL)
-      if jax.process_count() > 1 and turn:
-        multihost_utils.sync_global_devices(f"jaxdistill checkpoint files {self.directory}")
+    guard_run_files(self.directory, config, identity)
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                              enable_async_checkpointing=False))
-
-  def _check_json(self, name: str, value, what: str, first: bool = False,
-                  rtol: float = 0.0) -> None:
-    path = os.path.join(self.directory, name)
-    value = _jsonable(value)
-    if os.path.exists(path):
-      try:
-        with open(path) as f:
-          old = json.load(f)
-      except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); not resuming into {self.directory}.") from e
-      diff = _diff(old, value, rtol=rtol) if isinstance(old, dict) and isinstance(value, dict) else (
-          [] if old == value else [f"checkpoint has {old!r}, this run has {value!r}"])
-      if diff:
-        raise ValueError(f"The checkpoint directory {self.directory} was written by another "
-                         f"{what}; refusing to resume or overwrite it. Differences:\n  "
-                         + "\n  ".join(diff) + "\nUse another directory or delete this one.")
-      return
-    if first and any(os.scandir(self.directory)):
-      raise ValueError(f"{self.directory} is not empty and has no {CONFIG_FILE}; refusing to write "
-                       f"checkpoints into it.")
-    if not first and self._has_steps():
-      # A directory written before identities were stored: adopt this run's identity.
-      _log.warning("%s has checkpoints but no %s; recording this run's.", self.directory, name)
-    _write_json(path, value)
-
-  def _has_steps(self) -> bool:
-    return any(e.name.isdigit() for e in os.scandir(self.directory))
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -259,27 +301,18 @@ class Checkpointer:
   def all_steps(self) -> list:
     return list(self._mngr.all_steps())
 
-  def _step_dir(self, step: int) -> str:
+  def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(int(step)))
 
   def save(self, step: int, tree, force: bool = False) -> bool:
     """Saves ``tree`` at ``step`` if due (or ``force``), with its checksums; returns whether it saved."""
     if not force and not self._mngr.should_save(int(step)):
       return False
-    args = ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(tree)),
-                              checksums=ocp.args.JsonSave(checksums(tree)))
+    args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(_to_storable(tree)),
+                                 CHECKSUMS_ITEM: ocp.args.JsonSave(checksums(tree))})
     saved = self._mngr.save(int(step), args=args, force=force)
     self._mngr.wait_until_finished()
     return bool(saved)
-
-  def verify(self, step: int, tree, expected: dict) -> None:
-    """Raises ``CorruptCheckpointError`` unless ``tree`` (restored from ``step``) matches the
-    ``expected`` checksums saved with it."""
-    bad = _mismatched(expected, checksums(tree))
-    if bad:
-      raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} is corrupt: "
-                                   f"array(s) {', '.join(bad)} do not match the checksums written "
-                                   f"with it.")
 
   def restore(self, like, step: Optional[int] = None, fallback: bool = True):
     """Restores and verifies the checkpoint at ``step`` (default: the newest) into the structure of
@@ -296,7 +329,7 @@ class Checkpointer:
     errors = []
     for s in steps:
       try:
-        tree = self._restore_verified(like, s)
+        tree = self.restore_verified(like, s)
         if errors:
           self._quarantine([t for t in steps if t > s])
         return tree
@@ -310,99 +343,109 @@ class Checkpointer:
     raise CorruptCheckpointError("No checkpoint in " + self.directory + " verifies:\n  "
                                  + "\n  ".join(errors))
 
+  def restore_verified(self, like, step: int):
+    """The state at ``step`` restored into ``like``'s structure and verified (no fallback)."""
+    if is_legacy(self.step_dir(step)):
+      raise CorruptCheckpointError(
+          f"Checkpoint step {step} in {self.step_dir(step)} was written by an earlier version of "
+          f"the library, without checksums, so it cannot be verified. If you trust it, call "
+          f"Checkpointer.adopt_legacy(like) once to rewrite it with checksums.")
+    try:
+      stored = self._mngr.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardRestore(_abstract(like)),
+          CHECKSUMS_ITEM: ocp.args.JsonRestore()}))
+    except Exception as e:  # orbax raises several types for corrupt / incompatible files
+      raise _unreadable(step, self.step_dir(step), e) from e
+    tree = _from_storable(stored[STATE_ITEM], like)
+    verify(step, self.step_dir(step), tree, stored[CHECKSUMS_ITEM])
+    return tree
+
   def _quarantine(self, steps) -> None:
     """Moves unverifiable steps aside (``<step>.corrupt``, kept for inspection) so the resumed run can
     write those steps again."""
     for s in steps:
-      src = self._step_dir(s)
+      src = self.step_dir(s)
       dst = f"{src}.corrupt"
       n = 1
       while os.path.exists(dst):
         dst, n = f"{src}.corrupt{n}", n + 1
       os.replace(src, dst)
       _log.warning("Moved the unverifiable checkpoint %s to %s.", src, dst)
+    self.reload()
+
+  def reload(self) -> None:
+    """Re-reads the directory's steps (after steps were moved aside)."""
     self._mngr.reload()
 
-  def _is_legacy(self, step: int) -> bool:
-    d = self._step_dir(step)
-    return (os.path.isdir(os.path.join(d, LEGACY_ITEM))
-            and not os.path.isdir(os.path.join(d, "checksums")))
-
   def adopt_legacy(self, like) -> list:
-    """Rewrites every step written before checksums (one orbax item ``default``) in the current
-    layout, so that ``restore`` accepts it; returns the steps adopted.
-
-    Each legacy step is read into the structure, shapes and dtypes of ``like`` (a mismatch raises
-    ``CorruptCheckpointError`` and changes nothing), written again with checksums of what was read, and
-    restored and verified once more. The original step directory is kept beside it as
-    ``<step>.legacy``. Only call this on checkpoints you trust: there were no checksums to verify them
-    against.
-    """
-    adopted = []
-    abstract = _abstract(like)
-    for s in sorted(self.all_steps()):
-      if not self._is_legacy(s):
-        continue
-      self._check_legacy_layout(s, abstract)
-      reader = ocp.CheckpointManager(self.directory)
-      try:
-        stored = reader.restore(s, args=ocp.args.StandardRestore(abstract))
-      except Exception as e:  # orbax raises several types for corrupt / incompatible files
-        raise CorruptCheckpointError(f"Legacy checkpoint step {s} in {self._step_dir(s)} does not "
-                                     f"restore into the given structure: {type(e).__name__}: "
-                                     f"{str(e)[:300]}") from e
-      finally:
-        reader.close()
-      tree = _from_storable(stored, like)
-      src = self._step_dir(s)
-      os.replace(src, src + ".legacy")
-      self._mngr.reload()
-      self.save(s, tree, force=True)
-      self._restore_verified(like, s)
-      _log.warning("Adopted the legacy checkpoint %s (original kept as %s.legacy).", src, src)
-      adopted.append(s)
-    return adopted
-
-  def _check_legacy_layout(self, step: int, abstract) -> None:
-    """Raises ``CorruptCheckpointError`` unless the legacy step's arrays have exactly the names,
-    shapes and dtypes of ``abstract``'s (orbax would otherwise pad or cut arrays to the requested
-    shape)."""
-    from etils import epath
-    try:
-      meta = ocp.StandardCheckpointHandler().metadata(
-          epath.Path(self._step_dir(step)) / LEGACY_ITEM).tree
-    except Exception as e:  # orbax raises several types for corrupt / incompatible files
-      raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {self._step_dir(step)} has "
-                                   f"unreadable metadata: {type(e).__name__}: {e}") from e
-    stored = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(meta)}
-    wanted = {_orbax_name(p): (tuple(a.shape), np.dtype(a.dtype))
-              for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
-    diff = [f"{k}: stored {stored.get(k, '<missing>')}, expected {wanted.get(k, '<missing>')}"
-            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
-    if diff:
-      raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {self._step_dir(step)} does "
-                                   f"not match the given structure:\n  " + "\n  ".join(diff))
-
-  def _restore_verified(self, like, step: int):
-    if self._is_legacy(step):
-      raise CorruptCheckpointError(
-          f"Checkpoint step {step} in {self._step_dir(step)} was written by an earlier version of "
-          f"the library, without checksums, so it cannot be verified. If you trust it, call "
-          f"Checkpointer.adopt_legacy(like) once to rewrite it with checksums.")
-    abstract = _abstract(like)
-    try:
-      stored = self._mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), checksums=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises several types for corrupt / incompatible files
-      raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} could not be "
-                                   f"read: {type(e).__name__}: {str(e)[:300]}") from e
-    if not isinstance(stored["checksums"], dict):
-      raise CorruptCheckpointError(f"Checkpoint step {step} in {self._step_dir(step)} has no "
-                                   f"checksums; it cannot be verified.")
-    tree = _from_storable(stored["state"], like)
-    self.verify(step, tree, stored["checksums"])
-    return tree
+    """``adopt_legacy(self, like)``: rewrites the steps written before checksums; returns them."""
+    return adopt_legacy(self, like)
 
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Legacy steps (written before checksums)
+# ----------------------------------------------------------------------------------------------------
+
+def is_legacy(step_dir: str) -> bool:
+  """Whether a step directory was written before checksums (one orbax item ``default``)."""
+  return (os.path.isdir(os.path.join(step_dir, LEGACY_ITEM))
+          and not os.path.isdir(os.path.join(step_dir, CHECKSUMS_ITEM)))
+
+
+def adopt_legacy(ckpt: Checkpointer, like) -> list:
+  """Rewrites every step of ``ckpt`` written before checksums in the current layout, so that
+  ``restore`` accepts it; returns the steps adopted.
+
+  Each legacy step is read into the structure, shapes and dtypes of ``like`` (a mismatch raises
+  ``CorruptCheckpointError`` and changes nothing), written again with checksums of what was read, and
+  restored and verified once more. The original step directory is kept beside it as
+  ``<step>.legacy``. Only call this on checkpoints you trust: there were no checksums to verify them
+  against.
+  """
+  adopted = []
+  abstract = _abstract(like)
+  for s in sorted(ckpt.all_steps()):
+    src = ckpt.step_dir(s)
+    if not is_legacy(src):
+      continue
+    _check_legacy_layout(s, src, abstract)
+    reader = ocp.CheckpointManager(ckpt.directory)
+    try:
+      stored = reader.restore(s, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises several types for corrupt / incompatible files
+      raise CorruptCheckpointError(f"Legacy checkpoint step {s} in {src} does not restore into the "
+                                   f"given structure: {type(e).__name__}: {str(e)[:300]}") from e
+    finally:
+      reader.close()
+    tree = _from_storable(stored, like)
+    os.replace(src, src + ".legacy")
+    ckpt.reload()
+    ckpt.save(s, tree, force=True)
+    ckpt.restore_verified(like, s)
+    _log.warning("Adopted the legacy checkpoint %s (original kept as %s.legacy).", src, src)
+    adopted.append(s)
+  return adopted
+
+
+def _check_legacy_layout(step: int, step_dir: str, abstract) -> None:
+  """Raises ``CorruptCheckpointError`` unless the legacy step's arrays have exactly the names,
+  shapes and dtypes of ``abstract``'s (orbax would otherwise pad or cut arrays to the requested
+  shape)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  try:
+    meta = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / LEGACY_ITEM).tree
+  except Exception as e:  # orbax raises several types for corrupt / incompatible files
+    raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {step_dir} has unreadable "
+                                 f"metadata: {type(e).__name__}: {e}") from e
+  stored = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(meta)}
+  wanted = {_orbax_name(p): (tuple(a.shape), np.dtype(a.dtype))
+            for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
+  diff = [f"{k}: stored {stored.get(k, '<missing>')}, expected {wanted.get(k, '<missing>')}"
+          for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+  if diff:
+    raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {step_dir} does not match the "
+                                 f"given structure:\n  " + "\n  ".join(diff))

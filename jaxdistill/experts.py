@@ -36,11 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.flatten_util import ravel_pytree
 
 from jaxdistill import evaluate, training
-from jaxdistill.checkpoint import Checkpointer, read_verified
+from jaxdistill.checkpoint import Checkpointer, read_verified, saved_steps
 from jaxdistill.checks import check_images_labels
 from jaxdistill.models.layers import prefer_conv
 # The per-example scores live with the selection methods that use them; re-exported here, where the
@@ -219,15 +218,17 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
           acc = f", train acc (eval mode) {correct.mean():.4f}" if correct is not None else ""
           print(f"expert {i} epoch {e}/{cfg.epochs}: loss {float(loss):.4f}{acc}", flush=True)
       if cfg.record_correct:
-        _write_scores(path, ckpt, like)
+        _write_scores(path)
     finally:
       ckpt.close()
   return load_trajectories(directory, experts)
 
 
-def _write_scores(path: str, ckpt, like) -> None:
-  steps = sorted(s for s in ckpt.all_steps() if s > 0)
-  history = np.stack([np.asarray(ckpt.restore(like, s)["correct"]) for s in steps])
+def _write_scores(path: str) -> None:
+  """The expert's correctness after each epoch (read alone from its checkpoints) and the scores from
+  it, as ``SCORE_FILES``."""
+  steps = [s for s in _saved_epochs(path) if s > 0]
+  history = np.stack([np.asarray(c) for c in read_verified(path, steps, ("correct",))])
   for fname, arr in zip(SCORE_FILES, (history, forgetting_counts(history),
                                       first_learned_epoch(history))):
     tmp = os.path.join(path, fname + ".tmp.npy")
@@ -302,12 +303,6 @@ def check_epochs(num_epochs: int, max_start_epoch: int, expert_epochs: int,
         f"experts longer (experts.train with cfg.epochs >= {need}) or lower max_start_epoch.")
 
 
-def _manager(path: str):
-  return ocp.CheckpointManager(os.path.abspath(path),
-                               options=ocp.CheckpointManagerOptions(
-                                   read_only=True, save_interval_steps=0, create=False))
-
-
 def expert_indices(directory: str) -> list:
   """Sorted indices ``i`` of the ``expert_{i}`` directories under ``directory``."""
   if not os.path.isdir(directory):
@@ -320,8 +315,8 @@ def expert_indices(directory: str) -> list:
   return found
 
 
-def _saved_epochs(path: str, mngr) -> list:
-  steps = sorted(mngr.all_steps())
+def _saved_epochs(path: str) -> list:
+  steps = saved_steps(path)
   if not steps:
     raise FileNotFoundError(f"No saved epochs in {path}.")
   if steps != list(range(len(steps))):
@@ -346,17 +341,13 @@ def load_trajectory(directory: str, i: int, max_epoch: Optional[int] = None):
   path = os.path.join(directory, EXPERT_DIR.format(i))
   if not os.path.isdir(path):
     raise FileNotFoundError(f"No expert {i} in {directory!r} (expected {path}).")
-  mngr = _manager(path)
-  try:
-    steps = _saved_epochs(path, mngr)
-    if max_epoch is not None:
-      if max_epoch > steps[-1]:
-        raise ValueError(f"Expert {i} in {directory!r} has {steps[-1]} epoch(s); asked for "
-                         f"{max_epoch}.")
-      steps = steps[:max_epoch + 1]
-    per_epoch = read_verified(path, steps, ("variables", "params"))
-  finally:
-    mngr.close()
+  steps = _saved_epochs(path)
+  if max_epoch is not None:
+    if max_epoch > steps[-1]:
+      raise ValueError(f"Expert {i} in {directory!r} has {steps[-1]} epoch(s); asked for "
+                       f"{max_epoch}.")
+    steps = steps[:max_epoch + 1]
+  per_epoch = read_verified(path, steps, ("variables", "params"))
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x, np.float32) for x in xs]), *per_epoch)
 
 
@@ -384,11 +375,7 @@ def load_trajectories(directory: str, experts: Optional[Sequence[int]] = None,
       path = os.path.join(directory, EXPERT_DIR.format(i))
       if not os.path.isdir(path):
         raise FileNotFoundError(f"No expert {i} in {directory!r} (expected {path}).")
-      mngr = _manager(path)
-      try:
-        lengths.append(_saved_epochs(path, mngr)[-1])
-      finally:
-        mngr.close()
+      lengths.append(_saved_epochs(path)[-1])
     max_epoch = min(lengths)
   rows, unravel = [], None
   for i in experts:
