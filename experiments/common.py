@@ -1,5 +1,6 @@
 """Helpers shared by the experiment mains: how a script runs, the provenance header every results file
-carries, and a JSON cache that lets a stopped experiment resume stage by stage."""
+carries, a JSON cache that lets a stopped experiment resume stage by stage, and the JSON form of
+evaluation results."""
 from __future__ import annotations
 
 import datetime
@@ -11,8 +12,10 @@ import shlex
 import sys
 
 import jax
+import numpy as np
 from absl import app, logging
 
+import jaxdistill as jd
 from jaxdistill import host
 
 
@@ -57,6 +60,29 @@ def json_cache(path: str, fn):
     json.dump(out, f)
   os.replace(path + ".tmp", path)
   return out
+
+
+def encode_result(v):
+  """A result cell as JSON: an ``EvalResult`` (per-seed and per-group accuracies kept) or a float."""
+  if isinstance(v, jd.types.EvalResult):
+    return {"mean": float(v.mean), "std": float(v.std), "accuracies": np.asarray(v.accuracies).tolist(),
+            "groups": {k: np.asarray(a).tolist() for k, a in (v.group_accuracies or {}).items()}}
+  return float(v)
+
+
+def decode_result(v):
+  """The inverse of ``encode_result``."""
+  if isinstance(v, dict):
+    groups = {k: np.asarray(a) for k, a in v.get("groups", {}).items()} or None
+    return jd.types.EvalResult(v["mean"], v["std"], np.asarray(v["accuracies"]), groups)
+  return v
+
+
+def cached_results(path: str, fn) -> dict:
+  """``fn()`` (``{column: EvalResult or float}``) stored as JSON at ``path`` and reused: evaluation is
+  deterministic for a key, so a rerun (or another run with the same identity) reads it back."""
+  stored = json_cache(path, lambda: {k: encode_result(v) for k, v in fn().items()})
+  return {k: decode_result(v) for k, v in stored.items()}
 
 
 # Configuration fields that change float rounding only (how a gradient is split), left out of cache names.

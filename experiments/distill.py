@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments import registry
-from experiments.common import provenance, run_script
+from experiments.common import cached_results, provenance, run_script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
@@ -37,40 +37,14 @@ def _baseline_id(c, evaluator: str) -> str:
   return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _to_json(v):
-  if isinstance(v, jd.types.EvalResult):
-    return {"mean": v.mean, "std": v.std, "accuracies": np.asarray(v.accuracies).tolist()}
-  return float(v)
-
-
-def _from_json(v):
-  if isinstance(v, dict):
-    return jd.types.EvalResult(v["mean"], v["std"], np.asarray(v["accuracies"]))
-  return v
-
-
-def cached(directory: str, ident: str, fn) -> dict:
-  """``fn()`` (``{column: EvalResult or float}``) stored as JSON under ``directory/ident.json`` and
-  reused: evaluation is deterministic for a key, so the runs of one dataset share their baseline."""
-  path = os.path.join(directory, f"{ident}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return {k: _from_json(v) for k, v in json.load(f).items()}
-  res = fn()
-  os.makedirs(directory, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump({k: _to_json(v) for k, v in res.items()}, f)
-  os.replace(path + ".tmp", path)
-  return res
-
-
 def evaluate(c, m: registry.Method, syn, syn0, key) -> list:
   """Rows ``(evaluator, column, distilled value, random-real value)`` of every evaluator of ``m``."""
   rows = []
   for name, fn in m.evaluators.items():
     got = fn(key, syn, m.mask)
-    base = cached(os.path.join(c.workdir, "baselines"), _baseline_id(c, name),
-                  lambda fn=fn: fn(key, syn0, None))
+    # Evaluation is deterministic for a key, so the runs of one dataset share their baseline.
+    base = cached_results(os.path.join(c.workdir, "baselines", f"{_baseline_id(c, name)}.json"),
+                          lambda fn=fn: fn(key, syn0, None))
     rows += [(name, col, got[col], base.get(col)) for col in got]
   return rows
 

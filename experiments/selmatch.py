@@ -42,12 +42,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import ident, json_cache, provenance, run_script
-from experiments.registry import difficulty_scores
+from experiments import registry
+from experiments.common import (cached_results, decode_result, encode_result, ident, json_cache,
+                                provenance, run_script)
+from experiments.configs.common import base, trajectory
 
 
 def split_holdout(data, per_class: int):
@@ -84,29 +85,27 @@ def _digest(syn) -> str:
   return ident(np.asarray(syn.images).tobytes(), np.asarray(syn.labels).tobytes(), lr)
 
 
-def _result_json(r) -> dict:
-  return {"mean": float(r.mean), "std": float(r.std), "accuracies": np.asarray(r.accuracies).tolist(),
-          "groups": {k: np.asarray(v).tolist() for k, v in (r.group_accuracies or {}).items()}}
-
-
-def _result(d: dict):
-  return jd.types.EvalResult(d["mean"], d["std"], np.asarray(d["accuracies"]),
-                             {k: np.asarray(v) for k, v in d["groups"].items()})
+def mtt_config(c):
+  """The sweep's MTT settings (``c.mtt``) as a distillation config of method ``"mtt"``: every
+  distillation here is built from the registry's trajectory-matching parts of this config (objective
+  with DSA on every row, segment sampler, optimizer, initial step size), as ``experiments.distill``'s
+  MTT runs are."""
+  m = c.mtt
+  mc = base("mtt", ipc=1)
+  mc.dataset, mc.model, mc.model_kwargs = c.dataset, c.model, c.model_kwargs.to_dict()
+  return trajectory(mc, m.syn_steps, m.expert_epochs, m.max_start_epoch, m.lr_img, m.lr_lr,
+                    lr_teacher=m.lr_teacher, batch_syn=m.batch_syn)
 
 
 def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
   """MTT (or SelMatch with ``mask``) on ``syn0``, DSA on every row as in the reference; returns the
   distilled ``SyntheticSet`` (its log, with time stamps, in ``workdir/logs``)."""
-  aug = jd.augment.get_augment("dsa", dataset_name=data.name, siamese=False)
-  obj = jd.objectives.trajectory_matching(model, data.num_classes, c.mtt.syn_steps,
-                                          batch_syn=c.mtt.batch_syn or None, augment=aug, remat=True)
-  sampler = jd.objectives.trajectory_sampler(traj, c.mtt.expert_epochs, c.mtt.max_start_epoch)
+  mc = mtt_config(c)
+  obj, sampler = registry.trajectory_parts(mc, data, model, traj)
   # The step size is learned in the reference's parameterization (lr itself, SGD momentum 0.5).
-  tx = jd.distill.optimizer(optax.sgd(c.mtt.lr_img, momentum=0.5),
-                            log_lr=optax.sgd(c.mtt.lr_lr, momentum=0.5))
-  d = jd.distill.Distiller(obj, tx, sampler, mask=None if mask is None else jnp.asarray(mask),
-                           learn_lr=True)
-  syn0 = syn0._replace(log_lr=jnp.log(jnp.asarray(c.mtt.lr_teacher, jnp.float32)))
+  d = jd.distill.Distiller(obj, registry.optimizer(mc, log_lr=True), sampler,
+                           mask=None if mask is None else jnp.asarray(mask))
+  syn0 = registry.with_step_size(mc, syn0)
   # The identity checked on resume: everything but the number of steps, so a run can be extended.
   identity = {k: v for k, v in c.mtt.to_dict().items() if k not in ("steps", "checkpoint_every")}
   identity.update(model=c.model, model_kwargs=c.model_kwargs.to_dict(), per_class=c.per_class,
@@ -151,12 +150,15 @@ def plot(path: str, curves: dict, ratios, title: str) -> None:
   plt.close(fig)
 
 
-def main(_):
-  c = _CONFIG.value
-  try:  # fail now, not hours in, when the plot cannot be drawn
-    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
-  except ImportError as e:
-    raise SystemExit('experiments.selmatch draws a plot: pip install -e ".[plot]"') from e
+def run(c) -> dict:
+  """The whole study of config ``c`` (the command's work); returns ``{"rows": the results table's
+  rows, "text": the results file}``. ``c.plot`` False: no plot (no matplotlib needed)."""
+  if c.get("plot", True):
+    try:  # fail now, not hours in, when the plot cannot be drawn
+      import matplotlib  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+    except ImportError as e:
+      raise SystemExit('experiments.selmatch draws a plot: pip install -e ".[plot]" (or pass '
+                       '--config.plot=False)') from e
   t_start = time.time()
   key = jax.random.key(c.seed)
   data_key, expert_key, init_key, run_key, eval_key, search_key = jax.random.split(key, 6)
@@ -173,7 +175,7 @@ def main(_):
                                  batch_size=c.experts.batch_size)
   expert_dir = os.path.join(root, "experts")
   traj = jd.experts.train(expert_key, data, model, expert_dir, c.experts.num, ecfg, progress=False)
-  scores = difficulty_scores(expert_dir, traj.experts, traj.num_epochs)
+  scores = registry.difficulty_scores(expert_dir, traj.experts, traj.num_epochs)
   final = [traj.params_at(i, traj.num_epochs) for i in range(traj.num_experts)]
   apply = lambda p, x: model.apply({"params": p}, x, train=False)
   test_scores = jd.experts.el2n_scores(apply, final, data.x_test, data.y_test)
@@ -188,7 +190,7 @@ def main(_):
            f"{100 * expert_acc:.2f}%. Training difficulty = mean over experts of first-learned epoch "
            f"+ forgetting events / (E + 1); test difficulty (easy/hard test halves) = mean EL2N of "
            f"the final experts.", ""]
-  embed = lambda p, x: model.apply({"params": p}, x, train=False, return_features=True)[1]
+  coverage = registry.coverage(mtt_config(c), data, model, traj, scores)  # all images, expert 0
 
   # test_batch_size only sets how many test images are predicted at once (not the results); 2000 keeps
   # the cache keys of evaluations stored before the default became 256.
@@ -209,18 +211,17 @@ def main(_):
     seeds = seeds or c.num_seeds
     name = ident(_digest(syn), cfg, None if groups is None else np.asarray(groups).tobytes(), search,
                  seeds, c.eval_model, c.eval_model_kwargs.to_dict())
-    return _result(json_cache(os.path.join(cache, f"eval_{name}.json"), lambda: _result_json(
+    return decode_result(json_cache(os.path.join(cache, f"eval_{name}.json"), lambda: encode_result(
         jd.evaluate.accuracy(eval_key if not search else search_key, syn,
                              search_data if search else data, model=c.eval_model,
                              model_kwargs=dict(c.eval_model_kwargs), num_seeds=seeds, cfg=cfg,
                              groups=groups, test_groups=search_groups if search else test_groups))))
 
   def cov(syn):
-    rep = json_cache(os.path.join(cache, f"cov_{_digest(syn)}.json"), lambda: {
-        k: float(v) for k, v in jd.metrics.coverage_report(
-            embed, final[0], np.asarray(syn.images), data.x_train, scores=scores).items()
-        if k in ("coverage", "easy", "hard")})
-    return f"{100 * rep['coverage']:.1f} / {100 * rep['easy']:.1f} / {100 * rep['hard']:.1f}"
+    rep = cached_results(os.path.join(cache, f"coverage_{_digest(syn)}.json"),
+                         lambda: coverage(None, syn))
+    return " / ".join(f"{100 * rep[f'coverage ({part})']:.1f}" for part in ("all", "easy half",
+                                                                           "hard half"))
 
   def cell(r):
     g = r.group_accuracies
@@ -255,7 +256,7 @@ def main(_):
         "|---|" + "---|" * (len(c.search.betas) + 2), *search_lines, "", *run_lines, "", *tail]
     with open(c.out, "w") as f:
       f.write("\n".join(text))
-    if curves:
+    if curves and c.get("plot", True):
       plot(os.path.splitext(c.out)[0] + ".png", curves, c.ratios,
            f"{data.name}, {c.per_class} images per class, ConvNet evaluation")
 
@@ -332,6 +333,12 @@ def main(_):
   write(done=True)
   print("\n".join(rows))
   print(f"wrote {c.out}")
+  with open(c.out) as f:
+    return {"rows": rows, "text": f.read()}
+
+
+def main(_):
+  run(_CONFIG.value)
 
 
 if __name__ == "__main__":

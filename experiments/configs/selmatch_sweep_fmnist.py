@@ -45,4 +45,5 @@ def get_config():
   c.num_seeds = 3
   c.workdir = "runs"
   c.out = "experiments/results/selmatch_ratios_fashion_mnist.md"
+  c.plot = True  # accuracy against ratio beside c.out (needs the plot extra)
   return c
