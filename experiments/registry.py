@@ -242,12 +242,12 @@ def eval_config(c) -> jd.evaluate.EvalConfig:
                                 **dict(c.get("eval_kwargs", {})))
 
 
-def _protocol(c, data, use_learned_lr: bool, soft_label_loss: str):
+def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
   cfg = eval_config(c)
 
   def fn(key, syn, mask=None):
     run_cfg, groups = cfg, None
-    if syn.labels.ndim == 2:
+    if syn.labels.ndim == 2 and soft_label_loss is not None:
       run_cfg = run_cfg._replace(loss=soft_label_loss)
     if mask is not None and c.get("combined_augment"):
       run_cfg, groups = run_cfg._replace(augment=(c.eval_augment, "crop_flip")), \
@@ -278,11 +278,12 @@ def coverage(c, data, model, traj, scores=None):
   return fn
 
 
-def evaluators(c, data, own: Optional[dict] = None, soft_label_loss: str = "ce",
+def evaluators(c, data, own: Optional[dict] = None, soft_label_loss: Optional[str] = None,
                use_learned_lr: bool = True) -> dict:
-  """The evaluators named in ``c.evals``: ``"protocol"`` (learned soft labels trained with
-  ``soft_label_loss``, "ce" or "mse"; the set's learned step size when ``use_learned_lr``) or one of
-  the method's ``own`` (``{name: fn(key, syn, mask)}``); any other name is refused."""
+  """The evaluators named in ``c.evals``: ``"protocol"`` (soft labels trained with
+  ``soft_label_loss``, "ce" or "mse", when given, else with the protocol's loss; the set's learned
+  step size when ``use_learned_lr``) or one of the method's ``own`` (``{name: fn(key, syn, mask)}``);
+  any other name is refused."""
   own = dict(own or {})
   made = {}
   for name in c.evals:
