@@ -49,6 +49,16 @@ def run_script(main) -> None:
   app.run(wrapped)
 
 
+def require_plot(script: str) -> None:
+  """Fails now, not hours in, when ``script``'s plot cannot be drawn (matplotlib missing)."""
+  try:
+    import matplotlib  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+    del matplotlib
+  except ImportError as e:
+    raise SystemExit(f'{script} draws a plot: pip install -e ".[plot]" (or pass '
+                     f'--config.plot=False)') from e
+
+
 def json_cache(path: str, fn):
   """``fn()`` (a JSON-able value) stored at ``path`` (atomically) and reused on reruns."""
   if os.path.exists(path):

@@ -27,9 +27,6 @@ import jaxdistill as jd
 from experiments import registry
 from experiments.common import cached_results, provenance, run_script
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-
-
 def _baseline_id(c, evaluator: str) -> str:
   """A digest of everything a random-real baseline's evaluation may depend on
   (``registry.baseline_identity``: fails closed, a new config field is part of it)."""
@@ -82,7 +79,7 @@ def run(c) -> dict:
   m = registry.build(c, data)
   d = jd.distill.Distiller(m.objective, m.optimizer, m.sampler,
                            mask=None if m.mask is None else jnp.asarray(m.mask), decode=m.decode)
-  name = f"{c.method}_{data.name}_ipc{c.ipc}" + (f"_seed{c.seed}" if c.seed else "")
+  name = run_name(c, data.name)
   workdir = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(workdir, "logs"))
   nrow = lambda syn: syn.images.shape[0] // data.num_classes
@@ -126,6 +123,11 @@ def run(c) -> dict:
   return {"name": name, "rows": rows, "syn": syn, "history": history}
 
 
+def run_name(c, dataset_name=None) -> str:
+  """The run's directory under ``c.workdir``: ``<method>_<dataset>_ipc<n>[_seed<s>]``."""
+  return (f"{c.method}_{dataset_name or c.dataset}_ipc{c.ipc}" + (f"_seed{c.seed}" if c.seed else ""))
+
+
 def _sec_per_step(history) -> str:
   """Seconds per step after the first metrics read (which includes compilation). The loop reads metrics
   in batches, so the steps of one read share its time stamp: time between reads over steps between."""
@@ -141,4 +143,6 @@ def main(_):
 
 
 if __name__ == "__main__":
+  # Defined here, not on import: other experiments import this module and define their own --config.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
   run_script(main)

@@ -237,13 +237,37 @@ def build(c, data) -> Method:
 
 def eval_config(c) -> jd.evaluate.EvalConfig:
   """The protocol of ``c``: ``c.eval_epochs``, ``c.eval_augment`` and any ``c.eval_kwargs``
-  (e.g. SelMatch's ``lr=0.1, schedule="cosine", batch_size=128``)."""
-  return jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment=c.eval_augment,
-                                **dict(c.get("eval_kwargs", {})))
+  (e.g. SelMatch's ``lr=0.1, schedule="cosine", batch_size=128``). A config that names a paper's
+  protocol (``c.eval_protocol``, set by ``configs.common.with_protocol``) must still hold it: a
+  field changed since is refused, naming it."""
+  cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment=c.eval_augment,
+                               **dict(c.get("eval_kwargs", {})))
+  if c.get("eval_protocol"):
+    p = paper_protocol(c)
+    got = {f: getattr(cfg, f) for f in jd.evaluate.PROTOCOL_FIELDS} | {"epochs": cfg.num_epochs()}
+    want = {f: getattr(p.cfg, f) for f in jd.evaluate.PROTOCOL_FIELDS} | {"epochs": p.cfg.num_epochs()}
+    kw = dict(c.eval_model_kwargs.get(p.model, {}))
+    diff = [f"{f}: {got[f]!r} (protocol: {want[f]!r})" for f in want if got[f] != want[f]]
+    diff += [f"eval_models: {tuple(c.eval_models)} (protocol: ({p.model!r},))"] \
+        if tuple(c.eval_models) != (p.model,) else []
+    diff += [f"eval_model_kwargs.{p.model}.{k}: {kw.get(k)!r} (protocol: {v!r})"
+             for k, v in p.model_kwargs if kw.get(k) != v]
+    if diff:
+      raise ValueError(f"eval_protocol={c.eval_protocol!r} ({p.source}) differs from the config's "
+                       f"evaluation fields: {'; '.join(diff)}. Set eval_protocol='' to evaluate "
+                       f"otherwise, or build the config with configs.common.with_protocol.")
+  return cfg
+
+
+def paper_protocol(c) -> jd.evaluate.Protocol:
+  """``jd.evaluate.protocol(c.eval_protocol, c.dataset)``."""
+  return jd.evaluate.protocol(c.eval_protocol, c.dataset)
 
 
 def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
   cfg = eval_config(c)
+  if c.get("eval_protocol"):
+    use_learned_lr = paper_protocol(c).use_learned_lr
 
   def fn(key, syn, mask=None):
     run_cfg, groups = cfg, None
@@ -257,7 +281,8 @@ def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
       out[name] = jd.evaluate.accuracy(key, syn, data, model=name,
                                        model_kwargs=dict(c.eval_model_kwargs.get(name, {})),
                                        num_seeds=c.num_seeds, cfg=run_cfg, groups=groups,
-                                       use_learned_lr=use_learned_lr)
+                                       use_learned_lr=use_learned_lr,
+                                       progress=c.get("progress", True))
     return out
   return fn
 
@@ -299,8 +324,8 @@ def evaluators(c, data, own: Optional[dict] = None, soft_label_loss: Optional[st
 
 # The fields that define a run; steps and evaluation-only fields are left out so that a finished run
 # can be extended (more steps) or re-evaluated (other epochs, seeds, models) from its checkpoint.
-NOT_IDENTITY = ("steps", "evals", "eval_models", "eval_model_kwargs", "eval_epochs", "eval_augment",
-                "eval_kwargs", "num_seeds", "results", "workdir", "checkpoint_every", "image_every",
+NOT_IDENTITY = ("steps", "evals", "eval_protocol", "eval_models", "eval_model_kwargs", "eval_epochs",
+                "eval_augment", "eval_kwargs", "num_seeds", "results", "workdir", "checkpoint_every", "image_every",
                 "combined_augment", "coverage_sample", "data_dir", "progress")
 
 
@@ -320,7 +345,7 @@ def run_identity(c) -> dict:
 NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optimizer_kwargs",
                 "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
                 "distill_augment", "combined_augment", "evals", "checkpoint_every", "image_every",
-                "progress", "results", "workdir", "data_dir")
+                "progress", "results", "workdir", "data_dir", "eval_protocol")
 
 
 def baseline_identity(c, evaluator: str) -> dict:

@@ -47,7 +47,7 @@ from ml_collections import config_flags
 import jaxdistill as jd
 from experiments import registry
 from experiments.common import (cached_results, decode_result, encode_result, ident, json_cache,
-                                provenance, run_script)
+                                provenance, require_plot, run_script)
 from experiments.configs.common import base, trajectory
 
 
@@ -154,11 +154,7 @@ def run(c) -> dict:
   """The whole study of config ``c`` (the command's work); returns ``{"rows": the results table's
   rows, "text": the results file}``. ``c.plot`` False: no plot (no matplotlib needed)."""
   if c.get("plot", True):
-    try:  # fail now, not hours in, when the plot cannot be drawn
-      import matplotlib  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
-    except ImportError as e:
-      raise SystemExit('experiments.selmatch draws a plot: pip install -e ".[plot]" (or pass '
-                       '--config.plot=False)') from e
+    require_plot("experiments.selmatch")
   t_start = time.time()
   key = jax.random.key(c.seed)
   data_key, expert_key, init_key, run_key, eval_key, search_key = jax.random.split(key, 6)

@@ -8,13 +8,15 @@ E // 2 + 1 the learning rate drops to a tenth with a new optimizer (momentum res
 ``schedule="step"``. Mean ± std of the test accuracy over seeds. SelMatch's protocol (ResNet18-BN, lr 0.1 cosine, batch 128)
 is ``EvalConfig(lr=0.1, schedule="cosine", batch_size=128)``.
 
-All seeds are trained in one jitted program (``jax.vmap`` over the seeds' keys, or ``lax.map`` to save
-memory), the whole training run is a ``lax.scan`` over steps, and the last partial batch of an epoch is
+Seeds are trained by one jitted program: all at once (``seed_parallel="vmap"``) or one network per call
+(``"map"``, the default: the same compiled program for each seed, so progress can be reported); the
+whole training run is a ``lax.scan`` over steps, and the last partial batch of an epoch is
 kept (masked), as a PyTorch ``DataLoader`` without ``drop_last`` would.
 """
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -78,6 +80,63 @@ class EvalConfig(NamedTuple):
       return None
     e = self.num_epochs()
     return e // 2 + 2 if e // 2 + 2 <= e else None
+
+
+class Protocol(NamedTuple):
+  """A paper's evaluation protocol: how each fresh network trains (``cfg``), how many are trained
+  (``num_models``, the paper's), which network, whether a set's learned step size is used, and the
+  code it is read from (``source``)."""
+  name: str
+  cfg: EvalConfig
+  num_models: int
+  model: str
+  model_kwargs: tuple  # (name, value) pairs, hashable; ``dict(p.model_kwargs)`` for ``accuracy``
+  use_learned_lr: bool
+  source: str
+
+
+PROTOCOLS = ("dc", "dsa", "dm", "mtt")
+# The EvalConfig fields that, with the epochs, define a protocol (the others choose how it is computed).
+PROTOCOL_FIELDS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "augment", "loss")
+
+
+def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
+  """The evaluation protocol of a paper's code by name (``PROTOCOLS``) for a dataset.
+
+  All train the field's ConvNet (width 128, instance norm; depth 3, or 4 on Tiny-ImageNet's 64x64
+  images) with SGD momentum 0.9, weight decay 5e-4, lr 0.01, batch 256 and the reference's step
+  schedule (``EvalConfig``'s defaults):
+
+  - ``"dc"`` (DatasetCondensation ``main.py --method DC``, ``utils.get_daparam``): 300 epochs without
+    augmentation, 20 networks. On MNIST DC trains 1000 epochs with its crop / scale / rotate
+    augmentation, which this library does not implement: refused.
+  - ``"dsa"`` (``main.py --method DSA``) and ``"dm"`` (``main_DM.py``): 1000 epochs with DSA, 20 networks.
+  - ``"mtt"`` (mtt-distillation ``distill.py``): 1000 epochs with DSA, 5 networks, trained with the set's
+    learned step size.
+
+  ``accuracy(key, syn, data, model=p.model, num_seeds=p.num_models, cfg=p.cfg,
+  model_kwargs=dict(p.model_kwargs), use_learned_lr=p.use_learned_lr)`` evaluates under it.
+
+  Raises:
+    ValueError: an unknown name, or a protocol this library cannot run on the dataset.
+  """
+  if name not in PROTOCOLS:
+    raise ValueError(f"Unknown evaluation protocol {name!r}; known: {list(PROTOCOLS)}.")
+  ds = (dataset_name or "").lower()
+  if name == "dc" and ds == "mnist":
+    raise ValueError("DC's protocol on MNIST trains 1000 epochs with DC's crop / scale / rotate "
+                     "augmentation (utils.get_daparam), which this library does not implement; use "
+                     "protocol 'dsa', or an EvalConfig of your own.")
+  kwargs = (("width", 128), ("depth", 4 if "tiny_imagenet" in ds else 3))
+  if name == "dc":
+    return Protocol(name, EvalConfig(epochs=300, augment="none"), 20, "convnet", kwargs, False,
+                    "DatasetCondensation main.py (--method DC) and utils.get_daparam")
+  if name in ("dsa", "dm"):
+    src = "DatasetCondensation main.py (--method DSA)" if name == "dsa" else \
+        "DatasetCondensation main_DM.py"
+    return Protocol(name, EvalConfig(epochs=1000, augment="dsa"), 20, "convnet", kwargs, False, src)
+  return Protocol(name, EvalConfig(epochs=1000, augment="dsa"), 5, "convnet", kwargs, True,
+                  "mtt-distillation distill.py (num_eval 5, epoch_eval_train 1000, learned lr)")
 
 
 def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epoch: int):
@@ -189,21 +248,34 @@ def predict(model, variables, x: jax.Array, batch_size="auto") -> jax.Array:
   return preds.reshape(-1)[:m]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "cfg", "dataset_name", "num_seeds"))
-def _train_and_test(key, model, images, labels, x_test, y_test, lr, groups, cfg, dataset_name,
-                    num_seeds):
-  """Correctness ``[num_seeds, M]`` (bool) of ``num_seeds`` networks trained on the set."""
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "dataset_name"))
+def _train_and_test(keys, model, images, labels, x_test, y_test, lr, groups, cfg, dataset_name):
+  """Correctness ``[len(keys), M]`` (bool) of one network trained on the set per key."""
 
   def one(k):
     variables = train(k, model, images, labels, cfg, lr=lr, groups=groups, dataset_name=dataset_name)
     return predict(model, variables, x_test, cfg.test_batch_size) == y_test
 
-  keys = jax.random.split(key, num_seeds)
   if cfg.seed_parallel == "vmap":
     return jax.vmap(one)(keys)
   if cfg.seed_parallel == "map":
     return jax.lax.map(one, keys)
   raise ValueError(f"Unknown seed_parallel {cfg.seed_parallel!r}; known: 'vmap', 'map'.")
+
+
+def _correctness(keys, progress, *args) -> np.ndarray:
+  """``_train_and_test`` for every key: all at once under ``"vmap"``, else one network per call (the same
+  compiled program each time), reporting each finished network to ``progress``."""
+  cfg = args[-2]
+  if cfg.seed_parallel == "vmap":
+    return np.asarray(_train_and_test(keys, *args))
+  out, t0 = [], time.time()
+  for i in range(keys.shape[0]):
+    out.append(np.asarray(_train_and_test(keys[i:i + 1], *args))[0])
+    if progress:
+      progress(f"evaluation: network {i + 1}/{keys.shape[0]} trained ({cfg.trained_epochs()} epochs), "
+               f"test accuracy {100 * out[-1].mean():.2f}%, {time.time() - t0:.0f} s")
+  return np.stack(out)
 
 
 def _as_images_labels(syn):
@@ -217,7 +289,8 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
              model: Union[str, object] = "convnet", num_seeds: int = 5,
              cfg: EvalConfig = EvalConfig(), model_kwargs: Optional[dict] = None,
              use_learned_lr: bool = True, groups: Optional[np.ndarray] = None,
-             test_groups: Optional[dict] = None) -> EvalResult:
+             test_groups: Optional[dict] = None,
+             progress: Union[bool, Callable[[str], None]] = False) -> EvalResult:
   """Trains ``num_seeds`` fresh networks on ``syn`` and returns their test accuracy (mean ± std).
 
   Args:
@@ -225,12 +298,14 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     syn: a ``SyntheticSet`` or ``(images [N, H, W, C], labels [N] or [N, K])``.
     data: the dataset whose test split is used (``data.x_test``, ``data.y_test``).
     model: a registry name (``jaxdistill.models.MODEL_NAMES``) or a Flax module.
-    num_seeds: networks trained, all in one jitted program.
+    num_seeds: networks trained (their keys split from ``key``).
     cfg: the protocol.
     model_kwargs: passed to ``models.get_model`` with a name (e.g. ``{"width": 64}``).
     use_learned_lr: train with ``exp(syn.log_lr)`` (MTT's learned step size) when the set has one.
     groups: ``[N]`` row groups for a tuple ``cfg.augment`` (combined augmentation).
     test_groups: ``{name: bool [M]}`` subsets of the test set to report accuracy on as well.
+    progress: True (print) or a function of one line: reports each trained network (with
+      ``cfg.seed_parallel="map"``; under ``"vmap"`` all networks finish together).
 
   Returns:
     ``EvalResult(mean, std, accuracies [num_seeds], group_accuracies)``.
@@ -249,8 +324,10 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
                        f"number.")
   if groups is not None:
     groups = jnp.asarray(groups, jnp.int32)
-  correct = np.asarray(_train_and_test(key, model, images, labels, jnp.asarray(data.x_test),
-                                       jnp.asarray(data.y_test), lr, groups, cfg, data.name, num_seeds))
+  if progress is True:
+    progress = functools.partial(print, flush=True)
+  correct = _correctness(jax.random.split(key, num_seeds), progress or None, model, images, labels,
+                         jnp.asarray(data.x_test), jnp.asarray(data.y_test), lr, groups, cfg, data.name)
   accs = correct.mean(axis=1)
   group_accs = None
   if test_groups:

@@ -95,6 +95,19 @@ def save_grid(path: str, images: np.ndarray, mean=(0.0,), std=(1.0,), nrow: Opti
   return path
 
 
+def sessions(rows: Sequence[dict]) -> list:
+  """The sessions a resumed run's logged rows came from: ``[(first step, last step, seconds)]``, a new
+  session wherever ``sec`` (counted from each session's start) goes back; ``seconds`` is the session's
+  last ``sec`` (its time up to its last logged step, compilation included)."""
+  out = []
+  for r in rows:
+    if out and r["sec"] >= out[-1][2] and r["step"] > out[-1][1]:
+      out[-1] = (out[-1][0], r["step"], r["sec"])
+    else:
+      out.append((r["step"], r["step"], r["sec"]))
+  return out
+
+
 def seconds_per_step(rows: Sequence[dict]) -> Optional[float]:
   """Median seconds per step between consecutive logged rows (``None`` with fewer than two).
 

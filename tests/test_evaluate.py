@@ -46,6 +46,36 @@ def test_learns_and_is_deterministic(data):
   np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
+def test_progress_reports_each_network_and_changes_nothing(data):
+  """One line per trained network, and the same accuracies as without progress (the networks run one
+  per call of the same program; their keys are split from the same key)."""
+  syn = (data.x_train, data.y_train)
+  lines = []
+  a = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 3, CFG, progress=lines.append)
+  b = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 3, CFG)
+  np.testing.assert_array_equal(a.accuracies, b.accuracies)
+  assert len(lines) == 3 and lines[-1].startswith("evaluation: network 3/3 trained (31 epochs)")
+
+
+def test_paper_protocols_are_the_papers_and_refuse_what_they_cannot_run():
+  """The presets carry each paper's epochs, augmentation and networks; unknown names and DC on MNIST
+  (DC's own augmentation there is not implemented) are refused."""
+  dc, dsa, dm, mtt = (evaluate.protocol(n, "fashion_mnist") for n in ("dc", "dsa", "dm", "mtt"))
+  assert (dc.cfg.num_epochs(), dc.cfg.augment, dc.num_models) == (300, "none", 20)
+  assert (dsa.cfg.num_epochs(), dsa.cfg.augment, dsa.num_models) == (1000, "dsa", 20)
+  assert dm.cfg == dsa.cfg and dm.num_models == 20
+  assert (mtt.num_models, mtt.use_learned_lr, dsa.use_learned_lr) == (5, True, False)
+  assert dict(dc.model_kwargs) == {"width": 128, "depth": 3}
+  assert dict(evaluate.protocol("dm", "custom_tiny_imagenet").model_kwargs)["depth"] == 4
+  for p in (dc, dsa, mtt):  # the rest is the reference's training
+    assert (p.cfg.lr, p.cfg.momentum, p.cfg.weight_decay, p.cfg.batch_size, p.cfg.schedule) == \
+        (0.01, 0.9, 5e-4, 256, "step")
+  with pytest.raises(ValueError, match="Unknown evaluation protocol 'idc'"):
+    evaluate.protocol("idc")
+  with pytest.raises(ValueError, match="crop / scale / rotate"):
+    evaluate.protocol("dc", "mnist")
+
+
 @pytest.mark.slow
 def test_vmap_and_map_seeds_agree(data):
   syn = (data.x_train, data.y_train)

@@ -56,7 +56,8 @@ def override(c, changes: dict):
 def shrink(c, workdir: str, tiny_npz: str, mlp: bool = False):
   """The smallest run of ``c`` that still goes through every piece the config names; ``mlp``: distill
   with a width-8 MLP (compiles in a fraction of a ConvNet's time)."""
-  small = {"steps": 1, "ipc": 1, "seed": 0, "num_seeds": 1, "eval_epochs": 1, "eval_augment": "none",
+  small = {"steps": 1, "ipc": 1, "seed": 0, "num_seeds": 1, "eval_protocol": "", "eval_epochs": 1,
+           "eval_augment": "none",
            "eval_models": ("mlp",), "eval_model_kwargs": {"mlp": {"width": 8}},
            "model_kwargs.width": 8, "distill_augment": "none", "batch_real": 2, "progress": False,
            "checkpoint_every": 1, "image_every": 0, "workdir": workdir,
@@ -527,3 +528,69 @@ def test_a_method_module_of_ones_own_runs_through_the_cli(tmp_path, monkeypatch)
       str(tmp_path / "runs" / "toy_method_fashion_mnist_ipc1" / "logs"))]
   assert len(losses) == 2 and losses[-1] < losses[0], losses  # logged at steps 10 and 20
   assert "## TOY_METHOD, fashion_mnist, IPC 1" in results.read_text()
+
+
+def test_paper_configs_hold_their_protocol_and_refuse_a_changed_field():
+  """``paper_fmnist.py:<method>,<ipc>`` evaluates under the paper's protocol; a field changed after
+  ``with_protocol`` is refused by name; methods without a paper-budget setting here say why."""
+  c = load_config("paper_fmnist.py", "dc,1")
+  assert (c.steps, c.batch_real, c.model_kwargs.width, c.optimizer_kwargs.learning_rate) == \
+      (1000, 256, 128, 0.1)
+  cfg = registry.eval_config(c)
+  assert (cfg.num_epochs(), cfg.augment, c.num_seeds) == (300, "none", 20)
+  assert load_config("paper_fmnist.py", "dsa,10").steps == 10000
+  assert registry.eval_config(load_config("paper_fmnist.py", "dm,1")).augment == "dsa"
+  c.eval_epochs = 1000
+  with pytest.raises(ValueError, match=r"eval_protocol='dc'.*epochs: 1000 \(protocol: 300\)"):
+    registry.eval_config(c)
+  c = load_config("paper_fmnist.py", "dsa,1")
+  c.eval_model_kwargs.convnet.width = 32
+  with pytest.raises(ValueError, match=r"eval_model_kwargs.convnet.width: 32 \(protocol: 128\)"):
+    registry.eval_config(c)
+  c.eval_protocol = ""  # no protocol named: the fields are the protocol
+  assert registry.eval_config(c).augment == "dsa"
+  with pytest.raises(ValueError, match="IDC's own objective"):
+    load_config("paper_fmnist.py", "idc,1")
+  with pytest.raises(ValueError, match="IPC 7"):
+    load_config("paper_fmnist.py", "dc,7")
+  # The protocol's name is not part of a run's identity, nor of its random-real baseline's.
+  plain = load_config("paper_fmnist.py", "dc,1")
+  plain.eval_protocol = ""
+  assert registry.run_identity(plain) == registry.run_identity(load_config("paper_fmnist.py", "dc,1"))
+
+
+@pytest.mark.slow
+def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(tmp_path, monkeypatch):
+  """``scripts/paper_fmnist.sh`` (its accelerator form, rows overridden) at test size on real
+  Fashion-MNIST: every row distilled and evaluated at its curve point and its end, the JSON has the
+  issue's fields; then ``experiments.paper_fmnist.run`` reads everything back from the checkpoints and
+  caches (no distillation, no evaluation) into the same table."""
+  from experiments import paper_fmnist
+  from experiments.configs import paper_fmnist_table
+  settings = {"rows": "dc:1@2, dm:1", "tiny": True, "curve_points": 1, "curve_networks": 1,
+              "workdir": str(tmp_path / "runs"), "results": str(tmp_path / "paper"), "progress": False,
+              "plot": False}
+  root = os.path.join(os.path.dirname(__file__), "..")
+  out = subprocess.run(["bash", os.path.join(root, "scripts", "paper_fmnist.sh")] +
+                       [f"--config.{k}={v}" for k, v in settings.items()],
+                       env={**os.environ, "ACCELERATOR": "1"}, capture_output=True, text=True,
+                       timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.load(open(str(tmp_path / "paper.json")))
+  assert [(r["method"], r["ipc"], r["steps"], r["budget"]) for r in rows] == \
+      [("dc", 1, 2, "reduced"), ("dm", 1, 2, "reduced")]
+  for r in rows:
+    assert {"method", "ipc", "budget", "iterations", "eval_protocol", "ours_mean", "ours_std",
+            "published_mean", "published_std", "source"} <= set(r)
+    assert [p["steps"] for p in r["curve"]] == [1, 2] and len(r["sessions"]) == 2
+    assert 0 <= r["ours_mean"] <= 100 and r["distill_seconds"] > 0
+  assert rows[0]["published_mean"] == 70.5 and rows[1]["published_mean"] is None
+  monkeypatch.setattr(distill, "run", lambda c: pytest.fail("a cached row was recomputed"))
+  c = paper_fmnist_table.get_config()
+  c.update(settings)
+  again = paper_fmnist.run(c)
+  assert json.loads(json.dumps(again["rows"])) == rows
+  assert "| DC | 1 | reduced | 2 |" in open(str(tmp_path / "paper.md")).read()
+  c.rows = "kip:1"
+  with pytest.raises(ValueError, match="Bad row 'kip:1'"):
+    paper_fmnist.rows_of(c)

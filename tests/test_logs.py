@@ -40,3 +40,11 @@ def test_seconds_per_step_is_the_median_interval_and_skips_a_resume():
           {"step": 40, "sec": 45.0}, {"step": 50, "sec": 66.0}, {"step": 60, "sec": 87.0}]
   assert logs.seconds_per_step(rows) == pytest.approx(2.05)  # median of 2.0, 2.0, 2.1, 2.1
   assert logs.seconds_per_step(rows[:1]) is None
+
+
+def test_sessions_split_a_resumed_run_where_its_clock_restarts():
+  """A resumed run's rows: each session's ``sec`` counts from its own start."""
+  rows = [{"step": 10, "sec": 5.0}, {"step": 20, "sec": 9.0}, {"step": 30, "sec": 2.0},
+          {"step": 40, "sec": 6.5}, {"step": 50, "sec": 1.0}]
+  assert logs.sessions(rows) == [(10, 20, 9.0), (30, 40, 6.5), (50, 50, 1.0)]
+  assert logs.sessions([]) == []

@@ -2,6 +2,8 @@
 blocks of the trajectory-matching methods."""
 import ml_collections
 
+import jaxdistill as jd
+
 
 def base(method: str, ipc: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -23,6 +25,7 @@ def base(method: str, ipc: int) -> ml_collections.ConfigDict:
   c.outer_loop = 0  # 0: the reference's (outer, inner) for the IPC (DC/DSA)
   c.inner_loop = 0
   c.evals = ("protocol",)
+  c.eval_protocol = ""  # a paper's protocol by name (with_protocol); "": the fields below
   c.eval_models = ("convnet",)
   c.eval_model_kwargs = ml_collections.ConfigDict({"convnet": {"width": 32, "depth": 3}})
   c.eval_epochs = 300
@@ -50,4 +53,23 @@ def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_t
   c.experts = ml_collections.ConfigDict({
       "dir": "", "num": 100, "epochs": 50, "lr": lr_teacher, "batch_size": 256, "seed": 0,
       "progress": True})
+  return c
+
+
+def with_protocol(c, name: str):
+  """Sets ``c``'s evaluation fields to a paper's protocol (``jaxdistill.evaluate.protocol``: "dc",
+  "dsa", "dm", "mtt"): its network, epochs, augmentation, training hyperparameters and number of
+  networks, and names it in ``c.eval_protocol`` (a later change of one of these fields is refused)."""
+  p = jd.evaluate.protocol(name, c.dataset)
+  default = jd.evaluate.EvalConfig()
+  c.eval_protocol = name
+  c.eval_models = (p.model,)
+  c.eval_model_kwargs = ml_collections.ConfigDict({p.model: dict(p.model_kwargs)})
+  c.eval_epochs = p.cfg.num_epochs()
+  c.eval_augment = p.cfg.augment
+  c.num_seeds = p.num_models
+  kwargs = {f: getattr(p.cfg, f) for f in jd.evaluate.PROTOCOL_FIELDS
+            if f != "augment" and getattr(p.cfg, f) != getattr(default, f)}
+  if kwargs or "eval_kwargs" in c:
+    c.eval_kwargs = ml_collections.ConfigDict({**dict(c.get("eval_kwargs", {})), **kwargs})
   return c

@@ -1,0 +1,225 @@
+"""The papers' Fashion-MNIST table at the papers' budgets: every row of ``c.rows`` distilled with the
+paper's setting (``experiments/configs/paper_fmnist.py``), evaluated under the paper's protocol along
+the way and at the end, against random real images and the published figure.
+
+Usage: python -m experiments.paper_fmnist --config experiments/configs/paper_fmnist_table.py \
+         [--config.rows=dc:1,dsa:1 --config.rows=accelerator]
+
+Resumable: each row's distillation resumes from its checkpoints (``<workdir>/<method>_<dataset>_ipc<n>``,
+the same directories as ``experiments.distill`` with the row's config), and every evaluation is cached
+under ``<workdir>/paper_table``. Writes ``<results>.md`` (command, date, machine, one line per row with
+its budget, protocol, networks, wall time and how the run was split into sessions), ``<results>.json``
+(one object per row) and ``<results>.png`` (accuracy against steps).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ml_collections import config_flags
+
+import jaxdistill as jd
+from experiments import distill, registry
+from experiments.common import cached_results, ident, provenance, require_plot, run_script
+from experiments.configs import paper_fmnist
+from experiments.configs.paper_fmnist_table import ACCELERATOR_ROWS
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+
+
+def parse_row(row: str) -> tuple:
+  """``"dc:10@200"`` -> ``("dc", 10, 200)``; without ``@`` the paper's steps."""
+  try:
+    head, _, steps = row.partition("@")
+    method, ipc = head.split(":")
+    ipc = int(ipc)
+    return method, ipc, int(steps) if steps else paper_fmnist.paper_steps(method, ipc)
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"Bad row {row!r}: write <method>:<ipc> or <method>:<ipc>@<steps>, method in "
+                     f"{sorted(paper_fmnist.PAPER)}.") from e
+
+
+def rows_of(c) -> tuple:
+  """``c.rows`` (comma-separated rows, or "accelerator") parsed."""
+  rows = ACCELERATOR_ROWS if c.rows == "accelerator" else c.rows
+  return tuple(parse_row(r.strip()) for r in rows.split(",") if r.strip())
+
+
+def tiny(c):
+  """A test-sized version of row config ``c``: at most 2 steps on a subset, width-8 networks, a 1-epoch
+  evaluation with one network, and no paper protocol (its fields are replaced)."""
+  c.steps = min(c.steps, 2)
+  c.max_per_class = 10
+  c.model_kwargs.width = 8
+  c.batch_real = 4
+  c.eval_protocol = ""
+  c.eval_model_kwargs.convnet.width = 8
+  c.eval_epochs = 1
+  c.eval_augment = "none"
+  c.num_seeds = 1
+  c.checkpoint_every = 1
+  return c
+
+
+def row_config(c, method: str, ipc: int, steps: int):
+  rc = paper_fmnist.get_config(f"{method},{ipc}")
+  rc.steps = steps
+  rc.workdir = c.workdir
+  rc.progress = c.progress
+  return tiny(rc) if c.tiny else rc
+
+
+def curve_steps(total: int, points: int, every: int) -> list:
+  """``points`` evenly spaced steps before ``total`` (multiples of ``every``, at least ``every``)."""
+  out = {max(every, round(total * i / (points + 1) / every) * every) for i in range(1, points + 1)}
+  return sorted(s for s in out if s < total)
+
+
+def evaluate_at(c, rc, steps: int, networks: int):
+  """The row's protocol accuracy at ``steps`` (distilling up to there first), of the distilled set and
+  of random real images, with ``networks`` networks; cached. None when the row's run has already
+  passed ``steps`` without this table evaluating it there (its set at ``steps`` is gone)."""
+  ec = rc.copy_and_resolve_references()
+  ec.steps, ec.num_seeds = steps, networks
+  path = os.path.join(c.workdir, "paper_table", f"{ec.method}_ipc{ec.ipc}_{steps}_"
+                      f"{ident(registry.run_identity(ec), ec.to_dict())}.json")
+  ckpts = os.path.join(c.workdir, distill.run_name(ec), "checkpoints")
+  done = jd.checkpoint.saved_steps(ckpts) if os.path.isdir(ckpts) else []
+  if not os.path.exists(path) and done and max(done) > steps:
+    return None
+
+  def compute():
+    out = distill.run(ec)
+    got = [r for r in out["rows"] if r[0] == "protocol"][0]
+    return {"distilled": got[2], "random_real": got[3]}
+  return cached_results(path, compute)
+
+
+def row_result(c, method: str, ipc: int, steps: int) -> dict:
+  rc = row_config(c, method, ipc, steps)
+  steps = rc.steps
+  outer = jd.objectives.loops_for_ipc(ipc)[0] if method in ("dc", "dsa") else 1
+  curve = []
+  for s in curve_steps(steps, c.curve_points, rc.checkpoint_every):
+    r = evaluate_at(c, rc, s, min(c.curve_networks, rc.num_seeds))
+    if r is None:
+      print(f"{method} IPC {ipc}: no curve point at step {s} (the run passed it before this table "
+            f"ran)", flush=True)
+      continue
+    curve.append({"steps": s, "iterations": s / outer, "mean": 100 * r["distilled"].mean,
+                  "std": 100 * r["distilled"].std, "networks": min(c.curve_networks, rc.num_seeds)})
+  final = evaluate_at(c, rc, steps, rc.num_seeds)
+  curve.append({"steps": steps, "iterations": steps / outer, "mean": 100 * final["distilled"].mean,
+                "std": 100 * final["distilled"].std, "networks": rc.num_seeds})
+  logs = os.path.join(c.workdir, distill.run_name(rc), "logs")
+  split = jd.logs.sessions(jd.logs.read_metrics(logs)) if os.path.exists(logs) else []
+  pub = paper_fmnist.PUBLISHED.get((method, ipc))
+  return {
+      "method": method, "ipc": ipc,
+      "budget": "paper" if steps == paper_fmnist.paper_steps(method, ipc) and not c.tiny else "reduced",
+      "iterations": steps / outer, "steps": steps,
+      "eval_protocol": rc.eval_protocol or "tiny (test size)", "networks": rc.num_seeds,
+      "width": rc.model_kwargs.width, "batch_real": rc.batch_real,
+      "ours_mean": 100 * final["distilled"].mean, "ours_std": 100 * final["distilled"].std,
+      "random_real_mean": 100 * final["random_real"].mean,
+      "random_real_std": 100 * final["random_real"].std,
+      "published_mean": pub[0] if pub else None, "published_std": pub[1] if pub else None,
+      "source": pub[2] if pub else "no published Fashion-MNIST figure",
+      "distill_seconds": sum(s[2] for s in split),
+      "sessions": [{"first_step": a, "last_step": b, "seconds": t} for a, b, t in split],
+      "curve": curve,
+  }
+
+
+def verdict(r: dict) -> str:
+  """Whether a paper-budget row is within max(1 point, the two stds added) of the published mean."""
+  if r["published_mean"] is None:
+    return "no published figure"
+  gap = r["ours_mean"] - r["published_mean"]
+  tol = max(1.0, r["ours_std"] + r["published_std"])
+  if r["budget"] != "paper":
+    return f"{gap:+.2f} (reduced budget)"
+  return f"{gap:+.2f} ({'within' if abs(gap) <= tol else 'outside'} {tol:.2f})"
+
+
+def write(c, results: list) -> str:
+  """``<results>.json`` and ``<results>.md``; returns the markdown."""
+  os.makedirs(os.path.dirname(c.results) or ".", exist_ok=True)
+  with open(c.results + ".json", "w") as f:
+    json.dump(results, f, indent=1)
+  lines = ["# The papers' Fashion-MNIST table at the papers' budgets", "", provenance(c),
+           "Accuracy (%), mean ± std over the networks trained from scratch under the row's protocol "
+           "(`jaxdistill.evaluate.protocol`); random real: images of the same IPC drawn with the run's "
+           "seed, same protocol and networks. Steps are outer steps for DC / DSA (one iteration of "
+           "the papers is `outer loop` steps: 1 at IPC 1, 10 at IPC 10).", "",
+           "| method | IPC | budget | iterations | protocol (networks) | ours | random real | published "
+           "(source) | gap | distillation time (sessions) |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    pub = "—" if r["published_mean"] is None else \
+        f"{r['published_mean']:.1f} ± {r['published_std']:.1f} ({r['source']})"
+    lines.append(
+        f"| {r['method'].upper()} | {r['ipc']} | {r['budget']} | {r['iterations']:g} | "
+        f"{r['eval_protocol']} ({r['networks']}) | {r['ours_mean']:.2f} ± {r['ours_std']:.2f} | "
+        f"{r['random_real_mean']:.2f} ± {r['random_real_std']:.2f} | {pub} | {verdict(r)} | "
+        f"{r['distill_seconds'] / 3600:.2f} h ({len(r['sessions'])}) |")
+  lines += ["", "Accuracy against iterations (networks per point in brackets):", ""]
+  for r in results:
+    pts = ", ".join(f"{p['iterations']:g}: {p['mean']:.2f} ± {p['std']:.2f} ({p['networks']})"
+                    for p in r["curve"])
+    lines.append(f"- {r['method'].upper()} IPC {r['ipc']}: {pts}")
+  lines += ["", "Sessions (first step, last step, seconds) of each row's distillation:", ""]
+  lines += [f"- {r['method'].upper()} IPC {r['ipc']}: " +
+            "; ".join(f"{s['first_step']}-{s['last_step']}, {s['seconds']:.0f} s" for s in r["sessions"])
+            for r in results]
+  text = "\n".join(lines) + "\n"
+  with open(c.results + ".md", "w") as f:
+    f.write(text)
+  return text
+
+
+def plot(path: str, results: list) -> None:
+  """Accuracy against iterations, one line per row, the published mean dotted."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in results:
+    pts = r["curve"]
+    line = ax.errorbar([p["iterations"] for p in pts], [p["mean"] for p in pts],
+                       yerr=[p["std"] for p in pts], marker="o", capsize=3,
+                       label=f"{r['method'].upper()} IPC {r['ipc']}")
+    if r["published_mean"] is not None:
+      ax.axhline(r["published_mean"], ls=":", color=line[0].get_color())
+  ax.set_xscale("symlog", linthresh=1)
+  ax.set_xlabel("iterations (papers' unit)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title("Fashion-MNIST, papers' protocols (dotted: published)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(c) -> dict:
+  """Every row of ``c`` (resuming), then the results files; returns ``{"rows", "text"}``."""
+  rows = rows_of(c)
+  if c.plot:
+    require_plot("experiments.paper_fmnist")
+  results = []
+  for method, ipc, steps in rows:
+    results.append(row_result(c, method, ipc, steps))
+    text = write(c, results)  # after every row: a stopped table keeps its finished rows
+    print(f"{method} IPC {ipc}: {results[-1]['ours_mean']:.2f} ± {results[-1]['ours_std']:.2f} "
+          f"(published {results[-1]['published_mean']})", flush=True)
+  if c.plot and results:
+    plot(c.results + ".png", results)
+  return {"rows": results, "text": text}
+
+
+def main(_):
+  run(_CONFIG.value)
+
+
+if __name__ == "__main__":
+  run_script(main)
