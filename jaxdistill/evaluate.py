@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
 from jaxdistill import partial_updates
 from jaxdistill import training
@@ -48,9 +49,16 @@ class EvalConfig(NamedTuple):
   # "step": the reference (E + 1 epochs; lr / 10 and momentum restarted after epoch index E // 2 + 1);
   # "half": E epochs, lr x0.1 from epoch E // 2 with momentum kept (a deliberate simplification);
   # "cosine" or "constant": E epochs.
+  # "multistep": E epochs, lr x0.2 at the starts of epochs 2E // 3 and 5E // 6, momentum kept (IDC's
+  # MultiStepLR).
   schedule: str = "step"
   augment: Union[str, AugmentFn, tuple] = "dsa"
   loss: str = "ce"
+  # "cutmix": after the augmentation, each batch is CutMixed with probability mix_p (box from
+  # Beta(mix_beta, mix_beta), targets mixed by area; IDC's evaluation). "none": no mixing.
+  mix: str = "none"
+  mix_p: float = 0.5
+  mix_beta: float = 1.0
   # "map" (seeds one after another inside one program) or "vmap" (seeds batched). "map" is the default:
   # under vmap the per-batch DSA op choice is batched, so every op is computed and selected (clearly
   # slower on CPU); "vmap" may win on
@@ -95,9 +103,10 @@ class Protocol(NamedTuple):
   source: str
 
 
-PROTOCOLS = ("dc", "dsa", "dm", "mtt")
+PROTOCOLS = ("dc", "dsa", "dm", "mtt", "idc")
 # The EvalConfig fields that, with the epochs, define a protocol (the others choose how it is computed).
-PROTOCOL_FIELDS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "augment", "loss")
+PROTOCOL_FIELDS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "augment", "loss", "mix",
+                   "mix_p", "mix_beta")
 
 
 def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
@@ -113,6 +122,10 @@ def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
   - ``"dsa"`` (``main.py --method DSA``) and ``"dm"`` (``main_DM.py``): 1000 epochs with DSA, 20 networks.
   - ``"mtt"`` (mtt-distillation ``distill.py``): 1000 epochs with DSA, 5 networks, trained with the set's
     learned step size.
+  - ``"idc"`` (IDC ``argument.py`` / ``train.py``, datasets other than ImageNet): 1000 epochs, batch 64,
+    IDC's DSA (``augment="idc"``), CutMix with probability 0.5 (``mix="cutmix"``), lr 0.01 with
+    ``schedule="multistep"`` (x0.2 at 2/3 and 5/6 of the epochs). IDC's ``test.py`` trains one network
+    per run by default (``--repeat``); 5 here.
 
   ``accuracy(key, syn, data, model=p.model, num_seeds=p.num_models, cfg=p.cfg,
   model_kwargs=dict(p.model_kwargs), use_learned_lr=p.use_learned_lr)`` evaluates under it.
@@ -135,8 +148,12 @@ def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
     src = "DatasetCondensation main.py (--method DSA)" if name == "dsa" else \
         "DatasetCondensation main_DM.py"
     return Protocol(name, EvalConfig(epochs=1000, augment="dsa"), 20, "convnet", kwargs, False, src)
-  return Protocol(name, EvalConfig(epochs=1000, augment="dsa"), 5, "convnet", kwargs, True,
-                  "mtt-distillation distill.py (num_eval 5, epoch_eval_train 1000, learned lr)")
+  if name == "mtt":
+    return Protocol(name, EvalConfig(epochs=1000, augment="dsa"), 5, "convnet", kwargs, True,
+                    "mtt-distillation distill.py (num_eval 5, epoch_eval_train 1000, learned lr)")
+  return Protocol(name, EvalConfig(epochs=1000, batch_size=64, schedule="multistep", augment="idc",
+                                   mix="cutmix", mix_p=0.5), 5, "convnet", kwargs, False,
+                  "Efficient-Dataset-Condensation argument.py and train.py (5 networks here)")
 
 
 def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epoch: int):
@@ -150,11 +167,17 @@ def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epo
   if cfg.schedule == "half":
     boundary = (cfg.num_epochs() // 2) * steps_per_epoch
     return lambda step: lr * jnp.where(step < boundary, 1.0, 0.1).astype(lr.dtype)
+  if cfg.schedule == "multistep":
+    e = cfg.num_epochs()
+    first, second = (2 * e // 3) * steps_per_epoch, (5 * e // 6) * steps_per_epoch
+    return lambda step: lr * jnp.where(step < first, 1.0,
+                                       jnp.where(step < second, 0.2, 0.04)).astype(lr.dtype)
   if cfg.schedule == "cosine":
     return lambda step: lr * 0.5 * (1.0 + jnp.cos(jnp.pi * step.astype(lr.dtype) / total_steps))
   if cfg.schedule == "constant":
     return lambda step: lr
-  raise ValueError(f"Unknown schedule {cfg.schedule!r}; known: 'step', 'half', 'cosine', 'constant'.")
+  raise ValueError(f"Unknown schedule {cfg.schedule!r}; known: 'step', 'half', 'multistep', 'cosine', "
+                   f"'constant'.")
 
 
 def init_variables(key: jax.Array, model, image_shape: Sequence[int]):
@@ -201,13 +224,23 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
     variables = init_variables(init_key, model, images.shape[1:])
   params = variables["params"]
   stats = variables.get("batch_stats")
+  if cfg.mix not in ("none", "cutmix"):
+    raise ValueError(f"Unknown mix {cfg.mix!r}; known: 'none', 'cutmix'.")
+  num_classes = jax.eval_shape(lambda: training.forward(model, variables, images[:1], train=False)[0]
+                               ).shape[-1] if cfg.mix == "cutmix" and labels.ndim == 1 else None
 
   def step(carry, inputs):
     params, stats, opt_state, t = carry
     opt_state = jax.tree.map(lambda s: jnp.where(t == restart_step, jnp.zeros_like(s), s), opt_state)
     idx, valid, k = inputs
+    y = labels[idx]
+    if cfg.mix == "cutmix":
+      k, k_mix = jax.random.split(k)
     x = partial_updates.route_augment(augs, k, images[idx], None if groups is None else groups[idx])
-    _, new_stats, grads = training.loss_and_grads(model, params, stats, x, labels[idx], valid, cfg.loss,
+    if cfg.mix == "cutmix":
+      x, y = augment_lib.cutmix(k_mix, x, y if y.ndim == 2 else jax.nn.one_hot(y, num_classes), valid,
+                                cfg.mix_p, cfg.mix_beta)
+    _, new_stats, grads = training.loss_and_grads(model, params, stats, x, y, valid, cfg.loss,
                                                      cfg.microbatch)
     updates, opt_state = tx.update(grads, opt_state, params)
     rate = schedule(t)

@@ -281,3 +281,41 @@ def test_map_groups_applies_one_chosen_op_per_group(getkey):
   np.testing.assert_allclose(got, jax.vmap(aug)(keys, x), rtol=1e-5, atol=1e-5)
   hlo = jax.jit(lambda k, x: A.map_groups(aug, k, x)).lower(keys, x).as_text()
   assert "case" in hlo or "conditional" in hlo  # a real switch survives (vmap turns it into selects)
+
+
+def test_cutmix_pastes_one_box_from_valid_rows_and_mixes_targets_by_area():
+  key = jax.random.key(0)
+  x = jnp.arange(6, dtype=jnp.float32)[:, None, None, None] * jnp.ones((6, 8, 8, 1))
+  y = jax.nn.one_hot(jnp.arange(6) % 3, 3)
+  w = jnp.array([1, 1, 1, 1, 0, 0], jnp.float32)  # rows 4, 5: padding
+  for k in jax.random.split(key, 8):
+    mx, my = A.cutmix(k, x, y, w, p=1.0)
+    changed = np.asarray(mx != x)[..., 0]  # [B, H, W]
+    box = changed.any(0)
+    for i in range(4):  # a valid row: outside the box its own pixels, inside a valid row's value
+      inside = np.asarray(mx[i, ..., 0])[box]
+      assert np.all(np.asarray(mx[i, ..., 0])[~box] == i)
+      assert inside.size == 0 or (np.unique(inside).size == 1 and inside[0] in (0, 1, 2, 3))
+      src = int(inside[0]) if inside.size else i
+      r = 1 - box.mean()
+      np.testing.assert_allclose(np.asarray(my[i]), r * np.asarray(y[i]) + (1 - r) * np.asarray(y[src]),
+                                 atol=1e-6)
+    assert np.isin(np.asarray(mx[4:, ..., 0])[:, box], [4, 5]).all()  # padding from padding only
+  mx, my = A.cutmix(key, x, y, w, p=0.0)
+  np.testing.assert_array_equal(np.asarray(mx), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(my), np.asarray(y))
+
+
+def test_idc_augment_flips_and_colors_every_call_and_draws_one_other_op():
+  """IDC's DiffAug: with only flip and color in the strategy, every call applies both (a fixed-key
+  call equals flip then color with the same sub-keys)."""
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  key = jax.random.key(2)
+  got = A.dsa(key, x, strategy="flip_color", siamese=False, mode="idc")
+  want = A.color(jax.random.fold_in(key, 1), A.flip(jax.random.fold_in(key, 0), x,
+                                                                  siamese=False), siamese=False)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  aug = A.get_augment("idc", "fashion_mnist", siamese=False)
+  assert aug.keywords["strategy"] == "color_crop_flip_scale_rotate" and aug.keywords["mode"] == "idc"
+  assert A.get_augment("idc", "mnist").keywords["strategy"] == "color_crop_scale_rotate"
+  assert A.get_augment("idc")(key, x).shape == x.shape

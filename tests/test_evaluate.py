@@ -70,8 +70,12 @@ def test_paper_protocols_are_the_papers_and_refuse_what_they_cannot_run():
   for p in (dc, dsa, mtt):  # the rest is the reference's training
     assert (p.cfg.lr, p.cfg.momentum, p.cfg.weight_decay, p.cfg.batch_size, p.cfg.schedule) == \
         (0.01, 0.9, 5e-4, 256, "step")
-  with pytest.raises(ValueError, match="Unknown evaluation protocol 'idc'"):
-    evaluate.protocol("idc")
+  idc = evaluate.protocol("idc", "fashion_mnist")
+  assert (idc.cfg.num_epochs(), idc.cfg.trained_epochs(), idc.cfg.batch_size, idc.cfg.augment,
+          idc.cfg.mix, idc.cfg.mix_p, idc.cfg.schedule) == (1000, 1000, 64, "idc", "cutmix", 0.5,
+                                                            "multistep")
+  with pytest.raises(ValueError, match="Unknown evaluation protocol 'kip'"):
+    evaluate.protocol("kip")
   with pytest.raises(ValueError, match="crop / scale / rotate"):
     evaluate.protocol("dc", "mnist")
 
@@ -223,3 +227,21 @@ def test_predict_auto_model_equals_explicit_convolutions():
     want = evaluate.predict(auto.clone(conv_impl=impl), v, jnp.asarray(x), 8)
     np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(got, logits.argmax(-1))
+
+
+def test_multistep_schedule_is_idc_multisteplr():
+  """lr x0.2 from epoch index 2E // 3 and again from 5E // 6 (torch MultiStepLR stepped per epoch)."""
+  cfg = evaluate.EvalConfig(epochs=300, schedule="multistep")
+  f = evaluate._lr_schedule(cfg, jnp.asarray(1.0), 300 * 4, 4)
+  lrs = np.array([float(f(jnp.asarray(e * 4))) for e in (0, 199, 200, 249, 250, 299)])
+  np.testing.assert_allclose(lrs, [1, 1, 0.2, 0.2, 0.04, 0.04], rtol=1e-6)
+  assert cfg.trained_epochs() == 300
+
+
+def test_cutmix_evaluation_trains_and_refuses_an_unknown_mix(data):
+  syn = (data.x_train, data.y_train)
+  cfg = CFG._replace(mix="cutmix", mix_p=1.0)
+  a = evaluate.accuracy(jax.random.key(0), syn, data, TinyNet(), 1, cfg)
+  assert a.mean > 0.6  # still learns the toy classes under full mixing
+  with pytest.raises(ValueError, match="Unknown mix 'mixup'"):
+    evaluate.accuracy(jax.random.key(0), syn, data, TinyNet(), 1, CFG._replace(mix="mixup"))

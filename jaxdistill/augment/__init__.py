@@ -1,22 +1,32 @@
 """Augmentations as functions ``(key, x) -> x`` on ``[N, H, W, C]`` float images.
 
 ``dsa``: Differentiable Siamese Augmentation (shared-key "siamese" or per-image parameters);
-``crop_flip``: torchvision-style random crop (zero padding 4) + horizontal flip; ``identity``.
+``idc``: IDC's evaluation augmentation (DSA ops, flip and color on every call); ``crop_flip``:
+torchvision-style random crop (zero padding 4) + horizontal flip; ``identity``. ``cutmix`` (images and
+targets of a batch) is a training option of the evaluation (``EvalConfig(mix="cutmix")``).
 """
 import functools
 from typing import Callable, Optional
 
 import jax
 
-from jaxdistill.augment.dsa import (DEFAULT_STRATEGY, NO_FLIP_STRATEGY, OPS, DSAParams, affine, brightness,
-                                    color, contrast, crop, cutout, cutout_at, dsa, flip, flip_where,
+from jaxdistill.augment.dsa import (DEFAULT_STRATEGY, MODES, NO_FLIP_STRATEGY, OPS, DSAParams, affine,
+                                    brightness, color, contrast, crop, cutout, cutout_at, dsa, flip, flip_where,
                                     parse_strategy, rotate, rotate_by, saturation, scale, scale_by,
                                     strategy_for, translate)
-from jaxdistill.augment.simple import crop_flip, identity
+from jaxdistill.augment.simple import crop_flip, cutmix, identity
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-AUGMENTATIONS = ("dsa", "crop_flip", "none")
+AUGMENTATIONS = ("dsa", "idc", "crop_flip", "none")
+
+
+def idc_strategy(dataset_name: Optional[str]) -> str:
+  """The DSA strategy of IDC's evaluation (its ``argument.py``): color, crop, flip, scale, rotate, its
+  cutout left out for CutMix, and the flip left out on MNIST and SVHN."""
+  ds = (dataset_name or "").lower()
+  return "color_crop_scale_rotate" if ds in ("mnist", "svhn", "svhn_cropped") else \
+      "color_crop_flip_scale_rotate"
 
 
 def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = True,
@@ -25,13 +35,14 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
   """An augmentation ``(key, x) -> x`` by name.
 
   Args:
-    name: ``"dsa"``, ``"crop_flip"`` or ``"none"``.
+    name: ``"dsa"``, ``"idc"`` (IDC's evaluation augmentation: ``dsa`` with ``idc_strategy`` in mode
+      ``"idc"``), ``"crop_flip"`` or ``"none"``.
     dataset_name: the dataset (the reference DSA strategy is the same for all, flip included).
     siamese: DSA only: one parameter set per call derived from the key (DC/DSA/DM matching), or per-image
       parameters (False; MTT, evaluation). ``crop_flip`` is always per image.
     strategy: DSA strategy string; default ``strategy_for(dataset_name)``.
     params: DSA magnitudes.
-    mode: DSA ``"single"`` (one op per call) or ``"multiple"`` (all ops in sequence).
+    mode: DSA ``"single"`` (one op per call), ``"multiple"`` (all ops in sequence) or ``"idc"``.
 
   Returns:
     A pure function ``(key, x) -> x`` on ``[N, H, W, C]``.
@@ -39,11 +50,14 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
   Raises:
     ValueError: unknown name, or unknown DSA op / mode.
   """
+  if name == "idc":
+    name, mode = "dsa", "idc"
+    strategy = idc_strategy(dataset_name) if strategy is None else strategy
   if name == "dsa":
     strategy = strategy_for(dataset_name) if strategy is None else strategy
     parse_strategy(strategy)  # fail early on unknown ops
-    if mode not in ("single", "multiple"):
-      raise ValueError(f"Unknown DSA mode {mode!r}; known: 'single', 'multiple'.")
+    if mode not in MODES:
+      raise ValueError(f"Unknown DSA mode {mode!r}; known: {list(MODES)}.")
     return functools.partial(dsa, strategy=strategy, params=params, siamese=siamese, mode=mode)
   if name == "crop_flip":
     return crop_flip
@@ -63,8 +77,8 @@ def map_groups(aug: AugmentFn, keys: jax.Array, x: jax.Array) -> jax.Array:
 
 
 __all__ = [
-    "AUGMENTATIONS", "AugmentFn", "DEFAULT_STRATEGY", "DSAParams", "NO_FLIP_STRATEGY", "OPS", "affine",
-    "brightness", "color", "contrast", "crop", "crop_flip", "cutout", "cutout_at", "dsa", "flip",
-    "flip_where", "get_augment", "identity", "map_groups", "parse_strategy", "rotate", "rotate_by", "saturation", "scale",
+    "AUGMENTATIONS", "AugmentFn", "DEFAULT_STRATEGY", "DSAParams", "MODES", "NO_FLIP_STRATEGY", "OPS",
+    "affine", "brightness", "color", "contrast", "crop", "crop_flip", "cutmix", "cutout", "cutout_at",
+    "dsa", "flip", "flip_where", "get_augment", "idc_strategy", "identity", "map_groups", "parse_strategy", "rotate", "rotate_by", "saturation", "scale",
     "scale_by", "strategy_for", "translate",
 ]

@@ -45,6 +45,7 @@ class DSAParams(NamedTuple):
 
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+MODES = ("single", "multiple", "idc")
 # A strategy without the flip, for users who want it for digits (MNIST, SVHN): an explicit choice,
 # since the reference code keeps the flip for every dataset.
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
@@ -422,7 +423,9 @@ def dsa(key: Array, x: Array, strategy: str = DEFAULT_STRATEGY, params: DSAParam
     params: op magnitudes.
     siamese: one parameter set for the whole batch (True) or one per image (False).
     mode: ``"single"``: one op of the strategy drawn uniformly per call by the key (reference ``'S'``, the
-      default everywhere in DC/DSA/DM/MTT); ``"multiple"``: every op in sequence (reference ``'M'``).
+      default everywhere in DC/DSA/DM/MTT); ``"multiple"``: every op in sequence (reference ``'M'``);
+      ``"idc"``: IDC's ``DiffAug``: flip and color on every call, then one of the other ops drawn per
+      call, then cutout on every call (each only when in the strategy).
 
   Returns:
     ``[N, H, W, C]`` augmented images, same dtype as ``x``.
@@ -432,8 +435,8 @@ def dsa(key: Array, x: Array, strategy: str = DEFAULT_STRATEGY, params: DSAParam
   """
   _check_images(x, "dsa")
   names = parse_strategy(strategy)
-  if mode not in ("single", "multiple"):
-    raise ValueError(f"Unknown DSA mode {mode!r}; known: 'single', 'multiple'.")
+  if mode not in MODES:
+    raise ValueError(f"Unknown DSA mode {mode!r}; known: {list(MODES)}.")
   if not names:
     return x
   return _dsa(key, x, names, params, siamese, mode)
@@ -441,6 +444,16 @@ def dsa(key: Array, x: Array, strategy: str = DEFAULT_STRATEGY, params: DSAParam
 
 @functools.partial(jax.jit, static_argnames=("names", "params", "siamese", "mode"))
 def _dsa(key: Array, x: Array, names: Tuple[str, ...], params: DSAParams, siamese: bool, mode: str) -> Array:
+  if mode == "idc":
+    always = [n for n in ("flip", "color") if n in names]
+    for i, n in enumerate(always):
+      x = OPS[n](jax.random.fold_in(key, i), x, params, siamese)
+    rest = tuple(n for n in names if n not in ("flip", "color", "cutout"))
+    if rest:
+      x = _dsa(jax.random.fold_in(key, 2), x, rest, params, siamese, "single")
+    if "cutout" in names:
+      x = OPS["cutout"](jax.random.fold_in(key, 3), x, params, siamese)
+    return x
   fns = [OPS[n] for n in names]
   if mode == "multiple":
     for i, f in enumerate(fns):
