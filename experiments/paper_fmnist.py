@@ -136,7 +136,7 @@ def verdict(r: dict) -> str:
   if r["published_mean"] is None:
     return "no published figure"
   gap = r["ours_mean"] - r["published_mean"]
-  tol = max(1.0, r["ours_std"] + r["published_std"])
+  tol = max(1.0, r["ours_std"] + (r["published_std"] or 0.0))
   if r["budget"] != "paper":
     return f"{gap:+.2f} (reduced budget)"
   return f"{gap:+.2f} ({'within' if abs(gap) <= tol else 'outside'} {tol:.2f})"
@@ -155,8 +155,8 @@ def write(c, results: list) -> str:
            "| method | IPC | budget | iterations | protocol (networks) | ours | random real | published "
            "(source) | gap | distillation time (sessions) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
-    pub = "—" if r["published_mean"] is None else \
-        f"{r['published_mean']:.1f} ± {r['published_std']:.1f} ({r['source']})"
+    pub = "—" if r["published_mean"] is None else f"{r['published_mean']:.1f}" + (
+        "" if r["published_std"] is None else f" ± {r['published_std']:.1f}") + f" ({r['source']})"
     lines.append(
         f"| {r['method'].upper()} | {r['ipc']} | {r['budget']} | {r['iterations']:g} | "
         f"{r['eval_protocol']} ({r['networks']}) | {r['ours_mean']:.2f} ± {r['ours_std']:.2f} | "

@@ -260,8 +260,8 @@ def eval_config(c) -> jd.evaluate.EvalConfig:
 
 
 def paper_protocol(c) -> jd.evaluate.Protocol:
-  """``jd.evaluate.protocol(c.eval_protocol, c.dataset)``."""
-  return jd.evaluate.protocol(c.eval_protocol, c.dataset)
+  """``jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=c.eval_protocol_ratio)``."""
+  return jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=c.get("eval_protocol_ratio"))
 
 
 def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
@@ -324,9 +324,10 @@ def evaluators(c, data, own: Optional[dict] = None, soft_label_loss: Optional[st
 
 # The fields that define a run; steps and evaluation-only fields are left out so that a finished run
 # can be extended (more steps) or re-evaluated (other epochs, seeds, models) from its checkpoint.
-NOT_IDENTITY = ("steps", "evals", "eval_protocol", "eval_models", "eval_model_kwargs", "eval_epochs",
-                "eval_augment", "eval_kwargs", "num_seeds", "results", "workdir", "checkpoint_every", "image_every",
-                "combined_augment", "coverage_sample", "data_dir", "progress")
+NOT_IDENTITY = ("steps", "evals", "eval_protocol", "eval_protocol_ratio", "eval_models",
+                "eval_model_kwargs", "eval_epochs", "eval_augment", "eval_kwargs", "num_seeds", "results",
+                "workdir", "checkpoint_every", "image_every", "combined_augment", "coverage_sample",
+                "data_dir", "progress")
 
 
 def run_identity(c) -> dict:
@@ -345,7 +346,7 @@ def run_identity(c) -> dict:
 NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optimizer_kwargs",
                 "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
                 "distill_augment", "combined_augment", "evals", "checkpoint_every", "image_every",
-                "progress", "results", "workdir", "data_dir", "eval_protocol")
+                "progress", "results", "workdir", "data_dir", "eval_protocol", "eval_protocol_ratio")
 
 
 def baseline_identity(c, evaluator: str) -> dict:

@@ -5,8 +5,8 @@ the gradient, as PyTorch does), lr 0.01 (or the learned step size), batch 256, D
 per batch, per-sample parameters) with ``epochs`` E = 1000, or no augmentation with E = 300. As the
 reference's ``for ep in range(E + 1)`` loop, E + 1 epochs are trained, and after the epoch with index
 E // 2 + 1 the learning rate drops to a tenth with a new optimizer (momentum restarts):
-``schedule="step"``. Mean ± std of the test accuracy over seeds. SelMatch's protocol (ResNet18-BN, lr 0.1 cosine, batch 128)
-is ``EvalConfig(lr=0.1, schedule="cosine", batch_size=128)``.
+``schedule="step"``. Mean ± std of the test accuracy over seeds. The papers' protocols (DC, DSA, DM,
+MTT, IDC, SelMatch) are named presets: ``protocol(name, dataset_name)``.
 
 Seeds are trained by one jitted program: all at once (``seed_parallel="vmap"``) or one network per call
 (``"map"``, the default: the same compiled program for each seed, so progress can be reported); the
@@ -50,7 +50,8 @@ class EvalConfig(NamedTuple):
   # "half": E epochs, lr x0.1 from epoch E // 2 with momentum kept (a deliberate simplification);
   # "cosine" or "constant": E epochs.
   # "multistep": E epochs, lr x0.2 at the starts of epochs 2E // 3 and 5E // 6, momentum kept (IDC's
-  # MultiStepLR).
+  # MultiStepLR); "cosine_epoch": E + 1 epochs, epoch e at lr * (0.01 + 0.99 * (1 + cos(pi e / E)) / 2)
+  # (torch CosineAnnealingLR(T_max=E, eta_min=lr / 100) stepped per epoch; SelMatch).
   schedule: str = "step"
   augment: Union[str, AugmentFn, tuple] = "dsa"
   loss: str = "ce"
@@ -78,8 +79,9 @@ class EvalConfig(NamedTuple):
     return 1000 if any(isinstance(a, str) and a == "dsa" for a in augs) else 300
 
   def trained_epochs(self) -> int:
-    """Epochs actually trained: ``E + 1`` with the reference's ``"step"`` schedule, else ``E``."""
-    return self.num_epochs() + (1 if self.schedule == "step" else 0)
+    """Epochs actually trained: ``E + 1`` with ``"step"`` (the reference's) and ``"cosine_epoch"``,
+    else ``E``."""
+    return self.num_epochs() + (1 if self.schedule in ("step", "cosine_epoch") else 0)
 
   def restart_epoch(self) -> Optional[int]:
     """The epoch at whose start the learning rate drops to a tenth and momentum restarts
@@ -103,13 +105,13 @@ class Protocol(NamedTuple):
   source: str
 
 
-PROTOCOLS = ("dc", "dsa", "dm", "mtt", "idc")
+PROTOCOLS = ("dc", "dsa", "dm", "mtt", "idc", "selmatch")
 # The EvalConfig fields that, with the epochs, define a protocol (the others choose how it is computed).
 PROTOCOL_FIELDS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "augment", "loss", "mix",
                    "mix_p", "mix_beta")
 
 
-def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
+def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[float] = None) -> Protocol:
   """The evaluation protocol of a paper's code by name (``PROTOCOLS``) for a dataset.
 
   All train the field's ConvNet (width 128, instance norm; depth 3, or 4 on Tiny-ImageNet's 64x64
@@ -126,6 +128,11 @@ def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
     IDC's DSA (``augment="idc"``), CutMix with probability 0.5 (``mix="cutmix"``), lr 0.01 with
     ``schedule="multistep"`` (x0.2 at 2/3 and 5/6 of the epochs). IDC's ``test.py`` trains one network
     per run by default (``--repeat``); 5 here.
+  - ``"selmatch"`` (SelMatch ``eval.py``, ``utils.evaluate_synset``, ``scripts/eval``): ResNet-18 with
+    BatchNorm, lr 0.1, batch 128, ``schedule="cosine_epoch"``, ``round(50 / ratio)`` epochs for the set's
+    share ``ratio`` of the training set (1000 at 5%, 500 at 10%, 250 at 20%, 167 at 30%), DSA, 5
+    networks, the learned step size never used. SelMatch's sets train with combined augmentation
+    (``partial_updates.augment_groups``), random and window sets with DSA.
 
   ``accuracy(key, syn, data, model=p.model, num_seeds=p.num_models, cfg=p.cfg,
   model_kwargs=dict(p.model_kwargs), use_learned_lr=p.use_learned_lr)`` evaluates under it.
@@ -140,6 +147,13 @@ def protocol(name: str, dataset_name: Optional[str] = None) -> Protocol:
     raise ValueError("DC's protocol on MNIST trains 1000 epochs with DC's crop / scale / rotate "
                      "augmentation (utils.get_daparam), which this library does not implement; use "
                      "protocol 'dsa', or an EvalConfig of your own.")
+  if name == "selmatch":
+    if ratio is None or not 0 < ratio <= 1:
+      raise ValueError(f"SelMatch's protocol trains round(50 / ratio) epochs: pass the set's share of "
+                       f"the training set, 0 < ratio <= 1; got ratio={ratio!r}.")
+    return Protocol(name, EvalConfig(epochs=round(50 / ratio), lr=0.1, batch_size=128,
+                                     schedule="cosine_epoch", augment="dsa"), 5, "resnet18bn", (),
+                    False, "SelMatch eval.py, utils.evaluate_synset and scripts/eval")
   kwargs = (("width", 128), ("depth", 4 if "tiny_imagenet" in ds else 3))
   if name == "dc":
     return Protocol(name, EvalConfig(epochs=300, augment="none"), 20, "convnet", kwargs, False,
@@ -172,12 +186,16 @@ def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epo
     first, second = (2 * e // 3) * steps_per_epoch, (5 * e // 6) * steps_per_epoch
     return lambda step: lr * jnp.where(step < first, 1.0,
                                        jnp.where(step < second, 0.2, 0.04)).astype(lr.dtype)
+  if cfg.schedule == "cosine_epoch":
+    e = cfg.num_epochs()
+    return lambda step: lr * (0.01 + 0.99 * 0.5 * (1.0 + jnp.cos(
+        jnp.pi * (step // steps_per_epoch).astype(lr.dtype) / e)))
   if cfg.schedule == "cosine":
     return lambda step: lr * 0.5 * (1.0 + jnp.cos(jnp.pi * step.astype(lr.dtype) / total_steps))
   if cfg.schedule == "constant":
     return lambda step: lr
-  raise ValueError(f"Unknown schedule {cfg.schedule!r}; known: 'step', 'half', 'multistep', 'cosine', "
-                   f"'constant'.")
+  raise ValueError(f"Unknown schedule {cfg.schedule!r}; known: 'step', 'half', 'multistep', "
+                   f"'cosine_epoch', 'cosine', 'constant'.")
 
 
 def init_variables(key: jax.Array, model, image_shape: Sequence[int]):

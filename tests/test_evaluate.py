@@ -74,6 +74,12 @@ def test_paper_protocols_are_the_papers_and_refuse_what_they_cannot_run():
   assert (idc.cfg.num_epochs(), idc.cfg.trained_epochs(), idc.cfg.batch_size, idc.cfg.augment,
           idc.cfg.mix, idc.cfg.mix_p, idc.cfg.schedule) == (1000, 1000, 64, "idc", "cutmix", 0.5,
                                                             "multistep")
+  sm = evaluate.protocol("selmatch", "cifar10", ratio=0.3)
+  assert (sm.model, sm.cfg.num_epochs(), sm.cfg.trained_epochs(), sm.cfg.lr, sm.cfg.batch_size,
+          sm.use_learned_lr) == ("resnet18bn", 167, 168, 0.1, 128, False)
+  assert evaluate.protocol("selmatch", ratio=0.05).cfg.num_epochs() == 1000
+  with pytest.raises(ValueError, match="ratio"):
+    evaluate.protocol("selmatch")
   with pytest.raises(ValueError, match="Unknown evaluation protocol 'kip'"):
     evaluate.protocol("kip")
   with pytest.raises(ValueError, match="crop / scale / rotate"):
@@ -236,6 +242,17 @@ def test_multistep_schedule_is_idc_multisteplr():
   lrs = np.array([float(f(jnp.asarray(e * 4))) for e in (0, 199, 200, 249, 250, 299)])
   np.testing.assert_allclose(lrs, [1, 1, 0.2, 0.2, 0.04, 0.04], rtol=1e-6)
   assert cfg.trained_epochs() == 300
+
+
+def test_cosine_epoch_schedule_is_selmatch_cosineannealinglr():
+  """Per epoch e of E + 1: eta_min + (lr - eta_min) (1 + cos(pi e / E)) / 2, eta_min = lr / 100."""
+  cfg = evaluate.EvalConfig(epochs=10, schedule="cosine_epoch", lr=0.1)
+  f = evaluate._lr_schedule(cfg, jnp.asarray(0.1), 11 * 3, 3)
+  for e in (0, 3, 10):
+    want = 0.001 + 0.099 * (1 + np.cos(np.pi * e / 10)) / 2
+    np.testing.assert_allclose([float(f(jnp.asarray(3 * e + j))) for j in range(3)], [want] * 3,
+                               rtol=1e-5)
+  assert cfg.trained_epochs() == 11
 
 
 def test_cutmix_evaluation_trains_and_refuses_an_unknown_mix(data):

@@ -553,6 +553,11 @@ def test_paper_configs_hold_their_protocol_and_refuse_a_changed_field():
     load_config("paper_fmnist.py", "idc,1")
   with pytest.raises(ValueError, match="IPC 7"):
     load_config("paper_fmnist.py", "dc,7")
+  from experiments.configs.common import base, with_protocol
+  sm = with_protocol(base("selmatch", 15), "selmatch", ratio=0.05)
+  assert (registry.eval_config(sm).num_epochs(), tuple(sm.eval_models), sm.num_seeds) == \
+      (1000, ("resnet18bn",), 5)
+  assert registry.eval_config(with_protocol(base("idc", 1), "idc")).mix == "cutmix"
   # The protocol's name is not part of a run's identity, nor of its random-real baseline's.
   plain = load_config("paper_fmnist.py", "dc,1")
   plain.eval_protocol = ""

@@ -56,13 +56,16 @@ def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_t
   return c
 
 
-def with_protocol(c, name: str):
+def with_protocol(c, name: str, ratio=None):
   """Sets ``c``'s evaluation fields to a paper's protocol (``jaxdistill.evaluate.protocol``: "dc",
-  "dsa", "dm", "mtt"): its network, epochs, augmentation, training hyperparameters and number of
-  networks, and names it in ``c.eval_protocol`` (a later change of one of these fields is refused)."""
-  p = jd.evaluate.protocol(name, c.dataset)
+  "dsa", "dm", "mtt", "idc", "selmatch" with the set's share ``ratio`` of the training set): its
+  network, epochs, augmentation, training hyperparameters and number of networks, and names it in
+  ``c.eval_protocol`` (a later change of one of these fields is refused)."""
+  p = jd.evaluate.protocol(name, c.dataset, ratio=ratio)
   default = jd.evaluate.EvalConfig()
   c.eval_protocol = name
+  if ratio is not None:
+    c.eval_protocol_ratio = float(ratio)
   c.eval_models = (p.model,)
   c.eval_model_kwargs = ml_collections.ConfigDict({p.model: dict(p.model_kwargs)})
   c.eval_epochs = p.cfg.num_epochs()
