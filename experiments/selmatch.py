@@ -80,6 +80,18 @@ def check_config(c, num_classes: int) -> None:
       raise ValueError(f"alphas of ratio {ratio} must be non-empty and in [0, 1]; got {alphas}.")
 
 
+def eval_rule(c, ratio: float) -> tuple:
+  """``(EvalConfig, use_learned_lr)`` every set of a ratio is evaluated with: the reference schedule
+  with ``c.eval_epochs`` (MTT / SelMatch sets with their learned step size), or with
+  ``c.eval_protocol="selmatch"`` SelMatch's rule for the ratio, the same for every set. Its
+  ``test_batch_size`` only sets how many test images are predicted at once; 2000 keeps the cache keys
+  of evaluations stored before the default became 256."""
+  if c.get("eval_protocol"):
+    p = jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=ratio)
+    return p.cfg._replace(test_batch_size=2000), p.use_learned_lr
+  return jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment="dsa", test_batch_size=2000), True
+
+
 def _digest(syn) -> str:
   lr = None if syn.log_lr is None else float(np.asarray(syn.log_lr))
   return ident(np.asarray(syn.images).tobytes(), np.asarray(syn.labels).tobytes(), lr)
@@ -188,11 +200,6 @@ def run(c) -> dict:
            f"the final experts.", ""]
   coverage = registry.coverage(mtt_config(c), data, model, traj, scores)  # all images, expert 0
 
-  # test_batch_size only sets how many test images are predicted at once (not the results); 2000 keeps
-  # the cache keys of evaluations stored before the default became 256.
-  final_cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment="dsa", test_batch_size=2000)
-  combined_cfg = final_cfg._replace(augment=("dsa", "crop_flip"))
-  search_cfg = final_cfg._replace(epochs=c.search.eval_epochs)
   # Window-search networks are scored on the held-out split and the test set in one pass.
   n_hold = len(y_hold)
   search_data = dataclasses.replace(data, x_test=np.concatenate([x_hold, data.x_test]),
@@ -202,16 +209,18 @@ def run(c) -> dict:
   test_groups = {"easy": easy_t, "hard": hard_t}
   cache = os.path.join(root, "cache")
 
-  def ev(syn, cfg=final_cfg, groups=None, search=False, seeds=None):
-    """Evaluation of ``syn`` (cached by its content and the protocol)."""
+  def ev(syn, cfg, learned, groups=None, search=False, seeds=None):
+    """Evaluation of ``syn`` (cached by its content and the protocol); ``learned``: train with the
+    set's learned step size where it has one."""
     seeds = seeds or c.num_seeds
-    name = ident(_digest(syn), cfg, None if groups is None else np.asarray(groups).tobytes(), search,
-                 seeds, c.eval_model, c.eval_model_kwargs.to_dict())
-    return decode_result(json_cache(os.path.join(cache, f"eval_{name}.json"), lambda: encode_result(
-        jd.evaluate.accuracy(eval_key if not search else search_key, syn,
-                             search_data if search else data, model=c.eval_model,
-                             model_kwargs=dict(c.eval_model_kwargs), num_seeds=seeds, cfg=cfg,
-                             groups=groups, test_groups=search_groups if search else test_groups))))
+    parts = (_digest(syn), cfg, None if groups is None else np.asarray(groups).tobytes(), search, seeds,
+             c.eval_model, c.eval_model_kwargs.to_dict()) + (() if learned else ("no learned lr",))
+    return decode_result(json_cache(os.path.join(cache, f"eval_{ident(*parts)}.json"),
+                                    lambda: encode_result(jd.evaluate.accuracy(
+        eval_key if not search else search_key, syn, search_data if search else data,
+        model=c.eval_model, model_kwargs=dict(c.eval_model_kwargs), num_seeds=seeds, cfg=cfg,
+        groups=groups, test_groups=search_groups if search else test_groups,
+        use_learned_lr=learned))))
 
   def cov(syn):
     rep = cached_results(os.path.join(cache, f"coverage_{_digest(syn)}.json"),
@@ -236,10 +245,14 @@ def run(c) -> dict:
     tail = ([f"Total run time of the last session: {time.time() - t_start:.0f} s.", ""] if done else
             ["(run in progress: ratios after the last row are still to come)", ""])
     search_head = " | ".join(f"{b:g}" for b in c.search.betas)
+    rule = (f"{c.eval_epochs} epochs, the reference schedule (SGD lr 0.01, or the learned step size "
+            f"for MTT/SelMatch sets, momentum 0.9, wd 5e-4, lr / 10 after half with momentum "
+            f"restarted, batch 256)" if not c.get("eval_protocol") else
+            f"SelMatch's training rule for every set alike (jaxdistill.evaluate.protocol("
+            f"{c.eval_protocol!r}): SGD lr 0.1 momentum 0.9, wd 5e-4, batch 128, cosine to lr / 100 "
+            f"per epoch, round(50 / ratio) + 1 epochs, no learned step size for any set)")
     text = head + [
-        f"Evaluation: {c.eval_model} {dict(c.eval_model_kwargs)}, {c.eval_epochs} epochs, the "
-        f"reference schedule (SGD lr 0.01, or the learned step size for MTT/SelMatch sets, momentum "
-        f"0.9, wd 5e-4, lr / 10 after half with momentum restarted, batch 256), {c.num_seeds} seeds; "
+        f"Evaluation: {c.eval_model} {dict(c.eval_model_kwargs)}, {rule}, {c.num_seeds} seeds; "
         f"DSA unless stated. Easy / hard halves: test images split at the median expert EL2N. Coverage: "
         f"of the {len(data.y_train)} training-subset images, in expert 0's feature space, halves by "
         f"training difficulty.", "", *rows, "",
@@ -259,16 +272,20 @@ def run(c) -> dict:
   for ratio, alphas in zip(c.ratios, c.alphas):
     ipc = int(round(ratio * c.per_class))
     tag = f"{100 * ratio:g}% ({ipc})"
+    final_cfg, learned = eval_rule(c, ratio)
+    combined_cfg = final_cfg._replace(augment=("dsa", "crop_flip"))
+    search_cfg = final_cfg._replace(epochs=c.search.eval_epochs)
     rnd = jd.selection.random(jax.random.fold_in(init_key, ipc), data.x_train, data.y_train,
                               data.num_classes, ipc)
-    r = ev(rnd)
+    r = ev(rnd, final_cfg, learned)
     rows.append(f"| {tag} | random real | {cell(r)} | {cov(rnd)} |")
     point("random real", ratio, r)
     print(f"[{tag}] random: {r}", flush=True)
 
     _, results = jd.selection.window_search(
         search_key, scores, data, ipc, betas=tuple(c.search.betas), unit=c.search.unit,
-        evaluate_fn=lambda k, syn: ev(syn, search_cfg, search=True, seeds=c.search.num_seeds))
+        evaluate_fn=lambda k, syn: ev(syn, search_cfg, learned, search=True,
+                                      seeds=c.search.num_seeds))
     acc = {split: {b: float(r.group_accuracies[split].mean()) for b, r in results.items()}
            for split in ("holdout", "test")}
     best = {split: max(acc[split], key=acc[split].get) for split in acc}  # first on a tie
@@ -283,7 +300,7 @@ def run(c) -> dict:
       if b not in wins:
         wins[b] = jd.selection.window_init(scores, data.x_train, data.y_train, data.num_classes, ipc,
                                            b, unit=c.search.unit)
-        win_acc[b] = ev(wins[b])
+        win_acc[b] = ev(wins[b], final_cfg, learned)
         chosen = " and ".join(s.replace("holdout", "held-out") for s in ("holdout", "test")
                               if best[s] == b)
         rows.append(f"| {tag} | best window on {chosen} (beta {b:g}) | {cell(win_acc[b])} | "
@@ -293,7 +310,7 @@ def run(c) -> dict:
 
     mtt_dir = os.path.join(root, f"mtt_ipc{ipc}")
     mtt = mtt_distill(c, jax.random.fold_in(run_key, ipc), rnd, None, model, data, traj, mtt_dir)
-    r = ev(mtt)
+    r = ev(mtt, final_cfg, learned)
     rows.append(f"| {tag} | MTT (random real init, all rows) | {cell(r)} | {cov(mtt)} |")
     point("MTT", ratio, r)
     print(f"[{tag}] MTT: {r}", flush=True)
@@ -308,8 +325,8 @@ def run(c) -> dict:
       frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask],
                                         np.asarray(win.images)[~mask]))
       label = f"SelMatch (alpha {alpha:g}, beta {best['holdout']:g})"
-      r_comb = ev(sel, combined_cfg, groups=jd.partial_updates.augment_groups(mask))
-      r_dsa = ev(sel)
+      r_comb = ev(sel, combined_cfg, learned, groups=jd.partial_updates.augment_groups(mask))
+      r_dsa = ev(sel, final_cfg, learned)
       rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(sel)} |")
       rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")
       # One line through each ratio's first alpha (the paper's), separate points for the others.

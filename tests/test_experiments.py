@@ -240,6 +240,14 @@ def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent()
   c.mtt.batch_syn = 100  # does not divide ratio 5%'s 150 rows: refused before any work
   with pytest.raises(ValueError, match="batch_syn"):
     selmatch.check_config(c, data.num_classes)
+  # The evaluation rule: the recorded reference schedule with learned step sizes, or SelMatch's own
+  # rule per ratio with none for any set.
+  cfg, learned = selmatch.eval_rule(c, 0.05)
+  assert (cfg.num_epochs(), cfg.lr, learned) == (c.eval_epochs, 0.01, True)
+  c.eval_protocol = "selmatch"
+  cfg, learned = selmatch.eval_rule(c, 0.1)
+  assert (cfg.num_epochs(), cfg.lr, cfg.batch_size, cfg.schedule, learned) == \
+      (500, 0.1, 128, "cosine_epoch", False)
 
 
 def tiny_sweep(workdir: str):

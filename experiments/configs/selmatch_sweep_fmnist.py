@@ -42,6 +42,10 @@ def get_config():
   c.eval_model = "convnet"
   c.eval_model_kwargs = ml_collections.ConfigDict({"width": 32, "depth": 3, "conv_impl": "patches"})
   c.eval_epochs = 300
+  # "": the reference schedule for eval_epochs, MTT / SelMatch sets with their learned step size (the
+  # recorded results); "selmatch": SelMatch's own rule per ratio for every set alike, no learned step
+  # size (jaxdistill.evaluate.protocol("selmatch", ratio=...); its network is c.eval_model).
+  c.eval_protocol = ""
   c.num_seeds = 3
   c.workdir = "runs"
   c.out = "experiments/results/selmatch_ratios_fashion_mnist.md"
