@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import flax.serialization
 import numpy as np
 import optax
 from ml_collections import config_flags
@@ -115,6 +116,55 @@ def _coverage_net(c, data, key):
   return embed, variables
 
 
+def judge(c, data, key) -> tuple:
+  """The quality report's classifier: ``c.judge.model`` trained ``c.judge.epochs`` on every training
+  image (no augmentation), once, stored under ``<workdir>/judge`` (flax serialization) with its test
+  accuracy; ``(model, variables, test accuracy)``. Refused below ``c.judge.min_accuracy``: a weak
+  classifier cannot tell a garment from a blur."""
+  j = c.judge
+  model = jd.models.get_model(j.model, data.num_classes, **j.model_kwargs)
+  d = os.path.join(c.workdir, "judge")
+  tag = _ident(j.model, sorted(j.model_kwargs.items()), j.epochs, c.seed, len(data.y_train))
+  path, meta = os.path.join(d, f"{tag}.msgpack"), os.path.join(d, f"{tag}.json")
+  like = jd.evaluate.init_variables(key, model, data.image_shape)
+  if os.path.exists(path) and os.path.exists(meta):
+    with open(path, "rb") as f:
+      variables = flax.serialization.from_bytes(like, f.read())
+    with open(meta) as f:
+      acc = json.load(f)["test_accuracy"]
+  else:
+    t0 = time.time()
+    cfg = jd.evaluate.EvalConfig(epochs=j.epochs, augment="none")
+    variables = jax.jit(lambda k: jd.evaluate.train(k, model, jnp.asarray(data.x_train),
+                                                    jnp.asarray(data.y_train), cfg))(key)
+    acc = float(np.mean(np.asarray(jd.evaluate.predict(model, variables, jnp.asarray(data.x_test)))
+                        == data.y_test))
+    os.makedirs(d, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      f.write(flax.serialization.to_bytes(variables))
+    os.replace(path + ".tmp", path)
+    _json_cache(meta, lambda: {"test_accuracy": acc, "seconds": time.time() - t0})
+    print(f"judge {j.model} {dict(j.model_kwargs)}, {j.epochs} epochs: test accuracy "
+          f"{100 * acc:.2f}%", flush=True)
+  if acc < j.min_accuracy:
+    raise ValueError(f"The quality report's classifier reaches {100 * acc:.2f}% test accuracy, below "
+                     f"judge.min_accuracy={j.min_accuracy}: raise judge.epochs or its width.")
+  return model, variables, acc
+
+
+def quality(c, data, syn, judge_state, key) -> dict:
+  """``jd.metrics.quality_report`` of ``syn`` by the judge, cached by the set's bytes."""
+  model, variables, _ = judge_state
+  digest = hashlib.sha256(np.asarray(syn.images).tobytes()).hexdigest()[:12]
+  ident = _ident(digest, np.asarray(syn.labels).tobytes(), c.judge.to_dict())
+  logits = lambda v, x: model.apply(v, x, train=False)
+  feats = lambda v, x: model.apply(v, x, train=False, return_features=True)[1]
+  return _json_cache(os.path.join(c.workdir, "eval", f"quality_{ident}.json"),
+                     lambda: jd.metrics.quality_report(logits, feats, variables, np.asarray(syn.images),
+                                                       np.asarray(syn.labels), data.x_test,
+                                                       data.x_train, sample_size=2000, key=key))
+
+
 def _evaluate(c, data, syn, keys, cov_state):
   """Accuracy under both protocols and coverage of the test set, each cached by the set's bytes."""
   eval_key, cov_key = keys
@@ -142,11 +192,14 @@ def _evaluate(c, data, syn, keys, cov_state):
   return row
 
 
-def main(_):
-  c = _CONFIG.value
+def run(c) -> dict:
+  """Every stage of config ``c`` (resuming); returns ``{(set, ipc): row}`` (accuracies, coverage,
+  quality report)."""
   key = jax.random.key(c.seed)
   train_key, sample_key, eval_key, cov_key, rnd_key = jax.random.split(key, 5)
-  data = jd.data.load(c.dataset)
+  judge_key = jax.random.fold_in(key, 7)
+  kw = ({"max_per_class": c.max_per_class, "key": jax.random.key(0)} if c.get("max_per_class") else {})
+  data = jd.data.load(c.dataset, **kw)
   os.makedirs(c.workdir, exist_ok=True)
   model = dfn.DiT(data.num_classes, **c.model)
   schedule = dfn.make_schedule(c.num_timesteps, c.schedule)
@@ -158,13 +211,17 @@ def main(_):
   info = {"sample_seconds": {}, "finetune": {}}
   table = {}
   cov_state = []
+  judge_state = judge(c, data, judge_key)
+  info["judge_accuracy"] = judge_state[2]
 
   def evaluate(name, ipc, syn):
     table[(name, ipc)] = _evaluate(c, data, syn, (eval_key, cov_key), cov_state)
     r = table[(name, ipc)]
+    r["quality"] = quality(c, data, syn, judge_state, judge_key)
     print(f"{name} IPC {ipc}: {c.eval_model} {100 * r[c.eval_model]['mean']:.2f}, {c.other_model} "
-          f"{100 * r[c.other_model]['mean']:.2f}, coverage {100 * r['coverage']['coverage']:.1f}",
-          flush=True)
+          f"{100 * r[c.other_model]['mean']:.2f}, coverage {100 * r['coverage']['coverage']:.1f}, "
+          f"class agreement {r['quality']['class_agreement']:.3f}, FID-style "
+          f"{r['quality']['fid_like']:.2f}", flush=True)
     write_results(c, table, info)
 
   def sample_and_evaluate(name, params):
@@ -201,6 +258,11 @@ def main(_):
                                                       image_shape, params0, train_key, (0.0, 0.0))
     for ipc, syn in sample_and_evaluate("difffit", params_ft):
       evaluate("difffit", ipc, syn)
+  return table
+
+
+def main(_):
+  run(_CONFIG.value)
 
 
 def write_results(c, table, info):
@@ -211,13 +273,20 @@ def write_results(c, table, info):
            f"{pre['sessions']} session(s)."]
   for name, ft in info["finetune"].items():
     lines.append(f"Fine-tuning `{name}`: {ft['total_steps']} steps, {ft['seconds']:.0f} s.")
-  lines += ["", f"| IPC | set | {c.eval_model} (%) | {c.other_model} (%) | coverage of the test set (%) |",
-            "|---|---|---|---|---|"]
+  lines += [f"Quality report: classifier {c.judge.model} {dict(c.judge.model_kwargs)} trained "
+            f"{c.judge.epochs} epochs on every training image, test accuracy "
+            f"{100 * info['judge_accuracy']:.2f}%; class agreement = share of a set's images it assigns "
+            f"to the requested class; FID-style = Fréchet distance of its penultimate features, set vs "
+            f"test images; nearest-real ratio = mean pixel distance to the nearest training image over "
+            f"the same among training images.", ""]
+  lines += ["", f"| IPC | set | {c.eval_model} (%) | {c.other_model} (%) | coverage of the test set (%) "
+            f"| class agreement | FID-style | nearest-real ratio |", "|---|---|---|---|---|---|---|---|"]
   for (name, ipc), row in sorted(table.items(), key=lambda kv: kv[0][1]):
-    a, b = row[c.eval_model], row[c.other_model]
+    a, b, q = row[c.eval_model], row[c.other_model], row["quality"]
     lines.append(f"| {ipc} | {name} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | "
                  f"{100 * b['mean']:.2f} ± {100 * b['std']:.2f} | "
-                 f"{100 * row['coverage']['coverage']:.1f} |")
+                 f"{100 * row['coverage']['coverage']:.1f} | {q['class_agreement']:.3f} | "
+                 f"{q['fid_like']:.2f} | {q['nearest_real_ratio']:.2f} |")
   lines.append("")
   lines += [f"- sampling `{n}` IPC {i}: {s:.0f} s" for (n, i), s in info["sample_seconds"].items()]
   lines += [f"- evaluation `{n}` IPC {i}: " + ", ".join(
@@ -226,6 +295,16 @@ def write_results(c, table, info):
   path = c.results.replace(".md", "_run.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
+  key_of = lambda n: n.replace(" ", "_").replace("DM", "dm")
+  record = {"judge_test_accuracy": info["judge_accuracy"],
+            "quality": {key_of(n): {} for n, _ in table},
+            "accuracy": [{"set": key_of(n), "ipc": i, "mean": 100 * row[c.eval_model]["mean"],
+                          "std": 100 * row[c.eval_model]["std"]} for (n, i), row in table.items()]}
+  for (n, i), row in table.items():
+    record["quality"][key_of(n)][str(i)] = {k: row["quality"][k] for k in (
+        "class_agreement", "fid_like", "nearest_real_ratio")}
+  with open(c.results.replace(".md", ".json"), "w") as f:
+    json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Coverage of the real data by a synthetic set (SelMatch), and easy / hard halves by difficulty.
+"""Coverage of the real data by a synthetic set (SelMatch), easy / hard halves by difficulty, and the
+quality report of a generated set (class agreement, an FID-style distance, nearest-real distances).
 
 Coverage (Lee et al., SelMatch, ICML 2024): the fraction of real samples that lie within radius ``r`` of
 some synthetic sample in a feature space, with ``r`` the mean distance from a real training sample to its
@@ -232,3 +233,62 @@ def coverage_report(embed_fn: Callable, params, syn_images, real_images, train_i
     out["easy"] = float(covered[easy].mean()) if easy.any() else float("nan")
     out["hard"] = float(covered[hard].mean()) if hard.any() else float("nan")
   return out
+
+
+def frechet_distance(a, b) -> float:
+  """The Fréchet distance between Gaussians fitted to features ``a`` ``[N, D]`` and ``b`` ``[M, D]``
+  (FID's formula): ``||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))``, covariances with
+  ``N - 1`` / ``M - 1``, in float64; the matrix square root via the symmetric ``S_a^(1/2) S_b S_a^(1/2)``
+  (same trace), so rank-deficient covariances (fewer samples than features) are fine."""
+  a = _features(a, "a").astype(np.float64)
+  b = _features(b, "b").astype(np.float64)
+  if a.shape[1] != b.shape[1]:
+    raise ValueError(f"a has {a.shape[1]} features but b has {b.shape[1]}.")
+  if a.shape[0] < 2 or b.shape[0] < 2:
+    raise ValueError(f"frechet_distance needs at least 2 samples on each side; got {a.shape[0]} and "
+                     f"{b.shape[0]}.")
+  sa, sb = np.cov(a, rowvar=False).reshape(a.shape[1], -1), np.cov(b, rowvar=False).reshape(b.shape[1], -1)
+  w, v = np.linalg.eigh(sa)
+  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sb @ root), 0, None)).sum()
+  diff = a.mean(0) - b.mean(0)
+  return float(diff @ diff + np.trace(sa) + np.trace(sb) - 2 * cross)
+
+
+def quality_report(logits_fn: Callable, features_fn: Callable, params, syn_images, syn_labels,
+                   test_images, train_images, sample_size: Optional[int] = 2000,
+                   key: Optional[jax.Array] = None, batch_size: int = 1000) -> dict:
+  """How much a generated (or any synthetic) set looks like its classes, judged by a strong classifier.
+
+  Args:
+    logits_fn, features_fn: ``fn(params, x [B, H, W, C])`` -> ``[B, K]`` logits / ``[B, D]`` features of
+      the classifier (e.g. its penultimate layer).
+    params: the classifier's parameters (train it well: its test accuracy bounds what it can judge).
+    syn_images, syn_labels: ``[S, H, W, C]`` and the requested classes ``[S]``.
+    test_images: ``[M, H, W, C]`` the FID-style distance is measured against.
+    train_images: ``[N, H, W, C]`` real images for the nearest-real distances (pixels, the images' own
+      scale; the ratio does not depend on a global scale).
+    sample_size, key: real images whose nearest other real image sets the reference distance
+      (``coverage_radius``'s sample).
+    batch_size: classifier batch size.
+
+  Returns:
+    ``{"class_agreement"}`` (fraction of images the classifier assigns to the requested class),
+    ``"class_agreement_per_class"`` (list), ``"fid_like"`` (``frechet_distance`` of the classifier's
+    features, set vs test images), ``"nearest_real"`` (mean distance to the nearest real image),
+    ``"real_nearest_real"`` (the same among real images) and ``"nearest_real_ratio"`` (their ratio).
+  """
+  labels = np.asarray(syn_labels)
+  if labels.ndim != 1 or labels.shape[0] != np.shape(syn_images)[0]:
+    raise ValueError(f"syn_labels must be [{np.shape(syn_images)[0]}] class ids; got shape {labels.shape}.")
+  logits = np.asarray(embed(logits_fn, params, syn_images, batch_size))
+  hit = logits.argmax(-1) == labels
+  k = logits.shape[-1]
+  per_class = [float(hit[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(k)]
+  feats = lambda x: np.asarray(embed(features_fn, params, x, batch_size)).reshape(np.shape(x)[0], -1)
+  flat = lambda x: np.asarray(x, np.float32).reshape(np.shape(x)[0], -1)
+  nearest = float(np.mean(nearest_distance(flat(syn_images), flat(train_images)).astype(np.float64)))
+  real = coverage_radius(flat(train_images), sample_size, key)
+  return {"class_agreement": float(hit.mean()), "class_agreement_per_class": per_class,
+          "fid_like": frechet_distance(feats(syn_images), feats(test_images)),
+          "nearest_real": nearest, "real_nearest_real": real, "nearest_real_ratio": nearest / real}

@@ -607,3 +607,39 @@ def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(
   c.rows = "kip:1"
   with pytest.raises(ValueError, match="Bad row 'kip:1'"):
     paper_fmnist.rows_of(c)
+
+
+@pytest.mark.slow
+def test_minimax_runs_every_stage_at_test_size_with_its_quality_report(tmp_path):
+  """``experiments.minimax`` end to end at test size on real Fashion-MNIST: pretraining, fine-tuning,
+  sampling, evaluation and the quality report of every set, its results and JSON written; a second
+  run reads everything back (the judge from its file)."""
+  from experiments import minimax
+  c = load_config("minimax_fmnist.py")
+  override(c, {"model.width": 16, "model.depth": 1, "model.heads": 2, "pretrain.steps": 2,
+               "pretrain.batch_size": 8, "pretrain.warmup": 1, "pretrain.checkpoint_every": 2,
+               "finetune.steps": 2, "finetune.batch_size": 8, "finetune.memory_size": 4,
+               "finetune.checkpoint_every": 2, "sample.steps": 2, "sample.batch_size": 10,
+               "ipcs": (1,), "eval_epochs": 1, "eval_model_kwargs.width": 8, "num_seeds": 1,
+               "judge.epochs": 1, "judge.model_kwargs.width": 8, "judge.min_accuracy": 0.0,
+               "control": False, "max_per_class": 10, "workdir": str(tmp_path / "runs"),
+               "results": str(tmp_path / "minimax.md"), "dm_dir": str(tmp_path / "no_dm")})
+  with jax.numpy_dtype_promotion("standard"):  # optax's Adam bias correction mixes int and float
+    table = minimax.run(c)
+  assert set(table) == {("random real", 1), ("vanilla", 1), ("minimax", 1)}
+  for row in table.values():
+    q = row["quality"]
+    assert 0.0 <= q["class_agreement"] <= 1.0 and np.isfinite(q["fid_like"])
+  # Random real images are training images (distance 0 to the nearest); generated ones are not.
+  assert table[("random real", 1)]["quality"]["nearest_real_ratio"] == 0.0
+  assert table[("vanilla", 1)]["quality"]["nearest_real_ratio"] > 0.0
+  record = json.load(open(str(tmp_path / "minimax.json")))
+  assert set(record["quality"]) == {"random_real", "vanilla", "minimax"}
+  assert {r["set"] for r in record["accuracy"]} == {"random_real", "vanilla", "minimax"}
+  assert "class agreement" in open(str(tmp_path / "minimax_run.md")).read()
+  with jax.numpy_dtype_promotion("standard"):
+    again = minimax.run(c)
+    assert {k: v["quality"] for k, v in again.items()} == {k: v["quality"] for k, v in table.items()}
+    c.judge.min_accuracy = 0.99
+    with pytest.raises(ValueError, match="min_accuracy"):
+      minimax.run(c)

@@ -98,3 +98,37 @@ def test_bad_input():
     metrics.coverage(SYN[0], REAL, 1.0)
   with pytest.raises(ValueError, match="NaN"):
     metrics.coverage(SYN, np.full((2, 2), np.nan, np.float32), 1.0)
+
+
+def test_frechet_distance_closed_forms():
+  """Zero for the same sample; for diagonal Gaussians ||mu||^2 + sum (sqrt(a) - sqrt(b))^2."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(4000, 3))
+  assert abs(metrics.frechet_distance(x, x)) < 1e-6
+  y = x * np.array([2.0, 1.0, 0.5]) + np.array([1.0, 0.0, -2.0])
+  sx, sy = np.var(x, 0, ddof=1), np.var(y, 0, ddof=1)
+  want = 5.0 + np.sum((np.sqrt(sx) - np.sqrt(sy)) ** 2)
+  assert abs(metrics.frechet_distance(x, y) - want) < 0.05
+  assert metrics.frechet_distance(x[:5], y) > 0  # fewer samples than needed for a full-rank covariance
+  with pytest.raises(ValueError, match="at least 2 samples"):
+    metrics.frechet_distance(x[:1], y)
+
+
+def test_quality_report_judges_by_the_classifier_and_the_real_images():
+  """A classifier that reads the class off the first pixel: agreement counts its hits per class; a set
+  moved far from the real images has a larger nearest-real ratio and FID-style distance."""
+  rng = np.random.default_rng(1)
+  train = rng.normal(size=(200, 4, 4, 1)).astype(np.float32)
+  logits_fn = lambda p, x: jax.nn.one_hot((x[:, 0, 0, 0] > 0).astype(np.int32), 2)
+  feats_fn = lambda p, x: x.reshape(x.shape[0], -1)
+  syn = np.abs(rng.normal(size=(6, 4, 4, 1))).astype(np.float32)  # first pixel > 0: class 1
+  labels = np.array([1, 1, 1, 1, 0, 0])
+  rep = metrics.quality_report(logits_fn, feats_fn, None, syn, labels, train, train, sample_size=None)
+  assert rep["class_agreement"] == pytest.approx(4 / 6)
+  assert rep["class_agreement_per_class"] == [0.0, 1.0]
+  far = metrics.quality_report(logits_fn, feats_fn, None, syn + 10.0, labels, train, train,
+                               sample_size=None)
+  assert far["nearest_real_ratio"] > 3 * rep["nearest_real_ratio"] and far["fid_like"] > rep["fid_like"]
+  assert rep["real_nearest_real"] == pytest.approx(metrics.coverage_radius(train.reshape(200, -1)))
+  with pytest.raises(ValueError, match="syn_labels"):
+    metrics.quality_report(logits_fn, feats_fn, None, syn, labels[:3], train, train)

@@ -9,7 +9,9 @@ lambda_neg 0.008, memory 64) and, as a control, with lambdas 0 (DiffFit alone); 
 (DDPM, 50 steps, classifier-free guidance 4, as the authors' sampler); evaluate them, random real images
 and DM (its ``experiments.distill`` runs' images, ``dm_dir``) with the library's CPU protocol (ConvNet
 width 32, 300 epochs with DSA, 3 seeds) and an MLP; coverage of the test set in the features of a
-ConvNet trained one epoch on the training set; image grids.
+ConvNet trained one epoch on the training set; the quality report (class agreement and an FID-style
+distance by a width-64 ConvNet trained 8 epochs on every training image, refused below 90% test
+accuracy; the nearest-real distance ratio), in the run file and `minimax_fashion_mnist.json`; image grids.
 
 Expected (seed 0; evaluated 2026-11-26 under the current defaults): generated sets are far below random
 real images and DM at this scale (ConvNet at IPC 10: vanilla 49.9, Minimax 54.2, DiffFit alone 54.2,
@@ -46,6 +48,10 @@ def get_config():
   c.num_seeds = 3
   c.other_model = "mlp"
   c.coverage_epochs = 1
+  # The quality report's classifier (trained once, cached under workdir; refused below min_accuracy).
+  c.judge = ml_collections.ConfigDict({"model": "convnet", "model_kwargs": {"width": 64, "depth": 3},
+                                       "epochs": 8, "min_accuracy": 0.9})
+  c.max_per_class = 0  # > 0: a class-balanced training subset (tests)
   c.workdir = "runs/minimax_fashion_mnist"
   # Checkpoints written before they carried checksums are refused unless adopted (rewritten) first.
   c.adopt_legacy_checkpoints = False
