@@ -138,13 +138,22 @@ def experts(c, data, model) -> jd.experts.Trajectories:
                           progress=e.get("progress", True))
 
 
-def difficulty_scores(directory: str, expert_ids, num_epochs: int) -> np.ndarray:
-  """Per training image: mean over experts of first-learned epoch + forgetting / (E + 1) (higher =
-  harder)."""
+DIFFICULTIES = ("first_learned", "forgetting")
+
+
+def difficulty_scores(directory: str, expert_ids, num_epochs: int,
+                      kind: str = "first_learned") -> np.ndarray:
+  """Per training image, the mean over experts (higher = harder) of: ``"first_learned"``, the
+  first-learned epoch + forgetting / (E + 1); ``"forgetting"``, Toneva et al.'s forgetting events with
+  never-learned images ranked hardest (``scores.forgetting_score``; SelMatch's Tiny-ImageNet setting,
+  meant for long expert runs)."""
+  if kind not in DIFFICULTIES:
+    raise ValueError(f"Unknown difficulty {kind!r}; known: {list(DIFFICULTIES)}.")
   per = []
   for i in expert_ids:
     s = jd.experts.load_expert_scores(directory, i)
-    per.append(jd.selection.scores.difficulty(s["first_learned"], s["forgetting"], num_epochs))
+    per.append(jd.selection.scores.difficulty(s["first_learned"], s["forgetting"], num_epochs)
+               if kind == "first_learned" else jd.selection.scores.forgetting_score(s["correct"]))
   return np.mean(per, axis=0)
 
 

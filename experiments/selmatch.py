@@ -80,6 +80,10 @@ def check_config(c, num_classes: int) -> None:
       raise ValueError(f"alphas of ratio {ratio} must be non-empty and in [0, 1]; got {alphas}.")
 
 
+DIFFICULTY_TEXT = {"first_learned": "first-learned epoch + forgetting events / (E + 1)",
+                   "forgetting": "forgetting events, never-learned images ranked hardest (Toneva et al.)"}
+
+
 def eval_rule(c, ratio: float) -> tuple:
   """``(EvalConfig, use_learned_lr)`` every set of a ratio is evaluated with: the reference schedule
   with ``c.eval_epochs`` (MTT / SelMatch sets with their learned step size), or with
@@ -183,7 +187,8 @@ def run(c) -> dict:
                                  batch_size=c.experts.batch_size)
   expert_dir = os.path.join(root, "experts")
   traj = jd.experts.train(expert_key, data, model, expert_dir, c.experts.num, ecfg, progress=False)
-  scores = registry.difficulty_scores(expert_dir, traj.experts, traj.num_epochs)
+  scores = registry.difficulty_scores(expert_dir, traj.experts, traj.num_epochs,
+                                      c.get("difficulty", "first_learned"))
   final = [traj.params_at(i, traj.num_epochs) for i in range(traj.num_experts)]
   apply = lambda p, x: model.apply({"params": p}, x, train=False)
   test_scores = jd.experts.el2n_scores(apply, final, data.x_test, data.y_test)
@@ -195,8 +200,9 @@ def run(c) -> dict:
         flush=True)
   head += [f"Experts: {traj.num_experts} x {traj.num_epochs} epochs on the subset (SGD lr "
            f"{ecfg.lr}, batch {ecfg.batch_size}, DSA); expert 0's final test accuracy "
-           f"{100 * expert_acc:.2f}%. Training difficulty = mean over experts of first-learned epoch "
-           f"+ forgetting events / (E + 1); test difficulty (easy/hard test halves) = mean EL2N of "
+           f"{100 * expert_acc:.2f}%. Training difficulty = mean over experts of "
+           f"{DIFFICULTY_TEXT[c.get('difficulty', 'first_learned')]}; test difficulty (easy/hard "
+           f"test halves) = mean EL2N of "
            f"the final experts.", ""]
   coverage = registry.coverage(mtt_config(c), data, model, traj, scores)  # all images, expert 0
 

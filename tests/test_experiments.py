@@ -138,7 +138,7 @@ def test_config_builds_and_traces_a_step(name, workdir, tiny_npz, cached_data, m
   monkeypatch.setattr(jd.objectives, "soft_labels_from_experts",
                       lambda apply, nets, images, labels: jax.nn.one_hot(labels, data.num_classes))
   monkeypatch.setattr(registry, "difficulty_scores",
-                      lambda d, ids, e: np.arange(len(data.y_train), dtype=np.float64))
+                      lambda d, ids, e, *kind: np.arange(len(data.y_train), dtype=np.float64))
   data = registry.load_data(c)
   m = registry.build(c, data)
   assert set(m.evaluators) == set(c.evals)
@@ -307,7 +307,7 @@ def _three_steps(name, workdir, tiny_npz, monkeypatch, jitter=None, changes=None
   override(c, {**GUARD_OVERRIDES.get(name, {}), **(changes or {})})
   monkeypatch.setattr(registry, "experts", fake_experts)
   monkeypatch.setattr(registry, "difficulty_scores",
-                      lambda d, ids, e: np.cos(np.arange(len(data.y_train), dtype=np.float64)))
+                      lambda d, ids, e, *kind: np.cos(np.arange(len(data.y_train), dtype=np.float64)))
   data = registry.load_data(c)
   m = registry.build(c, data)
   init = m.init if jitter is None else m.init._replace(images=jnp.asarray(jitter(m.init.images)))

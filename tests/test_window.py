@@ -230,3 +230,19 @@ def test_difficulty_orders_by_first_learned_epoch_then_forgetting():
   assert d[0] < 2  # four forgetting events at epoch 1 stay below any epoch-2 example
   with pytest.raises(ValueError, match="both be"):
     scores.difficulty(fl, fg[:3], num_epochs=4)
+
+
+def test_forgetting_score_counts_events_and_ranks_never_learned_hardest():
+  """Toneva et al.: correct -> incorrect transitions; an example never correct outranks every learned
+  one, even the most forgotten; the registry's difficulty kinds are named or refused."""
+  from jaxdistill.selection import scores
+  from experiments import registry
+  h = np.array([[1, 1, 0, 0],
+                [0, 1, 0, 1],
+                [1, 1, 0, 0],
+                [0, 1, 0, 1]], bool)  # columns: forgotten twice, never forgotten, never learned, once
+  s = scores.forgetting_score(h)
+  np.testing.assert_array_equal(s, [2.0, 0.0, 4.0, 1.0])
+  assert int(np.argmax(s)) == 2
+  with pytest.raises(ValueError, match="Unknown difficulty 'cscore'"):
+    registry.difficulty_scores("/nonexistent", [0], 4, "cscore")

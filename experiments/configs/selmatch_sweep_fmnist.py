@@ -46,6 +46,9 @@ def get_config():
   # recorded results); "selmatch": SelMatch's own rule per ratio for every set alike, no learned step
   # size (jaxdistill.evaluate.protocol("selmatch", ratio=...); its network is c.eval_model).
   c.eval_protocol = ""
+  # The training images' difficulty: "first_learned" (first-learned epoch + forgetting / (E + 1), the
+  # recorded results) or "forgetting" (Toneva et al.'s events; SelMatch's Tiny-ImageNet setting).
+  c.difficulty = "first_learned"
   c.num_seeds = 3
   c.workdir = "runs"
   c.out = "experiments/results/selmatch_ratios_fashion_mnist.md"

@@ -39,6 +39,22 @@ def forgetting_counts(history) -> np.ndarray:
   return np.sum(h[:-1] & ~h[1:], axis=0).astype(np.int32)
 
 
+def forgetting_score(history) -> np.ndarray:
+  """Toneva et al.'s forgetting ranking (SelMatch's difficulty on Tiny-ImageNet): forgetting events,
+  with examples never classified correctly in any epoch ranked above every other (Toneva et al. count
+  them as forgotten infinitely often; here ``E``, more than the at most ``E // 2`` events a learned
+  example can have). Higher = harder.
+
+  Args:
+    history: ``[E, N]`` bool correctness after each epoch.
+
+  Returns:
+    ``[N]`` float64.
+  """
+  h = _check_history(history)
+  return np.where(h.any(axis=0), forgetting_counts(h), float(h.shape[0])).astype(np.float64)
+
+
 def first_learned_epoch(history) -> np.ndarray:
   """The epoch after which each example is learned for good.
 
