@@ -109,6 +109,9 @@ def row_result(c, method: str, ipc: int, steps: int) -> dict:
     curve.append({"steps": s, "iterations": s / outer, "mean": 100 * r["distilled"].mean,
                   "std": 100 * r["distilled"].std, "networks": min(c.curve_networks, rc.num_seeds)})
   final = evaluate_at(c, rc, steps, rc.num_seeds)
+  if final is None:
+    raise ValueError(f"The {method} IPC {ipc} run in {c.workdir} is past step {steps}, this row's last: "
+                     f"ask for its steps or more (<method>:<ipc>@<steps>), or use another workdir.")
   curve.append({"steps": steps, "iterations": steps / outer, "mean": 100 * final["distilled"].mean,
                 "std": 100 * final["distilled"].std, "networks": rc.num_seeds})
   logs = os.path.join(c.workdir, distill.run_name(rc), "logs")
