@@ -10,6 +10,7 @@ import os
 import platform
 import shlex
 import sys
+from typing import Optional
 
 import jax
 import numpy as np
@@ -57,6 +58,30 @@ def require_plot(script: str) -> None:
   except ImportError as e:
     raise SystemExit(f'{script} draws a plot: pip install -e ".[plot]" (or pass '
                      f'--config.plot=False)') from e
+
+
+def errorbar_plot(path: str, lines: dict, xlabel: str, title: str, hlines: Optional[dict] = None,
+                  xscale: Optional[str] = None) -> None:
+  """Accuracy (%) lines with error bars, ``lines = {label: (xs, means, stds)}``, each with its dotted
+  horizontal reference ``hlines[label]`` when given, saved to ``path`` (needs the plot extra)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, (xs, means, stds) in lines.items():
+    line = ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    if hlines and hlines.get(label) is not None:
+      ax.axhline(hlines[label], ls=":", color=line[0].get_color())
+  if xscale == "symlog":
+    ax.set_xscale("symlog", linthresh=1)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def json_cache(path: str, fn):

@@ -20,7 +20,8 @@ from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments import distill, registry
-from experiments.common import cached_results, ident, provenance, require_plot, run_script
+from experiments.common import (cached_results, errorbar_plot, ident, provenance, require_plot,
+                                run_script)
 from experiments.configs import paper_fmnist
 from experiments.configs.paper_fmnist_table import ACCELERATOR_ROWS
 
@@ -182,26 +183,12 @@ def write(c, results: list) -> str:
 
 def plot(path: str, results: list) -> None:
   """Accuracy against iterations, one line per row, the published mean dotted."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for r in results:
-    pts = r["curve"]
-    line = ax.errorbar([p["iterations"] for p in pts], [p["mean"] for p in pts],
-                       yerr=[p["std"] for p in pts], marker="o", capsize=3,
-                       label=f"{r['method'].upper()} IPC {r['ipc']}")
-    if r["published_mean"] is not None:
-      ax.axhline(r["published_mean"], ls=":", color=line[0].get_color())
-  ax.set_xscale("symlog", linthresh=1)
-  ax.set_xlabel("iterations (papers' unit)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title("Fashion-MNIST, papers' protocols (dotted: published)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  label = lambda r: f"{r['method'].upper()} IPC {r['ipc']}"
+  lines = {label(r): ([p["iterations"] for p in r["curve"]], [p["mean"] for p in r["curve"]],
+                      [p["std"] for p in r["curve"]]) for r in results}
+  errorbar_plot(path, lines, "iterations (papers' unit)",
+                "Fashion-MNIST, papers' protocols (dotted: published)",
+                hlines={label(r): r["published_mean"] for r in results}, xscale="symlog")
 
 
 def run(c) -> dict:

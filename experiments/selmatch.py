@@ -46,8 +46,8 @@ from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments import registry
-from experiments.common import (cached_results, decode_result, encode_result, ident, json_cache,
-                                provenance, require_plot, run_script)
+from experiments.common import (cached_results, decode_result, encode_result, errorbar_plot, ident,
+                                json_cache, provenance, require_plot, run_script)
 from experiments.configs.common import base, trajectory
 
 
@@ -146,24 +146,10 @@ def run_summary(workdir: str, steps: int) -> str:
 
 def plot(path: str, curves: dict, ratios, title: str) -> None:
   """Accuracy (mean ± std over seeds) against subset ratio, one line per method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, pts in curves.items():
-    xs = [100 * r for r in ratios if r in pts]
-    if xs:
-      m = [100 * pts[r][0] for r in ratios if r in pts]
-      s = [100 * pts[r][1] for r in ratios if r in pts]
-      ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=name)
-  ax.set_xlabel("subset ratio (%)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  lines = {name: ([100 * r for r in ratios if r in pts], [100 * pts[r][0] for r in ratios if r in pts],
+                  [100 * pts[r][1] for r in ratios if r in pts])
+           for name, pts in curves.items() if any(r in pts for r in ratios)}
+  errorbar_plot(path, lines, "subset ratio (%)", title)
 
 
 def run(c) -> dict:
