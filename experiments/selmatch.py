@@ -36,6 +36,7 @@ command continues where a stopped one ended. A larger ``mtt.steps`` extends fini
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -179,9 +180,10 @@ def run(c) -> dict:
   apply = lambda p, x: model.apply({"params": p}, x, train=False)
   test_scores = jd.experts.el2n_scores(apply, final, data.x_test, data.y_test)
   easy_t, hard_t = jd.metrics.split_easy_hard(test_scores)
-  expert_acc = float(np.mean(np.asarray(jd.evaluate.predict(model, {"params": final[0]},
-                                                            jnp.asarray(data.x_test)))
-                             == data.y_test))
+  expert_accs = [float(np.mean(np.asarray(jd.evaluate.predict(model, {"params": p},
+                                                              jnp.asarray(data.x_test)))
+                               == data.y_test)) for p in final]
+  expert_acc = expert_accs[0]
   print(f"experts: {traj}, expert 0 test acc {100 * expert_acc:.2f}% ({time.time() - t_start:.0f} s)",
         flush=True)
   head += [f"Experts: {traj.num_experts} x {traj.num_epochs} epochs on the subset (SGD lr "
@@ -230,8 +232,20 @@ def run(c) -> dict:
   search_lines, run_lines = [], []
   curves = {}
 
+  record = {"expert_test_acc": [100 * a for a in expert_accs], "eval_learned_lr": None, "rows": []}
+
   def point(name, ratio, r):
     curves.setdefault(name, {})[ratio] = (r.mean, r.std)
+
+  def note(kind, ratio, r, learned, alpha=None, beta=None, evaluator="dsa"):
+    """One row of the JSON record: ``set`` in random / window / mtt / selmatch, accuracies in %."""
+    record["eval_learned_lr"] = bool(learned and kind in ("mtt", "selmatch")) or \
+        bool(record["eval_learned_lr"])
+    record["rows"].append({"set": kind, "ratio": ratio, "alpha": alpha, "beta": beta,
+                           "evaluator": f"{c.eval_model}, {evaluator}"
+                                        + (f", protocol {c.eval_protocol}" if c.get("eval_protocol")
+                                           else ""),
+                           "mean": 100 * r.mean, "std": 100 * r.std})
 
   def write(done: bool):
     tail = ([f"Total run time of the last session: {time.time() - t_start:.0f} s.", ""] if done else
@@ -257,6 +271,8 @@ def run(c) -> dict:
         "|---|" + "---|" * (len(c.search.betas) + 2), *search_lines, "", *run_lines, "", *tail]
     with open(c.out, "w") as f:
       f.write("\n".join(text))
+    with open(os.path.splitext(c.out)[0] + ".json", "w") as f:
+      json.dump(record, f, indent=1)
     if curves and c.get("plot", True):
       plot(os.path.splitext(c.out)[0] + ".png", curves, c.ratios,
            f"{data.name}, {c.per_class} images per class, ConvNet evaluation")
@@ -272,6 +288,7 @@ def run(c) -> dict:
     r = ev(rnd, final_cfg, learned)
     rows.append(f"| {tag} | random real | {cell(r)} | {cov(rnd)} |")
     point("random real", ratio, r)
+    note("random", ratio, r, learned)
     print(f"[{tag}] random: {r}", flush=True)
 
     _, results = jd.selection.window_search(
@@ -295,8 +312,12 @@ def run(c) -> dict:
         win_acc[b] = ev(wins[b], final_cfg, learned)
         chosen = " and ".join(s.replace("holdout", "held-out") for s in ("holdout", "test")
                               if best[s] == b)
-        rows.append(f"| {tag} | best window on {chosen} (beta {b:g}) | {cell(win_acc[b])} | "
+        both = (f"beta {b:g}; code unit {b * c.per_class / ipc:.3g}" if c.search.unit == "percent"
+                else f"beta {b:g}; percent unit {b * ipc / c.per_class:.3g}")
+        rows.append(f"| {tag} | best window on {chosen} ({both}) | {cell(win_acc[b])} | "
                     f"{cov(wins[b])} |")
+        note("window", ratio, win_acc[b], learned, beta=b,
+             evaluator=f"dsa, beta chosen on {chosen}")
       point(f"best window (chosen on {split.replace('holdout', 'held-out')})", ratio, win_acc[b])
     win = wins[best["holdout"]]
 
@@ -305,6 +326,7 @@ def run(c) -> dict:
     r = ev(mtt, final_cfg, learned)
     rows.append(f"| {tag} | MTT (random real init, all rows) | {cell(r)} | {cov(mtt)} |")
     point("MTT", ratio, r)
+    note("mtt", ratio, r, learned)
     print(f"[{tag}] MTT: {r}", flush=True)
     run_lines.append(f"- IPC {ipc}: MTT, learned step size "
                      f"{float(np.exp(np.asarray(mtt.log_lr))):.4g} (init {c.mtt.lr_teacher:g}); "
@@ -321,6 +343,8 @@ def run(c) -> dict:
       r_dsa = ev(sel, final_cfg, learned)
       rows.append(f"| {tag} | {label}, combined aug | {cell(r_comb)} | {cov(sel)} |")
       rows.append(f"| {tag} | {label}, DSA on every row | {cell(r_dsa)} | (same set) |")
+      note("selmatch", ratio, r_comb, learned, alpha, best["holdout"], "combined aug")
+      note("selmatch", ratio, r_dsa, learned, alpha, best["holdout"], "dsa")
       # One line through each ratio's first alpha (the paper's), separate points for the others.
       point(f"SelMatch, alpha {'/'.join(f'{a[0]:g}' for a in c.alphas)} (combined aug)"
             if i == 0 else f"SelMatch, alpha {alpha:g} (combined aug)", ratio, r_comb)

@@ -279,6 +279,11 @@ def test_selmatch_sweep_runs_every_stage_and_resumes_from_its_caches(tmp_path):
   assert sets[-2].startswith("SelMatch (alpha 0.5, beta") and sets[-2].endswith("combined aug"), sets
   assert sets[-1].endswith("DSA on every row"), sets
   assert "frozen rows bit-identical to the window after distillation: True" in first["text"]
+  record = json.load(open(os.path.splitext(c.out)[0] + ".json"))
+  assert len(record["expert_test_acc"]) == c.experts.num and record["eval_learned_lr"] is True
+  assert [r["set"] for r in record["rows"]][0] == "random"
+  assert {r["set"] for r in record["rows"]} == {"random", "window", "mtt", "selmatch"}
+  assert all({"ratio", "alpha", "beta", "evaluator", "mean", "std"} <= set(r) for r in record["rows"])
   second = selmatch.run(c)
   assert second["rows"] == first["rows"]
 
