@@ -19,6 +19,7 @@ of legacy steps (``adopt_legacy``). Only this module knows orbax's layout.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -180,7 +181,7 @@ def _check_run_file(directory: str, name: str, value, what: str, first: bool = F
                        f"to resume or overwrite it. Differences:\n  " + "\n  ".join(diff)
                        + "\nUse another directory or delete this one.")
     return
-  if first and any(os.scandir(directory)):
+  if first and any(e.name != WRITER_LOCK for e in os.scandir(directory)):
     raise ValueError(f"{directory} is not empty and has no {CONFIG_FILE}; refusing to write "
                      f"checkpoints into it.")
   if not first and any(e.name.isdigit() for e in os.scandir(directory)):
@@ -268,6 +269,32 @@ def read_verified(directory: str, steps: Sequence[int], subtree: Sequence[str] =
 # The Checkpointer: verified save, restore with fallback
 # ----------------------------------------------------------------------------------------------------
 
+WRITER_LOCK = "writer.lock"
+
+
+def _writer_lock(directory: str):
+  """An exclusive lock on ``<directory>/writer.lock`` held while a Checkpointer is open (POSIX record
+  lock: released by ``close`` or when the process ends, however it ends), so that a second process
+  cannot write or prune the same run's checkpoints. Only the primary host of a multi-host run takes it
+  (orbax writes from there)."""
+  if jax.process_index() != 0:
+    return None
+  f = open(os.path.join(directory, WRITER_LOCK), "a+")
+  try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise RuntimeError(f"{directory} is being written by {holder}: two processes must not write one "
+                       f"run's checkpoints (stop that one first, or use another directory).") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"process {os.getpid()}\n")
+  f.flush()
+  return f
+
+
 class Checkpointer:
   """Saves and restores a pytree of arrays (e.g. ``DistillState``) under ``directory``.
 
@@ -289,6 +316,7 @@ class Checkpointer:
                          + (" (keep=0 would delete every checkpoint)." if name == "keep" else "."))
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
+    self._lock = _writer_lock(self.directory)
     guard_run_files(self.directory, config, identity)
     self._mngr = ocp.CheckpointManager(
         self.directory,
@@ -384,6 +412,9 @@ class Checkpointer:
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+    if self._lock is not None:
+      self._lock.close()  # releases the writer lock
+      self._lock = None
 
 
 # ----------------------------------------------------------------------------------------------------

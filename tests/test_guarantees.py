@@ -391,3 +391,29 @@ def test_read_verified_reads_and_checks_only_the_part_asked_for(tmp_path):
     read_verified(d, [0], ("params",))
   with pytest.raises(CorruptCheckpointError, match="step 0 .*could not be read"):
     read_verified(d, [0], ("no_such_part",))
+
+
+_HOLD = textwrap.dedent("""
+    import sys, time
+    from jaxdistill.checkpoint import Checkpointer
+    ck = Checkpointer({d!r}, {{"run": 1}})
+    print("holding", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_second_process_cannot_write_a_run_being_written(tmp_path):
+  """While one process holds a run's Checkpointer, another is refused (naming the holder) instead of
+  writing or pruning the same checkpoints; once the first ends, the run opens again."""
+  d = str(tmp_path / "run")
+  p = subprocess.Popen([sys.executable, "-c", _HOLD.format(d=d)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert p.stdout.readline().strip() == "holding"
+    with pytest.raises(RuntimeError, match=f"being written by process {p.pid}"):
+      Checkpointer(d, {"run": 1})
+  finally:
+    p.kill()
+    p.wait()
+  ck = Checkpointer(d, {"run": 1})
+  ck.close()
+  Checkpointer(d, {"run": 1}).close()  # closing released the lock
