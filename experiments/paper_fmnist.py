@@ -71,7 +71,8 @@ def row_config(c, method: str, ipc: int, steps: int):
 
 
 def curve_steps(total: int, points: int, every: int) -> list:
-  """``points`` evenly spaced steps before ``total`` (multiples of ``every``, at least ``every``)."""
+  """``points`` evenly spaced steps before ``total`` (multiples of ``every``, at least ``every``; the
+  run saves a checkpoint at each, as at every end of ``distill.run``)."""
   out = {max(every, round(total * i / (points + 1) / every) * every) for i in range(1, points + 1)}
   return sorted(s for s in out if s < total)
 
@@ -101,7 +102,8 @@ def row_result(c, method: str, ipc: int, steps: int) -> dict:
   steps = rc.steps
   outer = jd.objectives.loops_for_ipc(ipc)[0] if method in ("dc", "dsa") else 1
   curve = []
-  for s in curve_steps(steps, c.curve_points, rc.checkpoint_every):
+  every = 10 if steps >= 10 * (c.curve_points + 1) else 1  # whole logging blocks where possible
+  for s in curve_steps(steps, c.curve_points, every):
     r = evaluate_at(c, rc, s, min(c.curve_networks, rc.num_seeds))
     if r is None:
       print(f"{method} IPC {ipc}: no curve point at step {s} (the run passed it before this table "
