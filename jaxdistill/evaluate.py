@@ -314,15 +314,16 @@ def _train_and_test(keys, model, images, labels, x_test, y_test, lr, groups, cfg
   raise ValueError(f"Unknown seed_parallel {cfg.seed_parallel!r}; known: 'vmap', 'map'.")
 
 
-def _correctness(keys, progress, *args) -> np.ndarray:
-  """``_train_and_test`` for every key: all at once under ``"vmap"``, else one network per call (the same
-  compiled program each time), reporting each finished network to ``progress``."""
-  cfg = args[-2]
+def _correctness(keys, progress, run) -> np.ndarray:
+  """``run(keys)`` (``_train_and_test`` with everything else bound) for every key: all at once under
+  ``"vmap"``, else one network per call (the same compiled program each time), reporting each finished
+  network to ``progress``."""
+  cfg = run.keywords["cfg"]
   if cfg.seed_parallel == "vmap":
-    return np.asarray(_train_and_test(keys, *args))
+    return np.asarray(run(keys))
   out, t0 = [], time.time()
   for i in range(keys.shape[0]):
-    out.append(np.asarray(_train_and_test(keys[i:i + 1], *args))[0])
+    out.append(np.asarray(run(keys[i:i + 1]))[0])
     if progress:
       progress(f"evaluation: network {i + 1}/{keys.shape[0]} trained ({cfg.trained_epochs()} epochs), "
                f"test accuracy {100 * out[-1].mean():.2f}%, {time.time() - t0:.0f} s")
@@ -377,8 +378,10 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     groups = jnp.asarray(groups, jnp.int32)
   if progress is True:
     progress = functools.partial(print, flush=True)
-  correct = _correctness(jax.random.split(key, num_seeds), progress or None, model, images, labels,
-                         jnp.asarray(data.x_test), jnp.asarray(data.y_test), lr, groups, cfg, data.name)
+  run = functools.partial(_train_and_test, model=model, images=images, labels=labels,
+                          x_test=jnp.asarray(data.x_test), y_test=jnp.asarray(data.y_test), lr=lr,
+                          groups=groups, cfg=cfg, dataset_name=data.name)
+  correct = _correctness(jax.random.split(key, num_seeds), progress or None, run)
   accs = correct.mean(axis=1)
   group_accs = None
   if test_groups:
