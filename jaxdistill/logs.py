@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ class MetricLogger:
   def __init__(self, log_dir: str, tensorboard: bool = True):
     os.makedirs(log_dir, exist_ok=True)
     self.path = os.path.join(log_dir, "metrics.jsonl")
+    self._session = time.time()  # every JSONL row names the session (logger) that wrote it
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -23,7 +25,7 @@ class MetricLogger:
   def write(self, step: int, metrics: dict) -> None:
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items() if k != "step"}}
     with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps({**row, "session": self._session}) + "\n")
     if self._tb is not None:
       for k, v in row.items():
         if k != "step":
@@ -96,15 +98,21 @@ def save_grid(path: str, images: np.ndarray, mean=(0.0,), std=(1.0,), nrow: Opti
 
 
 def sessions(rows: Sequence[dict]) -> list:
-  """The sessions a resumed run's logged rows came from: ``[(first step, last step, seconds)]``, a new
-  session wherever ``sec`` (counted from each session's start) goes back; ``seconds`` is the session's
-  last ``sec`` (its time up to its last logged step, compilation included)."""
-  out = []
+  """The sessions a resumed run's logged rows came from: ``[(first step, last step, seconds)]``.
+
+  Rows name their session (``MetricLogger``'s ``session``); rows written before loggers did are split
+  wherever ``sec`` (counted from each session's start) goes back. ``seconds`` is the session's last
+  ``sec`` (its time up to its last logged step, compilation included)."""
+  out, names = [], []
   for r in rows:
-    if out and r["sec"] >= out[-1][2] and r["step"] > out[-1][1]:
+    name = r.get("session")
+    same = bool(out) and name == names[-1] and (
+        name is not None or (r["sec"] >= out[-1][2] and r["step"] > out[-1][1]))
+    if same:
       out[-1] = (out[-1][0], r["step"], r["sec"])
     else:
       out.append((r["step"], r["step"], r["sec"]))
+      names.append(name)
   return out
 
 

@@ -48,3 +48,16 @@ def test_sessions_split_a_resumed_run_where_its_clock_restarts():
           {"step": 40, "sec": 6.5}, {"step": 50, "sec": 1.0}]
   assert logs.sessions(rows) == [(10, 20, 9.0), (30, 40, 6.5), (50, 50, 1.0)]
   assert logs.sessions([]) == []
+  # Rows that name their session split there even when a short session's clock does not go back.
+  named = [{"step": 1, "sec": 2.0, "session": 100.0}, {"step": 2, "sec": 2.5, "session": 200.0},
+           {"step": 3, "sec": 3.0, "session": 200.0}]
+  assert logs.sessions(rows[:2] + named) == [(10, 20, 9.0), (1, 1, 2.0), (2, 3, 3.0)]
+
+
+def test_metric_logger_rows_name_their_session(tmp_path):
+  for _ in range(2):  # two sessions of one run
+    logger = logs.MetricLogger(str(tmp_path), tensorboard=False)
+    logger.write(len(logs.read_metrics(str(tmp_path))) + 1 if os.path.exists(tmp_path / "metrics.jsonl")
+                 else 1, {"loss": 1.0, "sec": 0.1})
+    logger.close()
+  assert len(logs.sessions(logs.read_metrics(str(tmp_path)))) == 2
