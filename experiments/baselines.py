@@ -7,22 +7,12 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import provenance, run_script
+from experiments.common import provenance, run_script, train_on_all
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-
-
-def train_feature_net(key, data, model, epochs):
-  """Trains ``model`` on the full training set (no augmentation); returns (variables, test acc)."""
-  cfg = jd.evaluate.EvalConfig(epochs=epochs, augment="none", seed_parallel="map")
-  fn = jax.jit(lambda k, x, y: jd.evaluate.train(k, model, x, y, cfg))
-  variables = fn(key, jnp.asarray(data.x_train), jnp.asarray(data.y_train))
-  preds = jd.evaluate.predict(model, variables, jnp.asarray(data.x_test))
-  return variables, float(jnp.mean(preds == jnp.asarray(data.y_test)))
 
 
 def main(_):
@@ -34,7 +24,7 @@ def main(_):
 
   t0 = time.time()
   feat_key, sel_key, eval_key = jax.random.split(key, 3)
-  variables, full_acc = train_feature_net(feat_key, data, model, c.feature_epochs)
+  variables, full_acc = train_on_all(feat_key, data, model, c.feature_epochs)
   print(f"full-data {c.model} {dict(c.model_kwargs)}, {c.feature_epochs} epochs: test acc "
         f"{100 * full_acc:.2f}% ({time.time() - t0:.0f} s)", flush=True)
   lines += [f"Sanity: {c.model} {dict(c.model_kwargs)} trained on all {len(data.y_train)} training "

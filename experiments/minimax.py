@@ -22,7 +22,8 @@ import optax
 from ml_collections import config_flags
 
 import jaxdistill as jd
-from experiments.common import ident as _ident, json_cache as _json_cache, provenance, run_script
+from experiments.common import (ident as _ident, json_cache as _json_cache, provenance, run_script,
+                                train_on_all)
 from jaxdistill import diffusion as dfn
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -109,9 +110,7 @@ def _coverage_net(c, data, key):
   """A ConvNet (the evaluation architecture) trained ``coverage_epochs`` on all training images:
   its penultimate features are the space coverage is measured in."""
   model = jd.models.get_model(c.eval_model, data.num_classes, **c.eval_model_kwargs)
-  cfg = jd.evaluate.EvalConfig(epochs=c.coverage_epochs, augment="none")
-  variables = jax.jit(lambda k: jd.evaluate.train(k, model, jnp.asarray(data.x_train),
-                                                  jnp.asarray(data.y_train), cfg))(key)
+  variables, _ = train_on_all(key, data, model, c.coverage_epochs)
   embed = lambda p, x: model.apply(p, x, train=False, return_features=True)[1]
   return embed, variables
 
@@ -134,11 +133,7 @@ def judge(c, data, key) -> tuple:
       acc = json.load(f)["test_accuracy"]
   else:
     t0 = time.time()
-    cfg = jd.evaluate.EvalConfig(epochs=j.epochs, augment="none")
-    variables = jax.jit(lambda k: jd.evaluate.train(k, model, jnp.asarray(data.x_train),
-                                                    jnp.asarray(data.y_train), cfg))(key)
-    acc = float(np.mean(np.asarray(jd.evaluate.predict(model, variables, jnp.asarray(data.x_test)))
-                        == data.y_test))
+    variables, acc = train_on_all(key, data, model, j.epochs)
     os.makedirs(d, exist_ok=True)
     with open(path + ".tmp", "wb") as f:
       f.write(flax.serialization.to_bytes(variables))
