@@ -78,7 +78,8 @@ def run(c) -> dict:
   data = registry.load_data(c)
   m = registry.build(c, data)
   d = jd.distill.Distiller(m.objective, m.optimizer, m.sampler,
-                           mask=None if m.mask is None else jnp.asarray(m.mask), decode=m.decode)
+                           mask=None if m.mask is None else jnp.asarray(m.mask), decode=m.decode,
+                           project=m.project)
   name = run_name(c, data.name)
   workdir = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(workdir, "logs"))

@@ -59,6 +59,8 @@ def tiny(c):
   c.eval_augment = "none"
   c.num_seeds = 1
   c.checkpoint_every = 1
+  if "idc" in c:  # IDC's network updates and outer iterations, test-sized
+    c.idc.update({"inner_loop": 2, "n_batches": 2, "batch_net": 4})
   return c
 
 
@@ -100,7 +102,7 @@ def evaluate_at(c, rc, steps: int, networks: int):
 def row_result(c, method: str, ipc: int, steps: int) -> dict:
   rc = row_config(c, method, ipc, steps)
   steps = rc.steps
-  outer = jd.objectives.loops_for_ipc(ipc)[0] if method in ("dc", "dsa") else 1
+  outer = paper_fmnist.steps_per_iteration(method, ipc)
   curve = []
   every = 10 if steps >= 10 * (c.curve_points + 1) else 1  # whole logging blocks where possible
   for s in curve_steps(steps, c.curve_points, every):
@@ -157,7 +159,8 @@ def write(c, results: list) -> str:
            "Accuracy (%), mean ± std over the networks trained from scratch under the row's protocol "
            "(`jaxdistill.evaluate.protocol`); random real: images of the same IPC drawn with the run's "
            "seed, same protocol and networks. Steps are outer steps for DC / DSA (one iteration of "
-           "the papers is `outer loop` steps: 1 at IPC 1, 10 at IPC 10).", "",
+           "the papers is `outer loop` steps: 1 at IPC 1, 10 at IPC 10); IDC's steps are its inner steps "
+           "(an iteration is 100).", "",
            "| method | IPC | budget | iterations | protocol (networks) | ours | random real | published "
            "(source) | gap | distillation time (sessions) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:

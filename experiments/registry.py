@@ -44,6 +44,7 @@ class Method(NamedTuple):
   mask: Optional[np.ndarray] = None
   decode: Optional[Callable] = None
   evaluators: dict = {}
+  project: Optional[Callable] = None  # jd.distill.Distiller(project=...)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ The loop never knows which method runs: it calls ``objective.loss(syn, batch, ke
    (device-averaged) loss with respect to the learnable leaves: images, optionally soft labels and the
    log step size;
 4. one optax update (``multi_transform`` over those leaves), frozen rows' updates zeroed;
-5. the objective's own state update (e.g. DC's network trained on the new synthetic set).
+5. the optional projection of the stored parameters (``Distiller.project``, e.g. IDC's clamp);
+6. the objective's own state update (e.g. DC's network trained on the new synthetic set).
 
 The step is jitted once, with the state donated. ``run`` adds orbax checkpoints (exact resume), a NaN
 stop, SIGTERM/Ctrl-C safety, a progress bar, JSONL/TensorBoard metrics and PNG grids.
@@ -193,6 +194,26 @@ class Distiller(NamedTuple):
   decode: Optional[Callable[[SyntheticSet], SyntheticSet]] = None  # parameterization
   learn_labels: Optional[bool] = None  # None: derived from the optimizer (``optimizer(labels=...)``)
   learn_lr: Optional[bool] = None  # None: derived from the optimizer (``optimizer(log_lr=...)``)
+  # project(syn, steps_done) -> syn: applied to the stored parameters after every update (e.g.
+  # ``clamp_every``); None: none.
+  project: Optional[Callable[[SyntheticSet, jax.Array], SyntheticSet]] = None
+
+
+def clamp_every(lo, hi, every: int = 1) -> Callable[[SyntheticSet, jax.Array], SyntheticSet]:
+  """A ``Distiller(project=...)`` that clips the stored images to ``[lo, hi]`` whenever the steps done
+  are a multiple of ``every``; ``lo`` / ``hi`` are floats or one value per channel (the pixel range
+  ``[0, 1]`` in normalized units is ``(0 - mean) / std, (1 - mean) / std``). IDC clamps its images to the pixel range before every outer iteration
+  of ``inner_loop`` steps: ``every=inner_loop``)."""
+  check_positive_int("every", every)
+  lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+  if lo.shape != hi.shape or lo.ndim > 1 or not np.all(lo < hi):
+    raise ValueError(f"clamp_every needs lo < hi, floats or one per channel; got {lo} and {hi}.")
+
+  def project(syn: SyntheticSet, steps: jax.Array) -> SyntheticSet:
+    clipped = jnp.clip(syn.images, lo, hi)
+    return syn._replace(images=jnp.where(steps % every == 0, clipped, syn.images))
+
+  return project
 
 
 def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> DistillState:
@@ -267,6 +288,8 @@ def make_step(d: Distiller, mesh=None) -> Callable:
     loss, aux, grads, obj_state = sharded(params, state.syn, batch, loss_key, state.obj_state)
     updates, opt_state = tx.update(grads, state.opt_state, params)
     syn = _with(state.syn, optax.apply_updates(params, updates))
+    if d.project is not None:
+      syn = d.project(syn, state.step + 1)
     obj_state = d.objective.update(obj_state, _training_view(syn, d), update_key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     if "log_lr" in leaves:

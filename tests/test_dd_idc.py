@@ -297,3 +297,81 @@ def test_two_devices_match_one_device():
   code = MULTI.format(tests=os.path.dirname(__file__))
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0 and "MATCH" in r.stdout, r.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------------
+# IDC's own matching objective
+# ----------------------------------------------------------------------------------------------------
+
+def test_idc_gradient_distance_matches_the_closed_form_and_skips_biases_and_the_classifier():
+  g_real = {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones((2,))},
+            "fc": {"kernel": jnp.ones((4, 3))}}
+  g_syn = jax.tree.map(lambda g: 0.5 * g, g_real)
+  # l1: only the 18 kernel entries, each |1 - 0.5|; mse: 18 x 0.25.
+  np.testing.assert_allclose(objectives.idc_gradient_distance(g_real, g_syn), 9.0, rtol=1e-6)
+  np.testing.assert_allclose(objectives.idc_gradient_distance(g_real, g_syn, "mse"), 4.5, rtol=1e-6)
+  np.testing.assert_allclose(objectives.idc_gradient_distance(g_real, g_syn, bias=True, fc=True),
+                             9.0 + 1.0 + 6.0, rtol=1e-6)
+  assert float(objectives.idc_gradient_distance(g_real, g_real)) == 0.0
+  with pytest.raises(ValueError, match="Unknown IDC metric 'cos'"):
+    objectives.idc_gradient_distance(g_real, g_syn, "cos")
+
+
+def idc_distiller(inner_loop=3, clamp=None):
+  x, y = toy_data()
+  obj = objectives.idc_matching(TinyConv(), K, inner_loop=inner_loop, mix_p=1.0)
+  sampler = distill.class_balanced_sampler(x, y, K, 4, train_batches=(2, 6))
+  return distill.Distiller(obj, distill.optimizer(optax.sgd(0.1, momentum=0.5)), sampler,
+                           decode=parameterization.idc_decode(2), project=clamp)
+
+
+def test_idc_matching_trains_its_network_on_real_batches_and_renews_it_every_inner_loop(key):
+  """The network of IDC's objective changes between matchings (trained on the batch's real
+  images), a fresh one is drawn after ``inner_loop`` matchings, and the loss is 0 when the synthetic
+  images of every class are its real batch."""
+  d = idc_distiller(inner_loop=3)
+  syn = toy_syn(soft=False)._replace(log_lr=None)
+  state = distill.init_state(key, syn, d)
+  step, sample = distill.make_step(d), distill.make_sample(d)
+  batch = sample(state)
+  chex.assert_shape(batch["train_images"], (2, 6, HW, HW, 1))
+  chex.assert_shape(batch["train_labels"], (2, 6))
+  kernels, inner = [], []
+  for _ in range(4):
+    kernels.append(np.asarray(jax.tree.leaves(state.obj_state.variables)[0]))
+    inner.append(int(state.obj_state.inner))
+    prepared = d.objective.prepare(state.obj_state, sample(state))
+    if inner[-1] == 0:  # the first matching of a network uses it untrained
+      np.testing.assert_array_equal(jax.tree.leaves(prepared.variables)[0], kernels[-1])
+    else:
+      assert np.abs(np.asarray(jax.tree.leaves(prepared.variables)[0]) - kernels[-1]).max() > 1e-6
+    state, metrics = step(state, sample(state))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
+  assert inner == [0, 1, 2, 0]
+  # The same synthetic images as the real batch (no augmentation): identical gradients.
+  b = sample(state)
+  real = SyntheticSet(b["images"].reshape(-1, HW, HW, 1), jnp.repeat(jnp.arange(K), 4))
+  loss, _ = d.objective.loss(real, b, key, state.obj_state)
+  np.testing.assert_allclose(float(loss), 0.0, atol=1e-6)
+
+
+def test_idc_clamp_and_refusals(key):
+  """``clamp_every`` clips the stored images only after every ``every``-th step; bad arguments are
+  refused by name."""
+  d = idc_distiller(inner_loop=2, clamp=distill.clamp_every(-0.5, 0.5, 2))
+  syn = toy_syn(soft=False)._replace(log_lr=None)
+  state = distill.init_state(key, syn, d)
+  step, sample = distill.make_step(d), distill.make_sample(d)
+  state, _ = step(state, sample(state))
+  assert np.abs(np.asarray(state.syn.images)).max() > 0.5  # step 1: not clamped
+  state, _ = step(state, sample(state))
+  assert np.abs(np.asarray(state.syn.images)).max() <= 0.5  # after step 2
+  with pytest.raises(ValueError, match="lo < hi"):
+    distill.clamp_every(1.0, 0.0)
+  with pytest.raises(ValueError, match="mix_p"):
+    objectives.idc_matching(TinyConv(), K, mix_p=2.0)
+  with pytest.raises(ValueError, match="batch_stats"):
+    objectives.idc_matching(models.get_model("resnet18bn", K), K).init(key, syn)
+  x, y = toy_data()
+  with pytest.raises(ValueError, match="needs 6000 distinct images"):
+    distill.class_balanced_sampler(x, y, K, 4, train_batches=(100, 60))

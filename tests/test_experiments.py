@@ -562,8 +562,13 @@ def test_paper_configs_hold_their_protocol_and_refuse_a_changed_field():
     registry.eval_config(c)
   c.eval_protocol = ""  # no protocol named: the fields are the protocol
   assert registry.eval_config(c).augment == "dsa"
-  with pytest.raises(ValueError, match="IDC's own objective"):
-    load_config("paper_fmnist.py", "idc,1")
+  idc = load_config("paper_fmnist.py", "idc,1")
+  assert (idc.steps, idc.batch_real, idc.idc_factor, idc.idc_objective, idc.eval_protocol) == \
+      (200000, 64, 2, "idc", "idc")
+  # IDC's 1e-4 x (1 / 10) x (28 / 32)^2 in pixel units, for images stored divided by std 0.353.
+  np.testing.assert_allclose(idc.optimizer_kwargs.learning_rate, 7.65625e-6 / 0.353 ** 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="KIP's finite-ConvNet"):
+    load_config("paper_fmnist.py", "kip,1")
   with pytest.raises(ValueError, match="IPC 7"):
     load_config("paper_fmnist.py", "dc,7")
   from experiments.configs.common import base, with_protocol
@@ -585,7 +590,7 @@ def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(
   caches (no distillation, no evaluation) into the same table."""
   from experiments import paper_fmnist
   from experiments.configs import paper_fmnist_table
-  settings = {"rows": "dc:1@2, dm:1", "tiny": True, "curve_points": 1, "curve_networks": 1,
+  settings = {"rows": "dc:1@2, dm:1, idc:1", "tiny": True, "curve_points": 1, "curve_networks": 1,
               "workdir": str(tmp_path / "runs"), "results": str(tmp_path / "paper"), "progress": False,
               "plot": False}
   root = os.path.join(os.path.dirname(__file__), "..")
@@ -596,13 +601,14 @@ def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(
   assert out.returncode == 0, out.stderr[-3000:]
   rows = json.load(open(str(tmp_path / "paper.json")))
   assert [(r["method"], r["ipc"], r["steps"], r["budget"]) for r in rows] == \
-      [("dc", 1, 2, "reduced"), ("dm", 1, 2, "reduced")]
+      [("dc", 1, 2, "reduced"), ("dm", 1, 2, "reduced"), ("idc", 1, 2, "reduced")]
   for r in rows:
     assert {"method", "ipc", "budget", "iterations", "eval_protocol", "ours_mean", "ours_std",
             "published_mean", "published_std", "source"} <= set(r)
     assert [p["steps"] for p in r["curve"]] == [1, 2] and len(r["sessions"]) == 2
     assert 0 <= r["ours_mean"] <= 100 and r["distill_seconds"] > 0
   assert rows[0]["published_mean"] == 70.5 and rows[1]["published_mean"] is None
+  assert rows[2]["published_mean"] == 81.0 and rows[2]["iterations"] == 2 / 100
   monkeypatch.setattr(distill, "run", lambda c: pytest.fail("a cached row was recomputed"))
   c = paper_fmnist_table.get_config()
   c.update(settings)

@@ -8,15 +8,26 @@ The whole table, resumable, with accuracy against iterations: ``scripts/paper_fm
 Distillation as each paper's code runs it: ConvNet width 128 (depth 3, instance norm), 256 real images
 per class per step, images SGD momentum 0.5 with the paper's learning rate, the paper's iterations
 (DC / DSA: 1000 iterations of the (outer, inner) loops for the IPC, counted here in outer steps; DM:
-20,000). Evaluation: ``jaxdistill.evaluate.protocol`` of the same paper (DC: 300 epochs without
+20,000; IDC: 2000 iterations of 100 inner steps, counted here in inner steps). Evaluation: ``jaxdistill.evaluate.protocol`` of the same paper (DC: 300 epochs without
 augmentation, DSA / DM: 1000 epochs with DSA; 20 networks each). The synthetic images start from random
 real images (DSA's and DM's code default; DC's code defaults to noise, and its README says both
 initializations perform alike).
 
+IDC (its ``condense.py --reproduce``, Fashion-MNIST): multi-formation factor 2 (4 decoded images per
+stored one, initialized from 4 real images), IDC's own gradient matching (``jd.objectives.idc_matching``:
+l1 distance of the convolution kernels' gradients; the network trained on 8 batches of 64 real images
+with CutMix between matchings, a fresh one every 100 steps), 64 real images per class, images SGD
+momentum 0.5 at IDC's lr 1e-4 x (ipc / 10) x (28 / 32)^2 in pixel units (divided here by std^2, as the
+images are stored normalized), clamped to [0, 1] before every fresh network; evaluated under IDC's
+protocol.
+
 Cost on the 2-core CPU: a DC IPC 1 step (one outer step) takes ~13 s, so 1000 steps ~3.6 h; IPC 10's
-10,000 outer steps do not fit (pass ``--config.steps`` for a reduced budget). On one H100 the table's
-rows take minutes each.
+10,000 outer steps do not fit (pass ``--config.steps`` for a reduced budget). An IDC step (10 class
+matchings and 8 network steps at width 128) takes ~10 s, so its 200,000 steps do not fit either.
 """
+import ml_collections
+
+import jaxdistill as jd
 from experiments.configs.common import base, with_protocol
 
 # method: (steps at IPC 1 / 10 / 50, images lr, protocol). DC / DSA: 1000 iterations x outer loops
@@ -26,7 +37,26 @@ PAPER = {
     "dc": ({1: 1000, 10: 10000, 50: 50000}, 0.1, "dc"),
     "dsa": ({1: 1000, 10: 10000, 50: 50000}, 0.1, "dsa"),
     "dm": ({1: 20000, 10: 20000, 50: 20000}, 1.0, "dm"),
+    "idc": ({1: 200000, 10: 200000, 50: 200000}, None, "idc"),  # lr: idc_image_lr
 }
+# Steps per iteration of the paper's code, where it is not 1: DC / DSA's outer loop for the IPC
+# (utils.get_loops), IDC's inner loop.
+IDC_INNER_LOOP = 100
+
+
+def steps_per_iteration(method: str, ipc: int) -> int:
+  """Steps of this library per iteration of the paper's code (DC / DSA: the outer loop for the IPC;
+  IDC: its inner loop of 100; DM: 1)."""
+  if method in ("dc", "dsa"):
+    return jd.objectives.loops_for_ipc(ipc)[0]
+  return IDC_INNER_LOOP if method == "idc" else 1
+
+
+def idc_image_lr(ipc: int, std: float) -> float:
+  """IDC's image learning rate for Fashion-MNIST (``--reproduce``: 1e-4, scaled by ``tune_lr_img`` by
+  ipc / 10 and (28 / 32)^2), in pixel units, divided by ``std``^2 for images stored normalized (the
+  same SGD steps in pixel space)."""
+  return 1e-4 * (ipc / 10) * (28 / 32) ** 2 / std ** 2
 
 # Published Fashion-MNIST ConvNet accuracies (%), (mean, std or None, where). DM, MTT and FRePo: none
 # listed here (DM and MTT report no Fashion-MNIST figure; FRePo's is not re-checked).
@@ -47,10 +77,6 @@ PUBLISHED = {
 
 # Methods whose paper-budget setting is not reproduced here, and why.
 NOT_HERE = {
-    "idc": "IDC's own objective (l1 gradient distance, networks trained on real data between "
-           "matchings, 2000 iterations with an inner loop of 100) and its evaluation (CutMix, batch 64, "
-           "multi-step schedule) are not implemented; experiments/configs/idc_fmnist.py is "
-           "multi-formation over DC's matching",
     "kip": "KIP's finite-ConvNet evaluation (neural-tangents ConvNet, MSE) is not reproduced",
     "frepo": "FRePo's evaluation (its own ConvNet and training schedule) is not reproduced",
 }
@@ -76,8 +102,14 @@ def get_config(arg: str = "dc,1"):
   c.steps = steps[ipc]
   c.batch_real = 256
   c.model_kwargs.width = 128
-  c.optimizer_kwargs.learning_rate = lr
   c.checkpoint_every = 100
+  if method == "idc":
+    c.batch_real = 64
+    c.idc_factor = 2
+    c.idc_objective = "idc"
+    c.idc = ml_collections.ConfigDict({"inner_loop": IDC_INNER_LOOP, "metric": "l1"})
+    lr = idc_image_lr(ipc, jd.data.datasets.KNOWN[c.dataset].std[0])
+  c.optimizer_kwargs.learning_rate = lr
   c.workdir = "runs/paper"
   c.results = ""
   return with_protocol(c, protocol)

@@ -58,10 +58,21 @@ class Sampler(NamedTuple):
 # ----------------------------------------------------------------------------------------------------
 
 def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: int,
-                           per_class: int) -> Sampler:
+                           per_class: int, train_batches: tuple = (0, 0)) -> Sampler:
   """Batches ``{"images": [K, per_class, H, W, C]}``: per class, ``per_class`` distinct random images
-  (the DC/DM reference's ``get_images``). Classes smaller than ``per_class`` raise."""
+  (the DC/DM reference's ``get_images``). Classes smaller than ``per_class`` raise.
+
+  With ``train_batches=(S, B)`` the batch also holds ``"train_images"`` ``[S, B, H, W, C]`` and
+  ``"train_labels"`` ``[S, B]``: S batches of B distinct images drawn from the whole training set (the
+  first S x B of a shuffled pass, as IDC's real loader for its network updates)."""
   check_positive_int("per_class", per_class)
+  steps, size = train_batches
+  if steps or size:
+    check_positive_int("train_batches[0]", steps)
+    check_positive_int("train_batches[1]", size)
+    if steps * size > len(labels):
+      raise ValueError(f"train_batches={tuple(train_batches)} needs {steps * size} distinct images; the "
+                       f"training set has {len(labels)}.")
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be [N] integer class ids; got shape {labels.shape}, dtype "
@@ -81,11 +92,18 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
             "starts": jnp.asarray(starts, jnp.int32)}
 
   def fn(key, a):
+    if steps:
+      key, train_key = jax.random.split(key)
     # A random permutation within each class: sort by (label, uniform noise).
     noise = jax.random.uniform(key, a["labels"].shape)
     perm = jnp.lexsort((noise, a["labels"]))
     pos = a["starts"][:, None] + jnp.arange(per_class)[None, :]
-    return {"images": a["images"][perm[pos]]}
+    batch = {"images": a["images"][perm[pos]]}
+    if steps:
+      idx = jax.random.permutation(train_key, a["labels"].shape[0])[:steps * size]
+      batch["train_images"] = a["images"][idx].reshape(steps, size, *a["images"].shape[1:])
+      batch["train_labels"] = a["labels"][idx].reshape(steps, size)
+    return batch
 
   return Sampler(fn, arrays)
 
