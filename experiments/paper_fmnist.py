@@ -9,7 +9,9 @@ Resumable: each row's distillation resumes from its checkpoints (``<workdir>/<me
 the same directories as ``experiments.distill`` with the row's config), and every evaluation is cached
 under ``<workdir>/paper_table``. Writes ``<results>.md`` (command, date, machine, one line per row with
 its budget, protocol, networks, wall time and how the run was split into sessions), ``<results>.json``
-(one object per row) and ``<results>.png`` (accuracy against steps).
+(one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
+``<results>_notes.md`` (how runs were split across sessions, ...) is appended to the markdown, its
+title line left out.
 """
 from __future__ import annotations
 
@@ -180,6 +182,9 @@ def write(c, results: list) -> str:
   lines += [f"- {r['method'].upper()} IPC {r['ipc']}: " +
             "; ".join(f"{s['first_step']}-{s['last_step']}, {s['seconds']:.0f} s" for s in r["sessions"])
             for r in results]
+  notes = c.results + "_notes.md"  # kept by hand beside the table, never overwritten
+  if os.path.exists(notes):
+    lines += [""] + open(notes).read().rstrip("\n").splitlines()[1:]
   text = "\n".join(lines) + "\n"
   with open(c.results + ".md", "w") as f:
     f.write(text)

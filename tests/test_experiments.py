@@ -610,11 +610,13 @@ def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(
   assert rows[0]["published_mean"] == 70.5 and rows[1]["published_mean"] is None
   assert rows[2]["published_mean"] == 81.0 and rows[2]["iterations"] == 2 / 100
   monkeypatch.setattr(distill, "run", lambda c: pytest.fail("a cached row was recomputed"))
+  (tmp_path / "paper_notes.md").write_text("# Notes\n\nSplit by hand.\n")
   c = paper_fmnist_table.get_config()
   c.update(settings)
   again = paper_fmnist.run(c)
   assert json.loads(json.dumps(again["rows"])) == rows
-  assert "| DC | 1 | reduced | 2 |" in open(str(tmp_path / "paper.md")).read()
+  md = open(str(tmp_path / "paper.md")).read()
+  assert "| DC | 1 | reduced | 2 |" in md and md.endswith("\nSplit by hand.\n") and "# Notes" not in md
   c.rows = "kip:1"
   with pytest.raises(ValueError, match="Bad row 'kip:1'"):
     paper_fmnist.rows_of(c)
