@@ -26,6 +26,7 @@ from experiments.common import (cached_results, errorbar_plot, ident, provenance
                                 run_script)
 from experiments.configs import paper_fmnist
 from experiments.configs.paper_fmnist_table import ACCELERATOR_ROWS
+from experiments.methods import idc as idc_method
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
@@ -61,8 +62,8 @@ def tiny(c):
   c.eval_augment = "none"
   c.num_seeds = 1
   c.checkpoint_every = 1
-  if "idc" in c:  # IDC's network updates and outer iterations, test-sized
-    c.idc.update({"inner_loop": 2, "n_batches": 2, "batch_net": 4})
+  if "idc" in c:
+    c.idc.update(idc_method.TEST_SIZE)
   return c
 
 

@@ -202,8 +202,8 @@ class Distiller(NamedTuple):
 def clamp_every(lo, hi, every: int = 1) -> Callable[[SyntheticSet, jax.Array], SyntheticSet]:
   """A ``Distiller(project=...)`` that clips the stored images to ``[lo, hi]`` whenever the steps done
   are a multiple of ``every``; ``lo`` / ``hi`` are floats or one value per channel (the pixel range
-  ``[0, 1]`` in normalized units is ``(0 - mean) / std, (1 - mean) / std``). IDC clamps its images to the pixel range before every outer iteration
-  of ``inner_loop`` steps: ``every=inner_loop``)."""
+  ``[0, 1]`` in normalized units is ``(0 - mean) / std, (1 - mean) / std``). IDC clamps its images to
+  the pixel range before every outer iteration of ``inner_loop`` steps: ``every=inner_loop``."""
   check_positive_int("every", every)
   lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
   if lo.shape != hi.shape or lo.ndim > 1 or not np.all(lo < hi):

@@ -72,6 +72,9 @@ def build(c, data):
                   evaluators=r.evaluators(c, data), project=project)
 
 
+# Test-sized network updates and outer iterations (smoke runs, the paper table's tiny rows).
+TEST_SIZE = {"inner_loop": 2, "n_batches": 2, "batch_net": 4}
+
+
 def smoke(c) -> dict:
-  return {"idc_factor": 2, "idc": ml_collections.ConfigDict(
-      {**dict(c.get("idc", {})), "inner_loop": 2, "n_batches": 2, "batch_net": 4})}
+  return {"idc_factor": 2, "idc": ml_collections.ConfigDict({**dict(c.get("idc", {})), **TEST_SIZE})}
