@@ -5,7 +5,8 @@ Command:
       [--top 12] [--out benchmarks/results/profile.md]
 
 Each unit is the one ``benchmarks.vs_pytorch`` times (same shapes, same library calls, one XLA program
-each). The program runs once untraced, then ``--reps`` times under ``jax.profiler``; every executed XLA
+each); ``dit``, ``dit2`` (patch 2) and ``unet`` are a diffusion model's training step instead
+(``DIFFUSION_UNITS``: batch 96 of 28x28x1 images, AdamW and EMA, as Minimax Diffusion's pretraining). The program runs once untraced, then ``--reps`` times under ``jax.profiler``; every executed XLA
 operation (a "thunk": a fusion, a dot, a copy, ...) is read back from the trace and matched with its
 instruction in the optimized HLO (``compiled.as_text()``). For each unit the report gives:
 
@@ -151,10 +152,40 @@ def trace_program(compiled, make_args, reps: int) -> tuple:
   return wall, per_op
 
 
+DIFFUSION_UNITS = {  # Minimax Diffusion's pretraining step (batch 96, Fashion-MNIST shapes)
+    "dit": ("dit", {"patch": 4, "width": 96, "depth": 4, "heads": 4}),
+    "dit2": ("dit", {"patch": 2, "width": 96, "depth": 4, "heads": 4}),
+    "unet": ("unet", {"width": 32}),
+}
+
+
+def diffusion_program(unit: str, batch: int = 96) -> tuple:
+  """``(compiled, make_args)`` of one diffusion training step (``jaxdistill.diffusion.make_step``,
+  AdamW, EMA) of the model ``DIFFUSION_UNITS[unit]`` on 28x28x1 images; ``make_args`` gives a fresh
+  state each call (the step donates it)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jaxdistill import diffusion as dfn
+  name, kw = DIFFUSION_UNITS[unit]
+  model = dfn.get_model(name, 10, **kw)
+  params = dfn.init_params(jax.random.key(0), model, (28, 28, 1))
+  tx = optax.adamw(1e-3, weight_decay=0.0)
+  step = dfn.make_step(model, dfn.make_schedule(1000), tx, batch, 0.998)
+  arrays = {"images": jax.random.uniform(jax.random.key(1), (1000, 28, 28, 1), minval=-1, maxval=1),
+            "labels": jnp.arange(1000, dtype=jnp.int32) % 10}
+  make_args = lambda: (dfn.init_state(jax.random.key(2), params, tx), arrays)
+  with jax.numpy_dtype_promotion("standard"):
+    return step.lower(*make_args()).compile(), make_args
+
+
 def profile_unit(unit: str, width: int, reps: int, top: int) -> dict:
-  from benchmarks.vs_pytorch import _jax_unit
-  run, _, _ = _jax_unit(unit, width)
-  compiled, make_args = run.program
+  if unit in DIFFUSION_UNITS:
+    compiled, make_args = diffusion_program(unit)
+  else:
+    from benchmarks.vs_pytorch import _jax_unit
+    run, _, _ = _jax_unit(unit, width)
+    compiled, make_args = run.program
   instrs, comps = parse_hlo(compiled.as_text())
   wall, per_op = trace_program(compiled, make_args, reps)
   cats = collections.defaultdict(float)

@@ -94,6 +94,13 @@ class DiT(nn.Module):
   label_dropout: float = 0.1
   gamma_blocks: int = -1
 
+  @nn.nowrap
+  def check_image_shape(self, shape) -> None:
+    """Raises ValueError unless ``shape`` ``(H, W, C)`` is square and cut exactly into patches."""
+    if len(shape) != 3 or shape[0] != shape[1] or shape[0] % self.patch:
+      raise ValueError(f"image_shape {tuple(shape)} does not fit the DiT: it needs square images whose "
+                       f"side the patch size {self.patch} divides.")
+
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False) -> jax.Array:
     """Noise prediction ``[N, H, W, C]`` for ``x`` ``[N, H, W, C]``, timesteps ``t`` ``[N]`` and

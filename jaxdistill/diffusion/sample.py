@@ -60,10 +60,11 @@ def synthesize(key: jax.Array, model, params, schedule: gaussian.Schedule, ipc: 
 
   Args:
     key: the same key gives the same set.
-    model, params: a trained ``DiT`` (its ``num_classes`` is the null class for guidance).
+    model, params: a trained ``DiT`` or ``UNet`` (its ``num_classes`` is the null class for guidance).
     schedule: the schedule it was trained with.
     ipc: images per class (>= 1).
-    image_shape: ``(H, W, C)`` of the dataset, e.g. ``(28, 28, 1)``; must fit the model's patches.
+    image_shape: ``(H, W, C)`` of the dataset, e.g. ``(28, 28, 1)``; must fit the model
+      (``model.check_image_shape``).
     mean, std: the dataset's normalization (``Dataset.mean``, ``Dataset.std``).
     classes: class ids (default: all ``model.num_classes``).
     sample_steps, eta, cfg_scale, clip: see ``gaussian.sample`` (DDPM with ``eta=1``).
@@ -74,10 +75,7 @@ def synthesize(key: jax.Array, model, params, schedule: gaussian.Schedule, ipc: 
     class-major (the first ``ipc`` rows are the first class).
   """
   classes = check_request(model.num_classes, ipc, image_shape, classes)
-  h, w = image_shape[0], image_shape[1]
-  if h % model.patch or w % model.patch:
-    raise ValueError(f"image_shape {tuple(image_shape)} does not fit the model's patch size "
-                     f"{model.patch}.")
+  model.check_image_shape(tuple(image_shape))
   labels = np.repeat(classes, ipc).astype(np.int32)
   out = []
   for i, start in enumerate(range(0, labels.size, batch_size)):
