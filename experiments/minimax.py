@@ -30,13 +30,37 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_c
 
 
 def _pretrain_config(c) -> dict:
-  """What identifies a pretraining: checked by its checkpoints and recorded by every fine-tuning of it."""
-  return {"dataset": c.dataset, "seed": c.seed, "model": c.model.to_dict(), "schedule": c.schedule,
-          "num_timesteps": c.num_timesteps, "pretrain": c.pretrain.to_dict()}
+  """What identifies a pretraining: checked by its checkpoints and recorded by every fine-tuning of it.
+  The model kind and the held-out count enter only when they differ from the first runs' (a DiT, no
+  held-out images), so those runs' checkpoints still resume."""
+  out = {"dataset": c.dataset, "seed": c.seed, "model": c.model.to_dict(), "schedule": c.schedule,
+         "num_timesteps": c.num_timesteps, "pretrain": c.pretrain.to_dict()}
+  pre = out["pretrain"]
+  if not pre.get("quality_every"):
+    pre.pop("quality_every", None)
+  if c.model_kind != "dit":
+    out["model_kind"] = c.model_kind
+  if c.holdout:
+    out["holdout"] = c.holdout
+  return out
 
 
-def pretrain(c, model, schedule, arrays, image_shape, key):
-  """Trains the DiT from scratch; returns ``(ema params, info)``."""
+def split_holdout(c, data, key) -> tuple:
+  """``(diffusion training indices, held-out indices)`` into the training set: ``c.holdout`` images
+  drawn at random are kept out of the diffusion model's training, as the reference of every choice
+  made by the quality report (sampler settings, checkpoints), so that no choice looks at test images."""
+  n = len(data.y_train)
+  if not 0 <= c.holdout < n:
+    raise ValueError(f"holdout must lie in [0, {n}) (training images kept out); got {c.holdout}.")
+  perm = np.asarray(jax.random.permutation(key, n))
+  return np.sort(perm[c.holdout:]), np.sort(perm[:c.holdout])
+
+
+def pretrain(c, model, schedule, arrays, image_shape, key, on_checkpoint=None):
+  """Trains the diffusion model from scratch; returns ``(ema params, info)``. With
+  ``c.pretrain.quality_every`` > 0 the training runs in segments of that many steps and
+  ``on_checkpoint(step, ema params)`` is called at the end of each (the quality report of a sample),
+  with None for the params of segments a resumed run had already passed."""
   p = c.pretrain
   params = dfn.init_params(jax.random.fold_in(key, 0), model, image_shape)
   lr = optax.warmup_cosine_decay_schedule(0.0, p.lr, p.warmup, p.steps, p.end_lr)
@@ -47,12 +71,21 @@ def pretrain(c, model, schedule, arrays, image_shape, key):
   step = dfn.make_step(model, schedule, tx, p.batch_size, p.ema_decay)
   d = os.path.join(c.workdir, "pretrain")
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
-  state, info = dfn.run(state, step, arrays, p.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
-                        checkpoint_every=p.checkpoint_every, config=_pretrain_config(c), logger=logger,
-                        desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
+  every = p.get("quality_every", 0) or p.steps
+  ends = sorted({min(s, p.steps) for s in range(every, p.steps + every, every)})
+  total = {"steps_run": 0, "seconds": 0.0, "resumed_from": None}
+  for end in ends:
+    state, info = dfn.run(state, step, arrays, end, checkpoint_dir=os.path.join(d, "checkpoints"),
+                          checkpoint_every=p.checkpoint_every, config=_pretrain_config(c),
+                          logger=logger, desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
+    total["steps_run"] += info["steps_run"]
+    total["seconds"] += info["seconds"]
+    if total["resumed_from"] is None:
+      total["resumed_from"] = info["resumed_from"]
+    if on_checkpoint is not None:  # None: the run is past ``end`` (resumed); its report is cached
+      on_checkpoint(end, state.ema if int(state.step) == end else None)
   logger.close()
-  info = _record_time(d, info, p.steps)
-  return state.ema, info
+  return state.ema, _record_time(d, total, p.steps)
 
 
 def _record_time(d: str, info: dict, steps: int) -> dict:
@@ -90,13 +123,14 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
   return state.ema, _record_time(d, info, f.steps)
 
 
-def generate(c, name, model, params, schedule, data, ipc, key):
-  """The sampled set, cached as ``<workdir>/<name>_ipc<ipc>.npz``."""
+def generate(c, name, model, params, schedule, data, ipc, key, sampler=None):
+  """The sampled set, cached as ``<workdir>/<name>_ipc<ipc>.npz``; ``sampler`` (default ``c.sample``)
+  holds ``steps``, ``eta``, ``cfg_scale``, ``clip``, ``batch_size``."""
   path = os.path.join(c.workdir, f"{name}_ipc{ipc}.npz")
   if os.path.exists(path):
     z = np.load(path)
     return jd.SyntheticSet(jnp.asarray(z["images"]), jnp.asarray(z["labels"])), float(z["seconds"])
-  s = c.sample
+  s = sampler or c.sample
   t0 = time.time()
   syn = dfn.synthesize(key, model, params, schedule, ipc, data.image_shape, data.mean, data.std,
                        sample_steps=s.steps, eta=s.eta, cfg_scale=s.cfg_scale, clip=s.clip,
@@ -147,17 +181,44 @@ def judge(c, data, key) -> tuple:
   return model, variables, acc
 
 
-def quality(c, data, syn, judge_state, key) -> dict:
-  """``jd.metrics.quality_report`` of ``syn`` by the judge, cached by the set's bytes."""
+def quality(c, data, syn, judge_state, key, reference=None) -> dict:
+  """``jd.metrics.quality_report`` of ``syn`` by the judge, cached by the set's bytes. The FID-style
+  distance is measured against ``reference`` images (default: the test set; the held-out training
+  images for every choice the run makes)."""
   model, variables, _ = judge_state
+  ref = data.x_test if reference is None else reference
   digest = hashlib.sha256(np.asarray(syn.images).tobytes()).hexdigest()[:12]
-  ident = _ident(digest, np.asarray(syn.labels).tobytes(), c.judge.to_dict())
+  ref_tag = () if reference is None else (hashlib.sha256(np.asarray(ref).tobytes()).hexdigest()[:12],)
+  ident = _ident(digest, np.asarray(syn.labels).tobytes(), c.judge.to_dict(), *ref_tag)
   logits = lambda v, x: model.apply(v, x, train=False)
   feats = lambda v, x: model.apply(v, x, train=False, return_features=True)[1]
   return _json_cache(os.path.join(c.workdir, "eval", f"quality_{ident}.json"),
                      lambda: jd.metrics.quality_report(logits, feats, variables, np.asarray(syn.images),
-                                                       np.asarray(syn.labels), data.x_test,
+                                                       np.asarray(syn.labels), ref,
                                                        data.x_train, sample_size=2000, key=key))
+
+
+def choose_sampler(c, model, params, schedule, data, judge_state, key, holdout) -> tuple:
+  """The sampler settings of ``c.sweep`` (each a partial override of ``c.sample``) whose sample of
+  ``c.sweep_ipc`` images per class from ``params`` has the lowest FID-style distance to the held-out
+  training images; ``(settings, [{settings, quality}, ...])``. ``c.sample`` alone when the sweep is
+  empty. Never looks at test images."""
+  if not c.sweep:
+    return c.sample, []
+  rows = []
+  for over in c.sweep:
+    s = c.sample.copy_and_resolve_references()
+    s.update(dict(over))
+    name = "sweep_" + _ident(s.to_dict(), _pretrain_config(c))
+    syn, _ = generate(c, name, model, params, schedule, data, c.sweep_ipc, key, sampler=s)
+    rows.append({"sampler": s.to_dict(), "quality": quality(c, data, syn, judge_state, key, holdout)})
+    q = rows[-1]["quality"]
+    print(f"sampler {dict(over)}: class agreement {q['class_agreement']:.3f}, FID-style "
+          f"{q['fid_like']:.2f} (held-out)", flush=True)
+  best = min(rows, key=lambda r: r["quality"]["fid_like"])
+  s = c.sample.copy_and_resolve_references()
+  s.update(best["sampler"])
+  return s, rows
 
 
 def _evaluate(c, data, syn, keys, cov_state):
@@ -187,19 +248,41 @@ def _evaluate(c, data, syn, keys, cov_state):
   return row
 
 
+def check_config(c) -> None:
+  """Refuses settings that cannot mean what they say, before anything runs."""
+  if c.model_kind not in dfn.MODELS:
+    raise ValueError(f"Unknown model_kind {c.model_kind!r}; choose one of {sorted(dfn.MODELS)}.")
+  if not isinstance(c.holdout, int) or c.holdout < 0:
+    raise ValueError(f"holdout must be an integer >= 0 (training images kept out); got {c.holdout!r}.")
+  if (c.sweep or c.pretrain.get("quality_every")) and not c.holdout:
+    raise ValueError("The sampler sweep and pretrain.quality_every judge samples against held-out "
+                     "training images (never the test set): set holdout > 0.")
+  for over in c.sweep:
+    unknown = set(over) - set(c.sample)
+    if unknown:
+      raise ValueError(f"sweep entry {dict(over)} sets unknown sampler fields {sorted(unknown)}; "
+                       f"known: {sorted(c.sample)}.")
+  if c.sweep and (not isinstance(c.sweep_ipc, int) or c.sweep_ipc < 1):
+    raise ValueError(f"sweep_ipc must be an integer >= 1; got {c.sweep_ipc!r}.")
+
+
 def run(c) -> dict:
   """Every stage of config ``c`` (resuming); returns ``{(set, ipc): row}`` (accuracies, coverage,
   quality report)."""
+  check_config(c)
   key = jax.random.key(c.seed)
   train_key, sample_key, eval_key, cov_key, rnd_key = jax.random.split(key, 5)
   judge_key = jax.random.fold_in(key, 7)
   kw = ({"max_per_class": c.max_per_class, "key": jax.random.key(0)} if c.get("max_per_class") else {})
   data = jd.data.load(c.dataset, **kw)
   os.makedirs(c.workdir, exist_ok=True)
-  model = dfn.DiT(data.num_classes, **c.model)
+  model = dfn.get_model(c.model_kind, data.num_classes, **c.model)
   schedule = dfn.make_schedule(c.num_timesteps, c.schedule)
-  arrays = {"images": np.asarray(dfn.to_model_space(jnp.asarray(data.x_train), data.mean, data.std)),
-            "labels": np.asarray(data.y_train, np.int32)}
+  train_idx, held_idx = split_holdout(c, data, jax.random.fold_in(key, 11))
+  holdout = data.x_train[held_idx] if c.holdout else None
+  arrays = {"images": np.asarray(dfn.to_model_space(jnp.asarray(data.x_train[train_idx]), data.mean,
+                                                    data.std)),
+            "labels": np.asarray(data.y_train[train_idx], np.int32)}
   image_shape = data.image_shape
   res_dir = os.path.dirname(c.results) or "."
   os.makedirs(res_dir, exist_ok=True)
@@ -221,16 +304,34 @@ def run(c) -> dict:
 
   def sample_and_evaluate(name, params):
     for ipc in c.ipcs:
-      syn, sec = generate(c, name, model, params, schedule, data, ipc,
-                          jax.random.fold_in(sample_key, ipc))
+      # a sampler other than c.sample (the sweep's choice) names its own files
+      fname = name if info["sampler"].to_dict() == c.sample.to_dict() else f"{name}_{_ident(info['sampler'].to_dict())}"
+      syn, sec = generate(c, fname, model, params, schedule, data, ipc,
+                          jax.random.fold_in(sample_key, ipc), sampler=info["sampler"])
       info["sample_seconds"][(name, ipc)] = sec
       idx = np.concatenate([np.arange(k * ipc, k * ipc + min(ipc, 10)) for k in range(data.num_classes)])
-      jd.logs.save_grid(os.path.join(res_dir, f"minimax_fmnist_{name}_ipc{ipc}.png"),
+      jd.logs.save_grid(os.path.join(res_dir, f"{c.grid_prefix}_{name}_ipc{ipc}.png"),
                         np.asarray(syn.images)[idx], data.mean, data.std, nrow=min(ipc, 10))
       yield ipc, syn
 
-  params0, info["pretrain"] = pretrain(c, model, schedule, arrays, image_shape, train_key)
+  info["checkpoint_quality"] = []
+
+  def checkpoint_quality(step, params):
+    name = f"pretrain_step{step}_" + _ident(_pretrain_config(c), c.sample.to_dict())
+    if params is None and not os.path.exists(os.path.join(c.workdir, f"{name}_ipc{c.sweep_ipc}.npz")):
+      return  # passed before this report existed
+    syn, _ = generate(c, name, model, params, schedule, data, c.sweep_ipc, sample_key)
+    q = quality(c, data, syn, judge_state, judge_key, holdout)
+    info["checkpoint_quality"].append({"step": step, **{k: q[k] for k in (
+        "class_agreement", "fid_like", "nearest_real_ratio")}})
+    print(f"pretraining step {step}: class agreement {q['class_agreement']:.3f}, FID-style "
+          f"{q['fid_like']:.2f} (held-out)", flush=True)
+
+  params0, info["pretrain"] = pretrain(c, model, schedule, arrays, image_shape, train_key,
+                                       checkpoint_quality if c.pretrain.get("quality_every") else None)
   print(f"pretrained: {info['pretrain']}", flush=True)
+  info["sampler"], info["sweep"] = choose_sampler(c, model, params0, schedule, data, judge_state,
+                                                  jax.random.fold_in(sample_key, 1000), holdout)
   params_mm, info["finetune"]["minimax"] = finetune(
       c, "minimax", model, schedule, arrays, image_shape, params0, train_key,
       (c.finetune.lambda_pos, c.finetune.lambda_neg))
@@ -274,6 +375,19 @@ def write_results(c, table, info):
             f"to the requested class; FID-style = Fréchet distance of its penultimate features, set vs "
             f"test images; nearest-real ratio = mean pixel distance to the nearest training image over "
             f"the same among training images.", ""]
+  lines.append(f"Model: {c.model_kind} {c.model.to_dict()}; {c.holdout} training images held out of "
+               f"its training. Sampler: {info['sampler'].to_dict()}.")
+  if info.get("sweep"):
+    lines += ["", f"Sampler sweep ({c.sweep_ipc} images per class from the pretrained model, quality "
+              "against the held-out training images; the lowest FID-style distance is chosen):", "",
+              "| sampler | class agreement | FID-style |", "|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['quality']['class_agreement']:.3f} | "
+              f"{r['quality']['fid_like']:.2f} |" for r in info["sweep"]]
+  if info.get("checkpoint_quality"):
+    lines += ["", f"Pretraining checkpoints ({c.sweep_ipc} images per class, held-out reference):", "",
+              "| step | class agreement | FID-style | nearest-real ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['step']} | {r['class_agreement']:.3f} | {r['fid_like']:.2f} | "
+              f"{r['nearest_real_ratio']:.2f} |" for r in info["checkpoint_quality"]]
   lines += ["", f"| IPC | set | {c.eval_model} (%) | {c.other_model} (%) | coverage of the test set (%) "
             f"| class agreement | FID-style | nearest-real ratio |", "|---|---|---|---|---|---|---|---|"]
   for (name, ipc), row in sorted(table.items(), key=lambda kv: kv[0][1]):
@@ -291,7 +405,11 @@ def write_results(c, table, info):
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
   key_of = lambda n: n.replace(" ", "_").replace("DM", "dm")
-  record = {"judge_test_accuracy": info["judge_accuracy"],
+  record = {"judge_test_accuracy": info["judge_accuracy"], "model_kind": c.model_kind,
+            "sampler": info["sampler"].to_dict(),
+            "sweep": [{"sampler": r["sampler"], "class_agreement": r["quality"]["class_agreement"],
+                       "fid_like": r["quality"]["fid_like"]} for r in info.get("sweep", [])],
+            "checkpoint_quality": info.get("checkpoint_quality", []),
             "quality": {key_of(n): {} for n, _ in table},
             "accuracy": [{"set": key_of(n), "ipc": i, "mean": 100 * row[c.eval_model]["mean"],
                           "std": 100 * row[c.eval_model]["std"]} for (n, i), row in table.items()]}

@@ -622,6 +622,64 @@ def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(
     paper_fmnist.rows_of(c)
 
 
+MINIMAX_UNET_TINY = {
+    "model.width": 8, "model.mults": (1, 2), "model.attn_levels": (1,), "model.heads": 2,
+    "model.groups": 4, "pretrain.steps": 2, "pretrain.batch_size": 8, "pretrain.warmup": 1,
+    "pretrain.checkpoint_every": 1, "pretrain.quality_every": 1, "holdout": 100,
+    "sweep": ({"steps": 2, "cfg_scale": 1.0}, {"steps": 3, "eta": 0.0, "cfg_scale": 2.0}),
+    "sweep_ipc": 1, "finetune.steps": 1, "finetune.batch_size": 8, "finetune.memory_size": 4,
+    "finetune.checkpoint_every": 1, "sample.steps": 2, "sample.batch_size": 10, "ipcs": (1,),
+    "eval_epochs": 1, "eval_model_kwargs.width": 8, "num_seeds": 1, "judge.epochs": 1,
+    "judge.model_kwargs.width": 8, "judge.min_accuracy": 0.0, "control": False, "max_per_class": 30}
+
+
+def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fields():
+  from experiments import minimax
+  c = load_config("minimax_unet_fmnist.py")
+  assert c.model_kind == "unet" and c.holdout > 0 and len(c.sweep) == 8
+  minimax.check_config(c)
+  for changes, match in [({"holdout": 0}, "held-out"), ({"model_kind": "vae"}, "model_kind"),
+                         ({"sweep": ({"guidance": 2.0},)}, "unknown sampler fields"),
+                         ({"holdout": -1}, "holdout")]:
+    bad = load_config("minimax_unet_fmnist.py")
+    override(bad, changes)
+    with pytest.raises(ValueError, match=match):
+      minimax.check_config(bad)
+  default = load_config("minimax_fmnist.py")  # the DiT run: no sweep, no held-out images
+  minimax.check_config(default)
+  assert default.holdout == 0 and not default.sweep and default.model_kind == "dit"
+  assert set(minimax._pretrain_config(default)) == {"dataset", "seed", "model", "schedule",
+                                                    "num_timesteps", "pretrain"}
+  assert "quality_every" not in minimax._pretrain_config(default)["pretrain"]
+
+
+@pytest.mark.slow
+def test_minimax_unet_run_chooses_its_sampler_on_held_out_images_and_resumes(tmp_path):
+  """The UNet configuration at test size: quality reports at pretraining checkpoints and a sampler
+  sweep, both against held-out training images; the chosen sampler has the lowest FID-style distance;
+  a second run reads every stage back."""
+  from experiments import minimax
+  c = load_config("minimax_unet_fmnist.py")
+  override(c, dict(MINIMAX_UNET_TINY, workdir=str(tmp_path / "runs"),
+                   results=str(tmp_path / "unet.md"), dm_dir=str(tmp_path / "no_dm")))
+  with jax.numpy_dtype_promotion("standard"):
+    table = minimax.run(c)
+  assert set(table) == {("random real", 1), ("vanilla", 1), ("minimax", 1)}
+  record = json.load(open(str(tmp_path / "unet.json")))
+  assert record["model_kind"] == "unet"
+  assert [r["step"] for r in record["checkpoint_quality"]] == [1, 2]
+  assert len(record["sweep"]) == 2
+  best = min(record["sweep"], key=lambda r: r["fid_like"])
+  assert record["sampler"] == best["sampler"]
+  md = open(str(tmp_path / "unet_run.md")).read()
+  assert "Sampler sweep" in md and "Pretraining checkpoints" in md
+  assert os.path.exists(str(tmp_path / "minimax_unet_fmnist_minimax_ipc1.png"))
+  with jax.numpy_dtype_promotion("standard"):
+    again = minimax.run(c)
+  assert json.load(open(str(tmp_path / "unet.json"))) == record
+  assert {k: v["quality"] for k, v in again.items()} == {k: v["quality"] for k, v in table.items()}
+
+
 @pytest.mark.slow
 def test_minimax_runs_every_stage_at_test_size_with_its_quality_report(tmp_path):
   """``experiments.minimax`` end to end at test size on real Fashion-MNIST: pretraining, fine-tuning,

@@ -26,19 +26,26 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.dataset = "fashion_mnist"
   c.seed = 0
+  c.model_kind = "dit"  # or "unet" (jaxdistill.diffusion.get_model)
   c.model = ml_collections.ConfigDict(
       {"patch": 4, "width": 96, "depth": 4, "heads": 4, "mlp_ratio": 4.0, "label_dropout": 0.1})
   c.schedule = "linear"
   c.num_timesteps = 1000
   c.pretrain = ml_collections.ConfigDict(
       {"steps": 2000, "batch_size": 96, "lr": 1e-3, "warmup": 100, "end_lr": 1e-5, "clip": 1.0,
-       "ema_decay": 0.998, "checkpoint_every": 200})
+       "ema_decay": 0.998, "checkpoint_every": 200, "quality_every": 0})
   c.finetune = ml_collections.ConfigDict(
       {"steps": 600, "batch_size": 32, "lr": 1e-3, "ema_decay": 0.998, "lambda_pos": 0.002,
        "lambda_neg": 0.008, "memory_size": 64, "checkpoint_every": 200})
   c.control = True  # also fine-tune with lambdas 0 (DiffFit alone)
   c.sample = ml_collections.ConfigDict(
       {"steps": 50, "eta": 1.0, "cfg_scale": 4.0, "clip": 1.0, "batch_size": 250})
+  # Sampler sweep: each entry overrides fields of c.sample; the one whose sample (sweep_ipc per class,
+  # from the pretrained model) is closest (FID-style) to the held-out training images is used for every
+  # set. Needs holdout > 0, as pretrain.quality_every (a report every that many pretraining steps).
+  c.sweep = ()
+  c.sweep_ipc = 20
+  c.holdout = 0  # training images kept out of the diffusion model's training (the choices' reference)
   c.ipcs = (10, 50)
   c.dm_dir = "runs/dm_fashion_mnist_ipc{ipc}"  # experiments.distill's workdir (synthetic.npz)
   c.eval_model = "convnet"
@@ -56,4 +63,5 @@ def get_config():
   # Checkpoints written before they carried checksums are refused unless adopted (rewritten) first.
   c.adopt_legacy_checkpoints = False
   c.results = "experiments/results/minimax_fashion_mnist.md"
+  c.grid_prefix = "minimax_fmnist"  # image grids: <results dir>/<grid_prefix>_<set>_ipc<ipc>.png
   return c
