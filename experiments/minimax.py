@@ -104,18 +104,59 @@ def _record_time(d: str, info: dict, steps: int) -> dict:
   return rec
 
 
+SPACES = ("model", "autoencoder")
+
+
+def autoencoder(c, arrays, key) -> tuple:
+  """The autoencoder whose latents are the Minimax terms' space (``finetune.space="autoencoder"``):
+  trained once on the diffusion model's training images (in its space), stored under
+  ``<workdir>/autoencoder``; ``(model, params)``."""
+  a = c.autoencoder
+  ae = dfn.AutoEncoder(a.width, a.latent_channels, arrays["images"].shape[-1])
+  tag = _ident(a.to_dict(), _pretrain_config(c))
+  d = os.path.join(c.workdir, "autoencoder")
+  path = os.path.join(d, f"{tag}.msgpack")
+  like = ae.init(key, jnp.zeros((1, *arrays["images"].shape[1:]), jnp.float32))["params"]
+  if os.path.exists(path):
+    with open(path, "rb") as fh:
+      return ae, flax.serialization.from_bytes(like, fh.read())
+  t0 = time.time()
+  params, loss = dfn.train_autoencoder(key, arrays["images"], ae, a.steps, a.batch_size, a.lr)
+  os.makedirs(d, exist_ok=True)
+  with open(path + ".tmp", "wb") as fh:
+    fh.write(flax.serialization.to_bytes(params))
+  os.replace(path + ".tmp", path)
+  _json_cache(os.path.join(d, f"{tag}.json"), lambda: {"final_loss": loss, "seconds": time.time() - t0})
+  print(f"autoencoder {a.to_dict()}: final reconstruction MSE {loss:.4f}", flush=True)
+  return ae, params
+
+
 def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambdas):
-  """DiffFit fine-tuning with the Minimax terms at ``lambdas = (pos, neg)``; returns EMA params."""
+  """DiffFit fine-tuning with the Minimax terms at ``lambdas = (pos, neg)``, in the space
+  ``c.finetune.space`` ("model": the diffusion model's own; "autoencoder": the latents of
+  ``autoencoder``); returns EMA params."""
   f = c.finetune
   tx = dfn.difffit_tx(params0, f.lr)
-  mm = dfn.MinimaxConfig(lambdas[0], lambdas[1], f.memory_size)
-  mem = dfn.init_memory(model.num_classes, f.memory_size, int(np.prod(image_shape)))
+  space = f.get("space", "model")
+  embed, dim = None, int(np.prod(image_shape))
+  if space == "autoencoder":
+    ae, ae_params = autoencoder(c, arrays, jax.random.fold_in(key, 3))
+    embed = dfn.encoder_fn(ae, ae_params)
+    dim = int(np.prod(jax.eval_shape(embed, jnp.zeros((1, *image_shape), jnp.float32)).shape))
+  mm = dfn.MinimaxConfig(lambdas[0], lambdas[1], f.memory_size, embed)
+  mem = dfn.init_memory(model.num_classes, f.memory_size, dim)
   state = dfn.init_state(jax.random.fold_in(key, 2), params0, tx, mem)
   step = dfn.make_step(model, schedule, tx, f.batch_size, f.ema_decay, mm=mm)
   d = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
-  # the pretraining by its configuration, not its path: a moved workdir still resumes
-  cfg = {"pretrained": _pretrain_config(c), "finetune": f.to_dict(), "lambdas": list(lambdas)}
+  # the pretraining by its configuration, not its path: a moved workdir still resumes; the space
+  # enters only when it is not the model's own (the first runs' identity stays)
+  ft = f.to_dict()
+  if ft.get("space", "model") == "model":
+    ft.pop("space", None)
+  else:
+    ft["autoencoder"] = c.autoencoder.to_dict()
+  cfg = {"pretrained": _pretrain_config(c), "finetune": ft, "lambdas": list(lambdas)}
   state, info = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
                         checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
                         adopt_legacy=c.adopt_legacy_checkpoints)
@@ -262,6 +303,8 @@ def check_config(c) -> None:
     if unknown:
       raise ValueError(f"sweep entry {dict(over)} sets unknown sampler fields {sorted(unknown)}; "
                        f"known: {sorted(c.sample)}.")
+  if c.finetune.get("space", "model") not in SPACES:
+    raise ValueError(f"Unknown finetune.space {c.finetune.space!r}; choose one of {SPACES}.")
   if c.sweep and (not isinstance(c.sweep_ipc, int) or c.sweep_ipc < 1):
     raise ValueError(f"sweep_ipc must be an integer >= 1; got {c.sweep_ipc!r}.")
 
@@ -376,7 +419,8 @@ def write_results(c, table, info):
             f"test images; nearest-real ratio = mean pixel distance to the nearest training image over "
             f"the same among training images.", ""]
   lines.append(f"Model: {c.model_kind} {c.model.to_dict()}; {c.holdout} training images held out of "
-               f"its training. Sampler: {info['sampler'].to_dict()}.")
+               f"its training. Sampler: {info['sampler'].to_dict()}. Minimax terms in the "
+               f"{c.finetune.get('space', 'model')} space.")
   if info.get("sweep"):
     lines += ["", f"Sampler sweep ({c.sweep_ipc} images per class from the pretrained model, quality "
               "against the held-out training images; the lowest FID-style distance is chosen):", "",
@@ -406,6 +450,7 @@ def write_results(c, table, info):
     f.write("\n".join(lines) + "\n")
   key_of = lambda n: n.replace(" ", "_").replace("DM", "dm")
   record = {"judge_test_accuracy": info["judge_accuracy"], "model_kind": c.model_kind,
+            "minimax_space": c.finetune.get("space", "model"),
             "sampler": info["sampler"].to_dict(),
             "sweep": [{"sampler": r["sampler"], "class_agreement": r["quality"]["class_agreement"],
                        "fid_like": r["quality"]["fid_like"]} for r in info.get("sweep", [])],

@@ -628,7 +628,8 @@ MINIMAX_UNET_TINY = {
     "pretrain.checkpoint_every": 1, "pretrain.quality_every": 1, "holdout": 100,
     "sweep": ({"steps": 2, "cfg_scale": 1.0}, {"steps": 3, "eta": 0.0, "cfg_scale": 2.0}),
     "sweep_ipc": 1, "finetune.steps": 1, "finetune.batch_size": 8, "finetune.memory_size": 4,
-    "finetune.checkpoint_every": 1, "sample.steps": 2, "sample.batch_size": 10, "ipcs": (1,),
+    "finetune.checkpoint_every": 1, "autoencoder.width": 4, "autoencoder.steps": 2,
+    "autoencoder.batch_size": 8, "sample.steps": 2, "sample.batch_size": 10, "ipcs": (1,),
     "eval_epochs": 1, "eval_model_kwargs.width": 8, "num_seeds": 1, "judge.epochs": 1,
     "judge.model_kwargs.width": 8, "judge.min_accuracy": 0.0, "control": False, "max_per_class": 30}
 
@@ -640,7 +641,7 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
   minimax.check_config(c)
   for changes, match in [({"holdout": 0}, "held-out"), ({"model_kind": "vae"}, "model_kind"),
                          ({"sweep": ({"guidance": 2.0},)}, "unknown sampler fields"),
-                         ({"holdout": -1}, "holdout")]:
+                         ({"holdout": -1}, "holdout"), ({"finetune.space": "pixels"}, "space")]:
     bad = load_config("minimax_unet_fmnist.py")
     override(bad, changes)
     with pytest.raises(ValueError, match=match):
@@ -651,6 +652,7 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
   assert set(minimax._pretrain_config(default)) == {"dataset", "seed", "model", "schedule",
                                                     "num_timesteps", "pretrain"}
   assert "quality_every" not in minimax._pretrain_config(default)["pretrain"]
+  assert c.finetune.space == "autoencoder" and default.finetune.space == "model"
 
 
 @pytest.mark.slow
@@ -674,6 +676,7 @@ def test_minimax_unet_run_chooses_its_sampler_on_held_out_images_and_resumes(tmp
   md = open(str(tmp_path / "unet_run.md")).read()
   assert "Sampler sweep" in md and "Pretraining checkpoints" in md
   assert os.path.exists(str(tmp_path / "minimax_unet_fmnist_minimax_ipc1.png"))
+  assert len(os.listdir(str(tmp_path / "runs" / "autoencoder"))) == 2  # its weights and record
   with jax.numpy_dtype_promotion("standard"):
     again = minimax.run(c)
   assert json.load(open(str(tmp_path / "unet.json"))) == record

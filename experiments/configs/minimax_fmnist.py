@@ -36,7 +36,12 @@ def get_config():
        "ema_decay": 0.998, "checkpoint_every": 200, "quality_every": 0})
   c.finetune = ml_collections.ConfigDict(
       {"steps": 600, "batch_size": 32, "lr": 1e-3, "ema_decay": 0.998, "lambda_pos": 0.002,
-       "lambda_neg": 0.008, "memory_size": 64, "checkpoint_every": 200})
+       "lambda_neg": 0.008, "memory_size": 64, "checkpoint_every": 200, "space": "model"})
+  # finetune.space: where the Minimax terms compare images. "model": the diffusion model's own space
+  # (here pixels; in the authors' code the Stable Diffusion VAE latents their DiT denoises);
+  # "autoencoder": the latents of this autoencoder, trained once on the training images.
+  c.autoencoder = ml_collections.ConfigDict(
+      {"width": 32, "latent_channels": 4, "steps": 3000, "batch_size": 128, "lr": 1e-3})
   c.control = True  # also fine-tune with lambdas 0 (DiffFit alone)
   c.sample = ml_collections.ConfigDict(
       {"steps": 50, "eta": 1.0, "cfg_scale": 4.0, "clip": 1.0, "batch_size": 250})

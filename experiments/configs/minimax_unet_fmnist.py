@@ -16,7 +16,9 @@ What differs from ``minimax_fmnist.py`` (the small DiT trained about 3 epochs on
 - sampler chosen by the sweep below (DDIM eta 0 with 50 steps and DDPM with 250 steps, guidance 1-4),
   on 20 images per class from the pretrained model;
 - Minimax and DiffFit-alone fine-tunings as in ``minimax_fmnist.py`` (DiffFit subset: the UNet's biases,
-  GroupNorm parameters and class embedding), the terms on the model's own (pixel) space.
+  GroupNorm parameters and class embedding), with the Minimax terms on the 7x7x4 latents of an
+  autoencoder trained on the training images (``finetune.space="autoencoder"``): the authors compute
+  them on the Stable Diffusion VAE latents their DiT works in, not on pixels.
 
 On a 2-core CPU one pretraining step of this UNet takes seconds (``python -m benchmarks.profile
 --units unet``), so the schedule is for an accelerator; ``--config.model.width=32`` and fewer
@@ -36,6 +38,7 @@ def get_config():
   c.pretrain = ml_collections.ConfigDict(
       {"steps": 20000, "batch_size": 128, "lr": 2e-4, "warmup": 500, "end_lr": 1e-6, "clip": 1.0,
        "ema_decay": 0.9995, "checkpoint_every": 1000, "quality_every": 5000})
+  c.finetune.space = "autoencoder"
   c.holdout = 5000
   c.sweep = tuple({"steps": steps, "eta": eta, "cfg_scale": g}
                   for steps, eta in ((50, 0.0), (250, 1.0)) for g in (1.0, 2.0, 3.0, 4.0))

@@ -5,11 +5,14 @@
 - ``get_model(name, num_classes, **kwargs)``: ``"dit"`` or ``"unet"`` by name;
 - ``gaussian``: schedules, ``q_sample``, the epsilon loss, DDPM / DDIM sampling with guidance;
 - ``minimax``: per-class ring-buffer memories and the representativeness / diversity terms;
+- ``autoencoder``: a small convolutional autoencoder whose latents can be the terms' space (the
+  authors compute them on Stable Diffusion VAE latents, the space their DiT denoises);
 - ``train``: one jitted step for pretraining and for Minimax fine-tuning (DiffFit's optax mask),
   orbax checkpoints with exact resume;
 - ``sample``: ``synthesize`` returns a ``SyntheticSet`` of IPC images per class in the dataset's space.
 """
-from jaxdistill.diffusion import gaussian, minimax, model, sample, train, unet
+from jaxdistill.diffusion import autoencoder, gaussian, minimax, model, sample, train, unet
+from jaxdistill.diffusion.autoencoder import AutoEncoder, encoder_fn, train_autoencoder
 from jaxdistill.diffusion.gaussian import Schedule, make_schedule
 from jaxdistill.diffusion.minimax import Memory, init_memory
 from jaxdistill.diffusion.model import DiT

@@ -35,10 +35,13 @@ class TrainState(NamedTuple):
 
 
 class MinimaxConfig(NamedTuple):
-  """Minimax criteria weights and memory size (the paper's defaults)."""
+  """Minimax criteria weights and memory size (the paper's defaults), and the space they are computed
+  in: ``embed`` maps clean images ``[B, H, W, C]`` (the model's space) to the items the memories hold
+  (e.g. ``autoencoder.encoder_fn``); None compares the images themselves."""
   lambda_pos: float = 0.002
   lambda_neg: float = 0.008
   memory_size: int = 64
+  embed: Optional[Callable] = None
 
 
 def path_name(path) -> str:
@@ -95,6 +98,10 @@ def step_keys(state: TrainState) -> tuple:
   return tuple(jax.random.split(jax.random.fold_in(state.key, state.step), 3))
 
 
+def _embedded(mm: MinimaxConfig, x: jax.Array) -> jax.Array:
+  return x if mm.embed is None else mm.embed(x)
+
+
 def make_step(model, schedule: gaussian.Schedule, tx: optax.GradientTransformation, batch_size: int,
               ema_decay: float = 0.999, mm: Optional[MinimaxConfig] = None) -> Callable:
   """``step(state, arrays) -> (state, metrics)``, jitted once with the state donated.
@@ -115,6 +122,7 @@ def make_step(model, schedule: gaussian.Schedule, tx: optax.GradientTransformati
     aux = {"diffusion": diff}
     total = diff
     if mm is not None:
+      x0_pred = _embedded(mm, x0_pred)  # the pseudo embeddings
       pos, neg = minimax.terms(x0_pred, y, memory, mm.lambda_pos, mm.lambda_neg)
       total = total + pos + neg
       aux.update(pos=pos, neg=neg)
@@ -131,7 +139,7 @@ def make_step(model, schedule: gaussian.Schedule, tx: optax.GradientTransformati
     ema = optax.incremental_update(params, state.ema, 1.0 - ema_decay)
     memory = state.memory
     if mm is not None:
-      memory = minimax.update(memory, x0, x0_pred, y)
+      memory = minimax.update(memory, _embedded(mm, x0), x0_pred, y)
     metrics = {"loss": total, **aux, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, ema, opt_state, memory, state.key), metrics
 
