@@ -70,7 +70,8 @@ def test_unet_and_dit_refuse_shapes_they_cannot_take():
 
 
 def test_difffit_trains_the_unets_biases_norms_and_class_embedding(key):
-  params = dfn.init_params(key, _unet(), (HW, HW, 1))
+  # The labels depend on the parameters' paths only: their shapes suffice (no initialization).
+  params = jax.eval_shape(lambda k: dfn.init_params(k, _unet(), (HW, HW, 1)), key)
   labels = dict((dfn.train.path_name(p), l) for p, l in
                 jax.tree_util.tree_leaves_with_path(dfn.train.trainable_labels(params)))
   trained = {n for n, l in labels.items() if l == "train"}
