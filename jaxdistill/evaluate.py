@@ -9,13 +9,17 @@ E // 2 + 1 the learning rate drops to a tenth with a new optimizer (momentum res
 MTT, IDC, SelMatch) are named presets: ``protocol(name, dataset_name)``.
 
 Seeds are trained by one jitted program: all at once (``seed_parallel="vmap"``) or one network per call
-(``"map"``, the default: the same compiled program for each seed, so progress can be reported); the
+(``"map"``, the default: the same compiled program for each seed, so progress can be reported; on a
+CPU with 2 or more cores two such calls run at a time, from two threads: ``parallel_networks``); the
 whole training run is a ``lax.scan`` over steps, and the last partial batch of an epoch is
 kept (masked), as a PyTorch ``DataLoader`` without ``drop_last`` would.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
+import threading
 import time
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
@@ -314,19 +318,46 @@ def _train_and_test(keys, model, images, labels, x_test, y_test, lr, groups, cfg
   raise ValueError(f"Unknown seed_parallel {cfg.seed_parallel!r}; known: 'vmap', 'map'.")
 
 
-def _correctness(keys, progress, run) -> np.ndarray:
+def resolve_parallel_networks(parallel_networks) -> int:
+  """Networks trained at once under ``seed_parallel="map"``: ``"auto"`` is 2 on XLA's CPU backend when
+  the process may use at least 2 cores (two programs side by side keep the cores busier than one),
+  else 1; an int >= 1 is taken as is."""
+  if parallel_networks == "auto":
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if jax.default_backend() == "cpu" and cores >= 2 else 1
+  if isinstance(parallel_networks, bool) or not isinstance(parallel_networks, (int, np.integer)) \
+      or parallel_networks < 1:
+    raise ValueError(f"parallel_networks must be 'auto' or an int >= 1; got {parallel_networks!r}.")
+  return int(parallel_networks)
+
+
+def _correctness(keys, progress, run, parallel_networks="auto") -> np.ndarray:
   """``run(keys)`` (``_train_and_test`` with everything else bound) for every key: all at once under
-  ``"vmap"``, else one network per call (the same compiled program each time), reporting each finished
-  network to ``progress``."""
+  ``"vmap"``, else one network per call (the same compiled program each time; after the first, which
+  compiles it, ``parallel_networks`` calls at a time from as many threads), reporting each finished
+  network to ``progress``. Each network's result is the same whatever runs beside it."""
   cfg = run.keywords["cfg"]
+  workers = resolve_parallel_networks(parallel_networks)
   if cfg.seed_parallel == "vmap":
     return np.asarray(run(keys))
-  out, t0 = [], time.time()
-  for i in range(keys.shape[0]):
-    out.append(np.asarray(run(keys[i:i + 1]))[0])
-    if progress:
-      progress(f"evaluation: network {i + 1}/{keys.shape[0]} trained ({cfg.trained_epochs()} epochs), "
-               f"test accuracy {100 * out[-1].mean():.2f}%, {time.time() - t0:.0f} s")
+  n, t0 = keys.shape[0], time.time()
+  out, done, lock = [None] * n, [0], threading.Lock()
+
+  def one(i):
+    out[i] = np.asarray(run(keys[i:i + 1]))[0]
+    with lock:
+      done[0] += 1
+      if progress:
+        progress(f"evaluation: network {done[0]}/{n} trained ({cfg.trained_epochs()} epochs), "
+                 f"test accuracy {100 * out[i].mean():.2f}%, {time.time() - t0:.0f} s")
+
+  one(0)
+  if workers == 1:
+    for i in range(1, n):
+      one(i)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      list(pool.map(one, range(1, n)))
   return np.stack(out)
 
 
@@ -342,7 +373,8 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
              cfg: EvalConfig = EvalConfig(), model_kwargs: Optional[dict] = None,
              use_learned_lr: bool = True, groups: Optional[np.ndarray] = None,
              test_groups: Optional[dict] = None,
-             progress: Union[bool, Callable[[str], None]] = False) -> EvalResult:
+             progress: Union[bool, Callable[[str], None]] = False,
+             parallel_networks: Union[int, str] = "auto") -> EvalResult:
   """Trains ``num_seeds`` fresh networks on ``syn`` and returns their test accuracy (mean ± std).
 
   Args:
@@ -358,6 +390,9 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     test_groups: ``{name: bool [M]}`` subsets of the test set to report accuracy on as well.
     progress: True (print) or a function of one line: reports each trained network (with
       ``cfg.seed_parallel="map"``; under ``"vmap"`` all networks finish together).
+    parallel_networks: under ``cfg.seed_parallel="map"``, networks trained at once, each by its own
+      thread (``resolve_parallel_networks``: "auto" is 2 on a CPU backend with 2 or more cores, else 1).
+      The accuracies do not depend on it.
 
   Returns:
     ``EvalResult(mean, std, accuracies [num_seeds], group_accuracies)``.
@@ -381,7 +416,7 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
   run = functools.partial(_train_and_test, model=model, images=images, labels=labels,
                           x_test=jnp.asarray(data.x_test), y_test=jnp.asarray(data.y_test), lr=lr,
                           groups=groups, cfg=cfg, dataset_name=data.name)
-  correct = _correctness(jax.random.split(key, num_seeds), progress or None, run)
+  correct = _correctness(jax.random.split(key, num_seeds), progress or None, run, parallel_networks)
   accs = correct.mean(axis=1)
   group_accs = None
   if test_groups:

@@ -57,6 +57,20 @@ def test_progress_reports_each_network_and_changes_nothing(data):
   assert len(lines) == 3 and lines[-1].startswith("evaluation: network 3/3 trained (31 epochs)")
 
 
+def test_networks_trained_side_by_side_are_the_networks_trained_one_at_a_time(data):
+  """parallel_networks only decides how many of the same program's calls run at once (threads): every
+  network's accuracy is bit-identical; a bad value is refused."""
+  syn = (data.x_train, data.y_train)
+  a = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 3, CFG, parallel_networks=1)
+  b = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 3, CFG, parallel_networks=2)
+  np.testing.assert_array_equal(a.accuracies, b.accuracies)
+  assert evaluate.resolve_parallel_networks(3) == 3
+  assert evaluate.resolve_parallel_networks("auto") in (1, 2)
+  for bad in (0, -1, 1.5, True, "two"):
+    with pytest.raises(ValueError, match="parallel_networks must be"):
+      evaluate.resolve_parallel_networks(bad)
+
+
 def test_paper_protocols_are_the_papers_and_refuse_what_they_cannot_run():
   """The presets carry each paper's epochs, augmentation and networks; unknown names and DC on MNIST
   (DC's own augmentation there is not implemented) are refused."""
