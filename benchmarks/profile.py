@@ -1,8 +1,8 @@
 """Where a jaxdistill unit's time goes: a per-operation profile of its compiled XLA program.
 
 Command:
-  .venv/bin/python -m benchmarks.profile [--units mtt20,dm,dc,eval,expert] [--width 128] [--reps 2]
-      [--top 12] [--out benchmarks/results/profile.md]
+  .venv/bin/python -m benchmarks.profile [--units mtt20,dm,dc,epoch100,test,expert] [--width 128]
+      [--reps 2] [--top 12] [--out benchmarks/results/profile.md]
 
 Each unit is the one ``benchmarks.vs_pytorch`` times (same shapes, same library calls, one XLA program
 each); ``dit``, ``dit2`` (patch 2) and ``unet`` are a diffusion model's training step instead
@@ -231,7 +231,7 @@ def report(results: list, matmul_rate: float, argv: list, started: str) -> str:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--units", default="mtt20,dm,dc,eval,expert")
+  p.add_argument("--units", default="mtt20,dm,dc,epoch100,test,expert")
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--reps", type=int, default=2)
   p.add_argument("--top", type=int, default=12)

@@ -1,28 +1,43 @@
 """jaxdistill against the PyTorch reference code, the same units of work side by side in one command.
 
 Command (needs the ``bench`` extra: ``pip install -e .[bench]``):
-  .venv/bin/python -m benchmarks.vs_pytorch [--width 128] [--units mtt20,mtt80,dm,dc,eval,expert]
-      [--cores 2,1] [--reps 2] [--out benchmarks/results/vs_pytorch.md]
+  .venv/bin/python -m benchmarks.vs_pytorch [--width 128]
+      [--units mtt20,mtt80,dm,dc,epoch100,epoch500,test,expert] [--cores 2,1] [--reps 2]
+      [--out benchmarks/results/vs_pytorch.md]
 
-Units (Fashion-MNIST shapes, 28x28x1 padded to 32 by the first conv, 10 classes, ConvNet depth 3 with
-instance norm; random pixel values: the cost does not depend on them):
-  mtt20 / mtt80  MTT iteration: loss and gradient w.r.t. the images and the step size, IPC 10,
-                 syn_steps 20 / 80, batch_syn 100, per-image DSA, SGD through the student on a flat
-                 parameter vector (PyTorch: ``create_graph=True``; jaxdistill: ``trajectory_matching``,
-                 remat). PyTorch at syn_steps 80 needs ~28 GB and is skipped unless ``--torch-mtt80``.
+The PyTorch side (``benchmarks.torch_ref``) does each unit the way the reference repositories' own
+code does it: DatasetCondensation's ConvNet (an ``nn.Sequential``, in-place ReLU), ``DiffAugment``,
+``epoch`` (a ``DataLoader`` over a ``TensorDataset``, the accuracy in numpy and ``loss.item()`` per
+batch), ``evaluate_synset`` and the loops of ``main.py`` / ``main_DM.py``; mtt-distillation's
+``ReparamModule`` student and ``distill.py`` / ``buffer.py`` loops. Units (Fashion-MNIST shapes,
+28x28x1 padded to 32 by the first conv, 10 classes, ConvNet depth 3 with instance norm; random pixel
+values: the cost does not depend on them), and what still differs from the reference scripts:
+  mtt20 / mtt80  MTT iteration: a fresh student, syn_steps 20 / 80 at batch_syn 100 (IPC 10), per-image
+                 DSA, the normalized parameter distance, gradient and update of the images and the step
+                 size (PyTorch: ``create_graph=True`` through the flat vector; jaxdistill:
+                 ``trajectory_matching``, remat). Differs: the expert trajectory is a random vector
+                 already in memory (the reference reads its buffers from disk). PyTorch at syn_steps 80
+                 needs ~28 GB and is skipped unless ``--torch-mtt80``.
   dm             DM iteration: a fresh network, 256 real images per class and IPC 10, siamese DSA per
-                 class, loss, gradient, SGD update of the images.
-  dc             DC outer step (IPC 10, outer 10 / inner 50, no augmentation): per-class gradient
-                 matching on 256 real images per class, image update, then the network's inner training
-                 (50 epochs of SGD on the synthetic set): the first outer step of an iteration.
-  eval           evaluation: a fresh network trained on 100 images for 20 epochs (the reference's
-                 ``evaluate_synset``: 21 epochs, lr / 10 with a new optimizer after epoch 11), DSA,
-                 batch 256, then the 10,000-image test set predicted (jaxdistill: one program, as
-                 ``jd.evaluate.accuracy`` runs it; PyTorch: its test loader's batches of 256).
-  expert         expert epoch: one SGD epoch (lr 0.01, batch 256, DSA) over 5,120 images.
+                 class, loss, gradient, SGD update of the images. Differs: the siamese seed comes from
+                 numpy (the reference's: the clock).
+  dc             DC outer step (IPC 10, outer 10 / inner 50, no augmentation): a fresh network, per-class
+                 gradient matching on 256 real images per class, the image update, then the network's
+                 inner training (50 epochs of SGD on the synthetic set): the first outer step of an
+                 iteration.
+  epoch100 / epoch500  the evaluation's training epoch on 100 / 500 images (the protocol at IPC 10 /
+                 50): SGD momentum 0.9, weight decay 5e-4, batch 256, DSA; 21 epochs (the 20-epoch
+                 schedule, lr / 10 after epoch 11) timed together, reported per epoch.
+  test           the evaluation's test pass: 10,000 images predicted (PyTorch: batches of 256 under
+                 ``no_grad``, as mtt-distillation's ``evaluate_synset``; DatasetCondensation's builds the
+                 autograd graph there, which is slower).
+  expert         expert epoch: one SGD epoch (lr 0.01, batch 256, DSA) over 5,120 images (buffer.py).
+Derived rows: the evaluation with the 20-epoch schedule (21 x epoch100 + test) and at the papers'
+protocol (1001 x epoch100 + test).
 
-Before timing, every unit's loss (MTT, DM, DC matching) or trained network (evaluation, expert: the
-training loss after a few deterministic epochs) is computed by both frameworks from the same weights
+Before timing, every unit's loss (MTT, DM, DC matching) or trained network (the evaluation's
+training, which the epoch and expert units share: the training loss after a few deterministic
+epochs) is computed by both frameworks from the same weights
 and inputs with augmentation off, and the run stops unless they agree to ``--rtol`` (1e-4 relative).
 Each timed unit runs in its own subprocess, pinned with ``taskset`` to the first ``c`` cores for each
 ``c`` in ``--cores`` (PyTorch's threads set to ``c``; XLA follows the affinity), so its peak resident
@@ -51,7 +66,8 @@ import time
 
 from benchmarks import print_and_write
 
-UNITS = ("mtt20", "mtt80", "dm", "dc", "eval", "expert")
+UNITS = ("mtt20", "mtt80", "dm", "dc", "epoch100", "epoch500", "test", "expert")
+EPOCH_RUNS = 21  # epochs per timed run of the epoch units (the reference's 20-epoch schedule)
 K, IPC, REAL, H, C = 10, 10, 256, 28, 1
 
 
@@ -71,7 +87,10 @@ def _inputs(seed: int = 0):
 def _nchw(x):
   import numpy as np
   import torch
-  return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, -3)))
+  # A fresh tensor in PyTorch's default layout (a one-channel numpy view keeps NHWC strides, which
+  # PyTorch would read as channels-last).
+  return torch.from_numpy(np.moveaxis(np.asarray(x), -1, -3).copy()).clone(
+      memory_format=torch.contiguous_format)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -157,17 +176,35 @@ def _jax_unit(unit: str, width: int):
     fresh = lambda: (jd.distill.init_state(jax.random.key(0), syn._replace(log_lr=None), d), batch)
     return _with_program(run, compiled, fresh), flops, mem
 
-  if unit == "eval":
+  if unit.startswith("epoch"):
+    # EPOCH_RUNS epochs of the evaluation protocol (DSA, batch 256) on n images, no test pass; the
+    # table reports the time per epoch.
+    n = int(unit[5:])
+    cfg = jd.evaluate.EvalConfig(epochs=EPOCH_RUNS - 1, augment="dsa")
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(n, H, H, C)).astype(np.float32))
+    y = jnp.asarray(np.arange(n) % K, jnp.int32)
+    args = (jax.random.key(0), x, y)
+    fn = lambda key, images, labels: jd.evaluate.train(key, model, images, labels, cfg,
+                                                        dataset_name="fashion_mnist")
+    compiled, flops, mem = analyse(jax.jit(fn).lower(*args))
+    return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
+
+  if unit in ("test", "eval"):
+    # test: a trained network's predictions on the 10,000-image test set; eval: a fresh network trained
+    # on 100 images for 20 epochs (the reference's 21, DSA) and then the test set predicted, one program
+    # as ``jd.evaluate.accuracy`` runs it.
     cfg = jd.evaluate.EvalConfig(epochs=20, augment="dsa")
     x_test = jnp.asarray(np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32))
-
-    def train_and_predict(key, images, labels, x_test):
-      # As the library's evaluation: one program trains, then predicts the test set in batches.
-      v = jd.evaluate.train(key, model, images, labels, cfg, dataset_name="fashion_mnist")
-      return jd.evaluate.predict(model, v, x_test, cfg.test_batch_size)
-
-    args = (jax.random.key(0), syn.images, syn.labels, x_test)
-    compiled, flops, mem = analyse(jax.jit(train_and_predict).lower(*args))
+    if unit == "test":
+      v = jd.evaluate.init_variables(jax.random.key(0), model, (H, H, C))
+      args = (v, x_test)
+      fn = lambda v, x: jd.evaluate.predict(model, v, x, cfg.test_batch_size)
+    else:
+      def fn(key, images, labels, x_test):
+        v = jd.evaluate.train(key, model, images, labels, cfg, dataset_name="fashion_mnist")
+        return jd.evaluate.predict(model, v, x_test, cfg.test_batch_size)
+      args = (jax.random.key(0), syn.images, syn.labels, x_test)
+    compiled, flops, mem = analyse(jax.jit(fn).lower(*args))
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
 
   if unit == "expert":
@@ -189,77 +226,72 @@ def _jax_unit(unit: str, width: int):
 # ----------------------------------------------------------------------------------------------------
 
 def _torch_unit(unit: str, width: int):
-  """``run()`` doing the unit once (PyTorch eager)."""
+  """``run()`` doing the unit once, as the reference code does it (``benchmarks.torch_ref``)."""
+  import numpy as np
   import torch
 
   from benchmarks import torch_ref as tr
+  torch.manual_seed(0)
+  np.random.seed(0)
   syn_np, labels_np, real_np = _inputs()
-  shapes = tr.convnet_shapes(width, 3, C, K)
   syn = _nchw(syn_np)
   labels = torch.from_numpy(labels_np).long()
-  gen = torch.Generator().manual_seed(0)
 
   if unit.startswith("mtt"):
     steps = int(unit[3:])
-    start = torch.randn(sum(math.prod(s) for _, s in shapes), generator=gen) * 0.05
+    start = 0.05 * torch.randn(tr.flat_vector(tr.ConvNet(C, K, width)).numel())
     target = start + 0.01
     images = syn.clone().requires_grad_(True)
-    syn_lr = torch.tensor(0.01, requires_grad=True)
+    syn_lr = torch.tensor(0.01).requires_grad_(True)
+    opt_img = torch.optim.SGD([images], lr=1000, momentum=0.5)
+    opt_lr = torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)
+    return lambda: tr.mtt_iteration(images, labels, syn_lr, opt_img, opt_lr, start, target, C, K,
+                                    width, steps, K * IPC)
 
-    def run():
-      loss = tr.mtt_loss(images, labels, syn_lr, start, target, shapes, 3, steps, K * IPC, tr.dsa,
-                         gen)
-      images.grad = syn_lr.grad = None
-      loss.backward()
-    return run
-
-  real = torch.stack([_nchw(r) for r in real_np])
+  images_all = _nchw(real_np.reshape(-1, H, H, C))
+  indices_class = [list(range(c * REAL, (c + 1) * REAL)) for c in range(K)]
+  get_images = tr.class_sampler(images_all, indices_class)
   if unit == "dm":
     images = syn.clone().requires_grad_(True)
     opt = torch.optim.SGD([images], lr=1.0, momentum=0.5)
-
-    def run():
-      loss = tr.dm_loss(real, images.view(K, IPC, C, H, H), shapes, 3, tr.dsa, gen)
-      opt.zero_grad()
-      loss.backward()
-      opt.step()
-    return run
+    return lambda: tr.dm_iteration(get_images, images, opt, C, K, width, IPC, REAL)
 
   if unit == "dc":
     images = syn.clone().requires_grad_(True)
     opt = torch.optim.SGD([images], lr=0.1, momentum=0.5)
 
     def run():
-      net = tr.init_flat(shapes, 0).requires_grad_(True)
-      loss = tr.dc_match_loss(net, real, images.view(K, IPC, C, H, H), shapes, 3, tr.no_aug, gen)
-      opt.zero_grad()
-      loss.backward()
-      opt.step()
-      tr.train_epochs(net, images.detach(), labels, shapes, 3, 50, 0.01, 0.0, 0.0, 256, tr.no_aug,
-                      gen)
+      net = tr.ConvNet(C, K, width)
+      net.train()
+      opt_net = torch.optim.SGD(net.parameters(), lr=0.01)
+      tr.dc_outer_step(net, opt_net, get_images, images, labels, opt, K, IPC, REAL, 50)
     return run
 
-  if unit == "eval":
-    x_test = _nchw(__import__("numpy").random.default_rng(2).normal(
-        size=(10000, H, H, C)).astype("float32"))
+  if unit.startswith("epoch"):
+    n = int(unit[5:])
+    x = _nchw(np.random.default_rng(4).normal(size=(n, H, H, C)).astype(np.float32))
+    y = torch.from_numpy(np.arange(n) % K).long()
+    return lambda: tr.evaluate_synset(tr.ConvNet(C, K, width), x, y, None, epochs=EPOCH_RUNS - 1,
+                                      test=False)
+
+  if unit == "test":
+    x_test = _nchw(np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32))
+    loader = tr.test_loader(x_test, torch.zeros(10000, dtype=torch.long))
+    net = tr.ConvNet(C, K, width)
 
     def run():
-      net = tr.init_flat(shapes, 0)
-      net = tr.train_epochs(net, syn, labels, shapes, 3, 21, 0.01, 0.9, 5e-4, 256, tr.dsa, gen,
-                            decay_at=11)
-      tr.predict(net, x_test, shapes, 3)
+      with torch.no_grad():
+        tr.epoch("test", loader, net, None, torch.nn.CrossEntropyLoss(), False)
     return run
 
   if unit == "expert":
-    import numpy as np
     n = 5120
     x = _nchw(np.random.default_rng(3).normal(size=(n, H, H, C)).astype(np.float32))
     y = torch.from_numpy(np.arange(n) % K).long()
-    net = tr.init_flat(shapes, 0)
-
-    def run():
-      tr.train_epochs(net, x, y, shapes, 3, 1, 0.01, 0.0, 0.0, 256, tr.dsa, gen)
-    return run
+    net = tr.ConvNet(C, K, width)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0, weight_decay=0)
+    loader = tr.train_loader(x, y)
+    return lambda: tr.epoch("train", loader, net, opt, torch.nn.CrossEntropyLoss(), True)
   raise ValueError(f"unknown unit {unit!r}; choose from {UNITS}")
 
 
@@ -280,15 +312,15 @@ def check_agreement(width: int, rtol: float) -> list:
   jax.config.update("jax_default_matmul_precision", "highest")
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   model = _jax_model(width)
-  shapes = tr.convnet_shapes(width, 3, C, K)
   syn_np, labels_np, real_np = _inputs()
   real_np = real_np[:, :32]  # 32 real images per class keep the check quick
   syn = jd.types.SyntheticSet(jnp.asarray(syn_np), jnp.asarray(labels_np), jnp.log(jnp.float32(0.01)))
   images_t, labels_t = _nchw(syn_np), torch.from_numpy(labels_np).long()
-  real_t = torch.stack([_nchw(r) for r in real_np])
+  real_all = _nchw(real_np.reshape(-1, H, H, C))
+  get_images = tr.class_sampler(real_all, [list(range(c * 32, (c + 1) * 32)) for c in range(K)])
   key = jax.random.key(0)
   v0 = jd.evaluate.init_variables(jax.random.key(5), model, (H, H, C))
-  net_t = tr.from_flax(v0["params"], width, 3)
+  net_of = lambda params: tr.load_flax(tr.ConvNet(C, K, width), params)
   out = []
 
   # MTT: the same start/target, every row in every step.
@@ -296,9 +328,11 @@ def check_agreement(width: int, rtol: float) -> list:
   theta1 = theta0 + 0.01 * jax.random.normal(jax.random.key(6), theta0.shape)
   obj = jd.objectives.trajectory_matching(model, K, syn_steps=3, batch_syn=K * IPC, remat=True)
   j = float(obj.loss(syn, {"start": theta0[None], "target": theta1[None]}, key, ())[0])
-  t = float(tr.mtt_loss(images_t, labels_t, torch.tensor(0.01), net_t,
-                        tr.from_flax(unravel(theta1), width, 3), shapes, 3, 3, K * IPC,
-                        tr.no_aug, torch.Generator().manual_seed(0)))
+  in_features = net_of(v0["params"]).classifier.in_features
+  t = float(tr.mtt_iteration(images_t, labels_t, torch.tensor(0.01), None, None,
+                             tr.from_flax(v0["params"], in_features),
+                             tr.from_flax(unravel(theta1), in_features), C, K, width, 3, K * IPC,
+                             dsa=False).detach())
   out.append(("MTT loss (3 steps)", j, t))
 
   # DM: the network the objective draws from its key.
@@ -306,19 +340,16 @@ def check_agreement(width: int, rtol: float) -> list:
   j = float(obj.loss(syn, {"images": jnp.asarray(real_np)}, key, ())[0])
   net_key, _ = jax.random.split(key)
   vd = jd.models.flax_net(model).init(net_key, jnp.asarray(real_np[0]))
-  net_d = tr.from_flax(vd["params"], width, 3)
-  er = tr.convnet_forward(net_d, real_t.flatten(0, 1), shapes, 3, features=True)
-  es = tr.convnet_forward(net_d, images_t, shapes, 3, features=True)
-  t = float(((er.view(K, -1, er.shape[-1]).mean(1) - es.view(K, IPC, -1).mean(1)) ** 2).sum())
+  t = float(tr.dm_iteration(get_images, images_t, None, C, K, width, IPC, 32, dsa=False,
+                            net=net_of(vd["params"])).detach())
   out.append(("DM loss", j, t))
 
   # DC: the matching loss at the same network.
   obj = jd.objectives.gradient_matching(model, K, 10, 50)
   state = obj.init(key, syn)._replace(variables=v0)
   j = float(obj.loss(syn, {"images": jnp.asarray(real_np)}, key, state)[0])
-  t = float(tr.dc_match_loss(net_t.clone().requires_grad_(True), real_t,
-                             images_t.view(K, IPC, C, H, H), shapes, 3, tr.no_aug,
-                             torch.Generator().manual_seed(0)))
+  t = float(tr.dc_outer_step(net_of(v0["params"]), None, get_images, images_t, labels_t, None, K,
+                             IPC, 32, 0, update=False).detach())
   out.append(("DC matching loss", j, t))
 
   # Evaluation protocol (and the expert's SGD step): train 4 epochs (the reference schedule: 5, with
@@ -326,9 +357,10 @@ def check_agreement(width: int, rtol: float) -> list:
   cfg = jd.evaluate.EvalConfig(epochs=4, augment="none")
   v = jd.evaluate.train(key, model, syn.images, syn.labels, cfg, variables=v0)
   j = float(jd.objectives.common.cross_entropy(model.apply(v, syn.images, train=False), syn.labels))
-  net = tr.train_epochs(net_t, images_t, labels_t, shapes, 3, 5, 0.01, 0.9, 5e-4, 256, tr.no_aug,
-                        torch.Generator().manual_seed(0), decay_at=3)
-  t = float(F.cross_entropy(tr.convnet_forward(net, images_t, shapes, 3), labels_t))
+  net, _ = tr.evaluate_synset(net_of(v0["params"]), images_t, labels_t, None, epochs=4, aug=False,
+                              test=False)
+  with torch.no_grad():
+    t = float(F.cross_entropy(net(images_t), labels_t))
   out.append(("evaluation: loss after training", j, t))
 
   rows = [(u, j, t, abs(j - t) / max(abs(t), 1e-12)) for u, j, t in out]
@@ -398,7 +430,8 @@ def _child(unit: str, fw: str, width: int, reps: int) -> dict:
       s = run.timed_inside["s"]
     times.append(s)
   times.sort()
-  return {"unit": unit, "fw": fw, "cores": cores, "seconds": times[len(times) // 2],
+  per = EPOCH_RUNS if unit.startswith("epoch") else 1  # the epoch units: seconds per epoch
+  return {"unit": unit, "fw": fw, "cores": cores, "seconds": times[len(times) // 2] / per,
           "setup_s": setup, "peak_rss_gb": _peak_rss_gb(), "compiled_peak_gb": compiled_peak,
           "flops": flops, "xla_bytes": mem, "matmul": _matmul_rate(fw)}
 
@@ -416,6 +449,14 @@ def _spawn(unit, fw, width, reps, cores) -> dict:
   if p.returncode != 0 or not lines:
     return {"unit": unit, "fw": fw, "cores": cores, "error": (p.stderr or p.stdout)[-400:]}
   return json.loads(lines[-1])
+
+
+def _cpu_model() -> str:
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return platform.processor() or "unknown CPU"
 
 
 def _load() -> str:
@@ -469,10 +510,10 @@ def main():
 
   lines = ["# jaxdistill vs the PyTorch reference code, side by side", "",
            f"- command: `{' '.join(['python', '-m', 'benchmarks.vs_pytorch'] + sys.argv[1:])}`",
-           f"- date: {started}; machine: {platform.machine()}, {os.cpu_count()} cores, "
+           f"- date: {started}; machine: {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, "
            f"load average before / after: {load0} / {_load()}",
            f"- width {a.width}, IPC {IPC}, Fashion-MNIST shapes; seconds: median of {a.reps} after a "
-           f"warm-up (one run on one core and for mtt80); memory: the subprocess's peak RSS (runtime and, for JAX, the compiler included)",
+           f"warm-up (one run on one core and for mtt80); the epoch units: seconds per epoch (of {EPOCH_RUNS} timed together); memory: the subprocess's peak RSS (runtime and, for JAX, the compiler included)",
            "", "Agreement before timing (augmentation off, same weights and inputs):", "",
            "| quantity | jaxdistill | PyTorch | relative difference |", "|---|---|---|---|"]
   lines += [f"| {u} | {j:.7g} | {t:.7g} | {r:.1e} |" for u, j, t, r in agree]
@@ -490,6 +531,19 @@ def main():
                    f"{fmt(j, 'seconds', '{:.2f}')} | {ratio} | {fmt(t, 'peak_rss_gb', '{:.2f}')} | "
                    f"{fmt(j, 'peak_rss_gb', '{:.2f}')} | {fmt(j, 'compiled_peak_gb', '{:.2f}')} | "
                    f"{(j['xla_bytes'] / 1e9) if j else float('nan'):.2f} |")
+  derived = []
+  for cores in [int(c) for c in a.cores.split(",")]:
+    sides = [(get("epoch100", fw, cores), get("test", fw, cores)) for fw in ("torch", "jax")]
+    if all(e and t for e, t in sides):
+      for name, epochs in (("evaluation, 20-epoch schedule (21 epochs on 100 images + test pass)", 21),
+                           ("evaluation at the papers' protocol (1001 epochs + test pass)", 1001)):
+        (te, tt), (je, jt) = sides
+        ts, js = epochs * te["seconds"] + tt["seconds"], epochs * je["seconds"] + jt["seconds"]
+        derived.append(f"| {name} | {cores} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
+  if derived:
+    lines += ["", "Derived from the epoch100 and test rows (seconds):", "",
+              "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch |", "|---|---|---|---|---|"]
+    lines += derived
   rates = {fw: [r["matmul"] for r in results if r.get("fw") == fw and r.get("cores") == max(
       int(c) for c in a.cores.split(",")) and "matmul" in r] for fw in ("torch", "jax")}
   lines += ["", "Dense 4096x4096 float32 matmul on the most cores, GFLOP/s (each child process): "
