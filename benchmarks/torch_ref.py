@@ -135,7 +135,7 @@ def _reseed(param):
 
 
 def _rand4(x, param):
-  r = torch.rand(x.size(0), 1, 1, 1, dtype=x.dtype)
+  r = torch.rand(x.size(0), 1, 1, 1, dtype=x.dtype, device=x.device)
   if param.batchmode:
     r[:] = r[0]
   return r
@@ -162,7 +162,7 @@ def _affine(x, theta, param):
   theta = torch.tensor(theta, dtype=torch.float)
   if param.batchmode:
     theta[:] = theta[0]
-  grid = F.affine_grid(theta, x.shape, align_corners=True)
+  grid = F.affine_grid(theta, x.shape, align_corners=True).to(x.device)
   return F.grid_sample(x, grid, align_corners=True)
 
 
@@ -184,15 +184,15 @@ def _rotate(x, param):
 
 def _flip(x, param):
   _reseed(param)
-  r = torch.rand(x.size(0), 1, 1, 1)
+  r = torch.rand(x.size(0), 1, 1, 1, device=x.device)
   if param.batchmode:
     r[:] = r[0]
   return torch.where(r < param.prob_flip, x.flip(3), x)
 
 
-def _randint3(lo, hi, n, param):
+def _randint3(lo, hi, n, param, device):
   _reseed(param)
-  r = torch.randint(lo, hi, size=[n, 1, 1])
+  r = torch.randint(lo, hi, size=[n, 1, 1], device=device)
   if param.batchmode:
     r[:] = r[0]
   return r
@@ -200,9 +200,9 @@ def _randint3(lo, hi, n, param):
 
 def _crop(x, param):
   sx, sy = int(x.size(2) * param.ratio_crop_pad + 0.5), int(x.size(3) * param.ratio_crop_pad + 0.5)
-  tx = _randint3(-sx, sx + 1, x.size(0), param)
-  ty = _randint3(-sy, sy + 1, x.size(0), param)
-  gb, gx, gy = torch.meshgrid(torch.arange(x.size(0)), torch.arange(x.size(2)), torch.arange(x.size(3)),
+  tx = _randint3(-sx, sx + 1, x.size(0), param, x.device)
+  ty = _randint3(-sy, sy + 1, x.size(0), param, x.device)
+  gb, gx, gy = torch.meshgrid(*(torch.arange(m, device=x.device) for m in (x.size(0), x.size(2), x.size(3))),
                               indexing="ij")
   gx = torch.clamp(gx + tx + 1, 0, x.size(2) + 1)
   gy = torch.clamp(gy + ty + 1, 0, x.size(3) + 1)
@@ -212,13 +212,13 @@ def _crop(x, param):
 
 def _cutout(x, param):
   cs = int(x.size(2) * param.ratio_cutout + 0.5), int(x.size(3) * param.ratio_cutout + 0.5)
-  ox = _randint3(0, x.size(2) + (1 - cs[0] % 2), x.size(0), param)
-  oy = _randint3(0, x.size(3) + (1 - cs[1] % 2), x.size(0), param)
-  gb, gx, gy = torch.meshgrid(torch.arange(x.size(0)), torch.arange(cs[0]), torch.arange(cs[1]),
+  ox = _randint3(0, x.size(2) + (1 - cs[0] % 2), x.size(0), param, x.device)
+  oy = _randint3(0, x.size(3) + (1 - cs[1] % 2), x.size(0), param, x.device)
+  gb, gx, gy = torch.meshgrid(*(torch.arange(m, device=x.device) for m in (x.size(0), cs[0], cs[1])),
                               indexing="ij")
   gx = torch.clamp(gx + ox - cs[0] // 2, min=0, max=x.size(2) - 1)
   gy = torch.clamp(gy + oy - cs[1] // 2, min=0, max=x.size(3) - 1)
-  mask = torch.ones(x.size(0), x.size(2), x.size(3), dtype=x.dtype)
+  mask = torch.ones(x.size(0), x.size(2), x.size(3), dtype=x.dtype, device=x.device)
   mask[gb, gx, gy] = 0
   return x * mask.unsqueeze(1)
 
@@ -247,7 +247,7 @@ def _contiguous(x):
   the crop already contiguous and keeps its strides, which the convolutions would then propagate
   (and the ConvNet's ``view`` refuse), so such a result is copied."""
   x = x.contiguous()
-  if x.dim() == 4 and x.stride() != torch.empty(x.shape).stride():
+  if x.dim() == 4 and x.stride() != torch.empty(x.shape, device="meta").stride():
     x = x.clone(memory_format=torch.contiguous_format)
   return x
 
@@ -259,11 +259,12 @@ def _contiguous(x):
 def epoch(mode, loader, net, optimizer, criterion, aug: bool, param: DSAParam = None):
   loss_avg, acc_avg, num = 0.0, 0, 0
   net.train() if mode == "train" else net.eval()
+  device = next(net.parameters()).device
   for datum in loader:
-    img = datum[0].float()
+    img = datum[0].float().to(device)
     if aug:
       img = diff_augment(img, STRATEGY, param=param)
-    lab = datum[1].long()
+    lab = datum[1].long().to(device)
     n_b = lab.shape[0]
     output = net(img)
     loss = criterion(output, lab)
@@ -312,7 +313,7 @@ def mtt_iteration(image_syn, label_syn, syn_lr, optimizer_img, optimizer_lr, sta
   """One MTT iteration: a fresh ``FlatParams`` student, ``syn_steps`` SGD steps on DSA'd synthetic
   batches with ``create_graph=True``, the normalized parameter distance, and both updates. Returns
   the loss (a tensor)."""
-  student_net = FlatParams(ConvNet(channel, num_classes, width))
+  student_net = FlatParams(ConvNet(channel, num_classes, width).to(image_syn.device))
   student_net.train()
   num_params = student_net.flat0.numel()
   student_params = [starting.clone().requires_grad_(True)]
@@ -329,8 +330,8 @@ def mtt_iteration(image_syn, label_syn, syn_lr, optimizer_img, optimizer_lr, sta
     ce = criterion(student_net(x, flat_param=student_params[-1]), y)
     grad = torch.autograd.grad(ce, student_params[-1], create_graph=True)[0]
     student_params.append(student_params[-1] - syn_lr * grad)
-  param_loss = torch.tensor(0.0) + F.mse_loss(student_params[-1], target, reduction="sum")
-  param_dist = torch.tensor(0.0) + F.mse_loss(starting, target, reduction="sum")
+  param_loss = torch.tensor(0.0, device=target.device) + F.mse_loss(student_params[-1], target, reduction="sum")
+  param_dist = torch.tensor(0.0, device=target.device) + F.mse_loss(starting, target, reduction="sum")
   grand_loss = (param_loss / num_params) / (param_dist / num_params)
   if optimizer_img is not None:
     optimizer_img.zero_grad()
@@ -350,11 +351,11 @@ def dm_iteration(get_images, image_syn, optimizer_img, channel, num_classes, wid
                  dsa=True, net=None):
   """One DM iteration (main_DM.py): a fresh network with frozen parameters, per class the squared
   distance of the mean embeddings of siamese-DSA'd real and synthetic images, one image update."""
-  net = net if net is not None else ConvNet(channel, num_classes, width)
+  net = net if net is not None else ConvNet(channel, num_classes, width).to(image_syn.device)
   net.train()
   for p in net.parameters():
     p.requires_grad = False
-  loss = torch.tensor(0.0)
+  loss = torch.tensor(0.0, device=image_syn.device)
   param = DSAParam()
   for c in range(num_classes):
     img_real = get_images(c, batch_real)
@@ -378,13 +379,13 @@ def distance_wb(gwr, gws):
   if len(shape) == 4:
     gwr, gws = gwr.reshape(shape[0], -1), gws.reshape(shape[0], -1)
   elif len(shape) == 1:
-    return torch.tensor(0, dtype=torch.float)
+    return torch.tensor(0, dtype=torch.float, device=gwr.device)
   return torch.sum(1 - torch.sum(gwr * gws, dim=-1) /
                    (torch.norm(gwr, dim=-1) * torch.norm(gws, dim=-1) + 0.000001))
 
 
 def match_loss(gw_syn, gw_real):
-  dis = torch.tensor(0.0)
+  dis = torch.tensor(0.0, device=gw_real[0].device)
   for gr, gs in zip(gw_real, gw_syn):
     dis += distance_wb(gr, gs)
   return dis
@@ -397,13 +398,13 @@ def dc_outer_step(net, optimizer_net, get_images, image_syn, label_syn, optimize
   Returns the matching loss (a tensor)."""
   criterion = nn.CrossEntropyLoss()
   net_parameters = list(net.parameters())
-  loss = torch.tensor(0.0)
+  loss = torch.tensor(0.0, device=image_syn.device)
   param = DSAParam()
   for c in range(num_classes):
     img_real = get_images(c, batch_real)
-    lab_real = torch.ones((img_real.shape[0],), dtype=torch.long) * c
+    lab_real = torch.ones((img_real.shape[0],), dtype=torch.long, device=image_syn.device) * c
     img_syn = image_syn[c * ipc:(c + 1) * ipc].reshape((ipc, *image_syn.shape[1:]))
-    lab_syn = torch.ones((ipc,), dtype=torch.long) * c
+    lab_syn = torch.ones((ipc,), dtype=torch.long, device=image_syn.device) * c
     if dsa:
       seed = int(np.random.randint(0, 100000))
       img_real = diff_augment(img_real, STRATEGY, seed=seed, param=param)

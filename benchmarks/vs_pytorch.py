@@ -4,6 +4,10 @@ Command (needs the ``bench`` extra: ``pip install -e .[bench]``):
   .venv/bin/python -m benchmarks.vs_pytorch [--width 128]
       [--units mtt20,mtt80,dm,dc,epoch100,epoch500,test,expert] [--cores 2,1] [--reps 2]
       [--out benchmarks/results/vs_pytorch.md]
+  .venv/bin/python -m benchmarks.vs_pytorch --device --torch-mtt80 \
+      --out benchmarks/results/vs_pytorch_<device>.md    (an accelerator: JAX on its default backend,
+      PyTorch on CUDA, unpinned, each unit's device peak memory beside its host RSS; a few minutes on
+      one H100-class GPU)
 
 The PyTorch side (``benchmarks.torch_ref``) does each unit the way the reference repositories' own
 code does it: DatasetCondensation's ConvNet (an ``nn.Sequential``, in-place ReLU), ``DiffAugment``,
@@ -84,13 +88,13 @@ def _inputs(seed: int = 0):
   return syn, labels, real
 
 
-def _nchw(x):
+def _nchw(x, device="cpu"):
   import numpy as np
   import torch
   # A fresh tensor in PyTorch's default layout (a one-channel numpy view keeps NHWC strides, which
   # PyTorch would read as channels-last).
   return torch.from_numpy(np.moveaxis(np.asarray(x), -1, -3).copy()).clone(
-      memory_format=torch.contiguous_format)
+      memory_format=torch.contiguous_format).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,8 +229,9 @@ def _jax_unit(unit: str, width: int):
 # PyTorch side
 # ----------------------------------------------------------------------------------------------------
 
-def _torch_unit(unit: str, width: int):
-  """``run()`` doing the unit once, as the reference code does it (``benchmarks.torch_ref``)."""
+def _torch_unit(unit: str, width: int, device: str = "cpu"):
+  """``run()`` doing the unit once, as the reference code does it (``benchmarks.torch_ref``), on
+  ``device`` ("cpu" or "cuda")."""
   import numpy as np
   import torch
 
@@ -234,21 +239,21 @@ def _torch_unit(unit: str, width: int):
   torch.manual_seed(0)
   np.random.seed(0)
   syn_np, labels_np, real_np = _inputs()
-  syn = _nchw(syn_np)
-  labels = torch.from_numpy(labels_np).long()
+  syn = _nchw(syn_np, device)
+  labels = torch.from_numpy(labels_np).long().to(device)
 
   if unit.startswith("mtt"):
     steps = int(unit[3:])
-    start = 0.05 * torch.randn(tr.flat_vector(tr.ConvNet(C, K, width)).numel())
+    start = 0.05 * torch.randn(tr.flat_vector(tr.ConvNet(C, K, width)).numel()).to(device)
     target = start + 0.01
     images = syn.clone().requires_grad_(True)
-    syn_lr = torch.tensor(0.01).requires_grad_(True)
+    syn_lr = torch.tensor(0.01, device=device).requires_grad_(True)
     opt_img = torch.optim.SGD([images], lr=1000, momentum=0.5)
     opt_lr = torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)
     return lambda: tr.mtt_iteration(images, labels, syn_lr, opt_img, opt_lr, start, target, C, K,
                                     width, steps, K * IPC)
 
-  images_all = _nchw(real_np.reshape(-1, H, H, C))
+  images_all = _nchw(real_np.reshape(-1, H, H, C), device)
   indices_class = [list(range(c * REAL, (c + 1) * REAL)) for c in range(K)]
   get_images = tr.class_sampler(images_all, indices_class)
   if unit == "dm":
@@ -261,7 +266,7 @@ def _torch_unit(unit: str, width: int):
     opt = torch.optim.SGD([images], lr=0.1, momentum=0.5)
 
     def run():
-      net = tr.ConvNet(C, K, width)
+      net = tr.ConvNet(C, K, width).to(device)
       net.train()
       opt_net = torch.optim.SGD(net.parameters(), lr=0.01)
       tr.dc_outer_step(net, opt_net, get_images, images, labels, opt, K, IPC, REAL, 50)
@@ -269,15 +274,15 @@ def _torch_unit(unit: str, width: int):
 
   if unit.startswith("epoch"):
     n = int(unit[5:])
-    x = _nchw(np.random.default_rng(4).normal(size=(n, H, H, C)).astype(np.float32))
-    y = torch.from_numpy(np.arange(n) % K).long()
-    return lambda: tr.evaluate_synset(tr.ConvNet(C, K, width), x, y, None, epochs=EPOCH_RUNS - 1,
+    x = _nchw(np.random.default_rng(4).normal(size=(n, H, H, C)).astype(np.float32), device)
+    y = torch.from_numpy(np.arange(n) % K).long().to(device)
+    return lambda: tr.evaluate_synset(tr.ConvNet(C, K, width).to(device), x, y, None, epochs=EPOCH_RUNS - 1,
                                       test=False)
 
   if unit == "test":
-    x_test = _nchw(np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32))
-    loader = tr.test_loader(x_test, torch.zeros(10000, dtype=torch.long))
-    net = tr.ConvNet(C, K, width)
+    x_test = _nchw(np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32), device)
+    loader = tr.test_loader(x_test, torch.zeros(10000, dtype=torch.long, device=device))
+    net = tr.ConvNet(C, K, width).to(device)
 
     def run():
       with torch.no_grad():
@@ -286,9 +291,9 @@ def _torch_unit(unit: str, width: int):
 
   if unit == "expert":
     n = 5120
-    x = _nchw(np.random.default_rng(3).normal(size=(n, H, H, C)).astype(np.float32))
-    y = torch.from_numpy(np.arange(n) % K).long()
-    net = tr.ConvNet(C, K, width)
+    x = _nchw(np.random.default_rng(3).normal(size=(n, H, H, C)).astype(np.float32), device)
+    y = torch.from_numpy(np.arange(n) % K).long().to(device)
+    net = tr.ConvNet(C, K, width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0, weight_decay=0)
     loader = tr.train_loader(x, y)
     return lambda: tr.epoch("train", loader, net, opt, torch.nn.CrossEntropyLoss(), True)
@@ -376,18 +381,38 @@ def check_agreement(width: int, rtol: float) -> list:
 # One timed unit in this process (the parent runs it pinned in a subprocess)
 # ----------------------------------------------------------------------------------------------------
 
-def _matmul_rate(fw: str, n: int = 4096, reps: int = 3) -> float:
+def _matmul_rate(fw: str, n: int = 4096, reps: int = 3, device: str = "cpu") -> float:
   if fw == "torch":
     import torch
-    a = torch.randn(n, n)
+    a = torch.randn(n, n, device=device)
     a @ a
+    _sync(device)
     t = time.perf_counter()
     for _ in range(reps):
       a @ a
+    _sync(device)
   else:  # imported here so that the PyTorch processes never load JAX
     from benchmarks.distill_step import matmul_flops_per_s
     return matmul_flops_per_s(n, reps)
   return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def _sync(device: str) -> None:
+  if device == "cuda":
+    import torch
+    torch.cuda.synchronize()
+
+
+def _device_peak_gb(fw: str, device: str) -> float:
+  """Peak accelerator memory of this process (``nan`` on CPU)."""
+  if fw == "torch":
+    if device != "cuda":
+      return float("nan")
+    import torch
+    return torch.cuda.max_memory_allocated() / 1e9
+  import jax
+  stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+  return stats.get("peak_bytes_in_use", float("nan")) / 1e9 if stats else float("nan")
 
 
 def _peak_rss_gb() -> float:
@@ -400,24 +425,37 @@ def _peak_rss_gb() -> float:
   return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1e6
 
 
-def child(unit: str, fw: str, width: int, reps: int) -> dict:
+def child(unit: str, fw: str, width: int, reps: int, on_device: bool = False) -> dict:
   with contextlib.ExitStack() as stack:
     if fw == "jax":  # the freed compiler memory goes back to the OS after each compilation
       from jaxdistill import host
       stack.enter_context(host.trim_after_compiles())
-    return _child(unit, fw, width, reps)
+    return _child(unit, fw, width, reps, on_device)
 
 
-def _child(unit: str, fw: str, width: int, reps: int) -> dict:
-  cores = len(os.sched_getaffinity(0))
+def _child(unit: str, fw: str, width: int, reps: int, on_device: bool = False) -> dict:
+  """One unit timed in this process. ``on_device``: PyTorch on CUDA when it has it (else its CPU),
+  JAX on its default backend; the row's ``cores`` is then 0 and ``device`` names the device."""
+  cores = 0 if on_device else len(os.sched_getaffinity(0))
   flops = mem = float("nan")
+  device, device_name = "cpu", f"{len(os.sched_getaffinity(0))} CPU cores"
   t0 = time.perf_counter()
   if fw == "torch":
     import torch
-    torch.set_num_threads(cores)
-    run = _torch_unit(unit, width)
+    if on_device and torch.cuda.is_available():
+      device, device_name = "cuda", torch.cuda.get_device_name(0)
+    else:
+      torch.set_num_threads(len(os.sched_getaffinity(0)))
+    unit_run = _torch_unit(unit, width, device)
+
+    def run():
+      unit_run()
+      _sync(device)
   else:
     run, flops, mem = _jax_unit(unit, width)
+    if on_device:
+      import jax
+      device_name = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
   compiled_peak = _peak_rss_gb()  # jaxdistill: the peak up to here includes XLA's compiler
   run()  # warm-up (jaxdistill: compiled above; this is the first execution)
   setup = time.perf_counter() - t0
@@ -433,7 +471,8 @@ def _child(unit: str, fw: str, width: int, reps: int) -> dict:
   per = EPOCH_RUNS if unit.startswith("epoch") else 1  # the epoch units: seconds per epoch
   return {"unit": unit, "fw": fw, "cores": cores, "seconds": times[len(times) // 2] / per,
           "setup_s": setup, "peak_rss_gb": _peak_rss_gb(), "compiled_peak_gb": compiled_peak,
-          "flops": flops, "xla_bytes": mem, "matmul": _matmul_rate(fw)}
+          "flops": flops, "xla_bytes": mem, "matmul": _matmul_rate(fw, device=device),
+          "device": device_name, "device_peak_gb": _device_peak_gb(fw, device)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -441,9 +480,11 @@ def _child(unit: str, fw: str, width: int, reps: int) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 def _spawn(unit, fw, width, reps, cores) -> dict:
-  cmd = ["taskset", "-c", ",".join(str(i) for i in range(cores)), sys.executable, "-m",
-         "benchmarks.vs_pytorch", "--child", unit, "--fw", fw, "--width", str(width),
-         "--reps", str(reps)]
+  """The unit in a subprocess pinned to the first ``cores`` cores, or (``cores`` 0) on the
+  accelerator, unpinned."""
+  pin = ["taskset", "-c", ",".join(str(i) for i in range(cores))] if cores else []
+  cmd = pin + [sys.executable, "-m", "benchmarks.vs_pytorch", "--child", unit, "--fw", fw,
+               "--width", str(width), "--reps", str(reps)] + ([] if cores else ["--device"])
   p = subprocess.run(cmd, capture_output=True, text=True)
   lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
   if p.returncode != 0 or not lines:
@@ -475,13 +516,17 @@ def main():
   p.add_argument("--out", default="")
   p.add_argument("--child", default="")
   p.add_argument("--fw", default="")
+  p.add_argument("--device", action="store_true",
+                 help="run every unit on the accelerator (JAX's default backend, PyTorch on CUDA), "
+                      "unpinned; --cores is ignored")
   a = p.parse_args()
   if a.reps < 1:
     p.error(f"--reps must be >= 1; got {a.reps}.")
   if a.child:
-    print(json.dumps(child(a.child, a.fw, a.width, a.reps)), flush=True)
+    print(json.dumps(child(a.child, a.fw, a.width, a.reps, a.device)), flush=True)
     return
 
+  core_list = [0] if a.device else [int(c) for c in a.cores.split(",")]
   started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   load0 = _load()
   print(f"agreement (width {a.width}, augmentation off, rtol {a.rtol}):", flush=True)
@@ -490,7 +535,7 @@ def main():
     return
   results = []
   for unit in a.units.split(","):
-    for cores in [int(c) for c in a.cores.split(",")]:
+    for cores in core_list:
       for fw in ("torch", "jax"):
         if fw == "torch" and unit == "mtt80" and not a.torch_mtt80:
           continue
@@ -517,35 +562,42 @@ def main():
            "", "Agreement before timing (augmentation off, same weights and inputs):", "",
            "| quantity | jaxdistill | PyTorch | relative difference |", "|---|---|---|---|"]
   lines += [f"| {u} | {j:.7g} | {t:.7g} | {r:.1e} |" for u, j, t, r in agree]
+  if a.device:
+    names = sorted({f"{r['fw']}: {r['device']}" for r in results if "device" in r})
+    lines += ["", "On the accelerator (rows with cores 0; memory: the process's peak RSS, and the "
+              "device's peak beside it): " + "; ".join(names),
+              "", "| unit | framework | device peak GB |", "|---|---|---|"]
+    lines += [f"| {r['unit']} | {r['fw']} | {r['device_peak_gb']:.2f} |" for r in results
+              if "device_peak_gb" in r]
   lines += ["", "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch | PyTorch peak GB | "
             "jaxdistill peak GB | jaxdistill peak GB before the first run | XLA buffers GB |",
             "|---|---|---|---|---|---|---|---|---|"]
   for unit in a.units.split(","):
-    for cores in [int(c) for c in a.cores.split(",")]:
+    for cores in core_list:
       t, j = get(unit, "torch", cores), get(unit, "jax", cores)
       if j is None and t is None:
         continue
       fmt = lambda r, k, f: f.format(r[k]) if r is not None else "—"
       ratio = f"{j['seconds'] / t['seconds']:.2f}" if (t and j) else "—"
-      lines.append(f"| {unit} | {cores} | {fmt(t, 'seconds', '{:.2f}')} | "
+      lines.append(f"| {unit} | {cores or 'device'} | {fmt(t, 'seconds', '{:.2f}')} | "
                    f"{fmt(j, 'seconds', '{:.2f}')} | {ratio} | {fmt(t, 'peak_rss_gb', '{:.2f}')} | "
                    f"{fmt(j, 'peak_rss_gb', '{:.2f}')} | {fmt(j, 'compiled_peak_gb', '{:.2f}')} | "
                    f"{(j['xla_bytes'] / 1e9) if j else float('nan'):.2f} |")
   derived = []
-  for cores in [int(c) for c in a.cores.split(",")]:
+  for cores in core_list:
     sides = [(get("epoch100", fw, cores), get("test", fw, cores)) for fw in ("torch", "jax")]
     if all(e and t for e, t in sides):
       for name, epochs in (("evaluation, 20-epoch schedule (21 epochs on 100 images + test pass)", 21),
                            ("evaluation at the papers' protocol (1001 epochs + test pass)", 1001)):
         (te, tt), (je, jt) = sides
         ts, js = epochs * te["seconds"] + tt["seconds"], epochs * je["seconds"] + jt["seconds"]
-        derived.append(f"| {name} | {cores} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
+        derived.append(f"| {name} | {cores or 'device'} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
   if derived:
     lines += ["", "Derived from the epoch100 and test rows (seconds):", "",
               "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch |", "|---|---|---|---|---|"]
     lines += derived
   rates = {fw: [r["matmul"] for r in results if r.get("fw") == fw and r.get("cores") == max(
-      int(c) for c in a.cores.split(",")) and "matmul" in r] for fw in ("torch", "jax")}
+      core_list) and "matmul" in r] for fw in ("torch", "jax")}
   lines += ["", "Dense 4096x4096 float32 matmul on the most cores, GFLOP/s (each child process): "
             + "; ".join(f"{fw} {', '.join(f'{x / 1e9:.0f}' for x in v)}" for fw, v in rates.items() if v)]
   errors = [r for r in results if "error" in r]
