@@ -60,7 +60,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 import platform
 import resource
