@@ -7,16 +7,13 @@ from __future__ import annotations
 import time
 
 import jax
-from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments.common import provenance, run_script, train_on_all
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
-
-def main(_):
-  c = _CONFIG.value
+def run(c) -> None:
+  """Evaluates every selection baseline of config ``c`` and writes the table to ``c.out``."""
   key = jax.random.key(c.seed)
   data = jd.data.load(c.dataset)
   model = jd.models.get_model(c.model, data.num_classes, **c.model_kwargs)
@@ -60,4 +57,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  run_script(main)
+  run_script(run)

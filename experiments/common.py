@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, logging
+from ml_collections import config_flags
 
 import jaxdistill as jd
 from jaxdistill import host
@@ -39,14 +40,23 @@ def _module_name() -> str:
   return spec.name if spec is not None else sys.argv[0]
 
 
-def run_script(main) -> None:
-  """``absl.app.run(main)`` for the experiment scripts: orbax's per-save INFO lines kept out of the
-  console (warnings and errors still show), and the compiler's freed host memory handed back to the
-  operating system after every compilation (``jaxdistill.host.trim_after_compiles``)."""
+def run_script(run) -> None:
+  """Runs ``run(config)`` as a command-line script: ``--config`` names an ml_collections config file
+  (``--config.x=...`` overrides a field), orbax's per-save INFO lines are kept out of the console
+  (warnings and errors still show), and the compiler's freed host memory is handed back to the
+  operating system after every compilation (``jaxdistill.host.trim_after_compiles``).
+
+  The ``--config`` flag is defined here, when the script starts, never when a module is imported:
+  the experiment modules import one another and a test process imports several of them."""
+  config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+
   def wrapped(argv):
+    del argv
+    if config.value is None:
+      raise app.UsageError("--config is required: the path of a config file under experiments/configs/")
     logging.set_verbosity(logging.WARNING)
     with host.trim_after_compiles():
-      return main(argv)
+      return run(config.value)
 
   app.run(wrapped)
 

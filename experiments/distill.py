@@ -21,7 +21,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments import registry
@@ -139,11 +138,5 @@ def _sec_per_step(history) -> str:
   return f"{(history[-1]['sec'] - first['sec']) / span:.2f} s/step after compilation"
 
 
-def main(_):
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  # Defined here, not on import: other experiments import this module and define their own --config.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  run_script(main)
+  run_script(run)

@@ -19,14 +19,11 @@ import jax.numpy as jnp
 import flax.serialization
 import numpy as np
 import optax
-from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments.common import (ident as _ident, json_cache as _json_cache, provenance, run_script,
                                 train_on_all)
 from jaxdistill import diffusion as dfn
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
 
 def _pretrain_config(c) -> dict:
@@ -400,10 +397,6 @@ def run(c) -> dict:
   return table
 
 
-def main(_):
-  run(_CONFIG.value)
-
-
 def write_results(c, table, info):
   """The run's table (``<results>`` with ``_run`` before ``.md``), rewritten after every set."""
   pre = info["pretrain"]
@@ -466,4 +459,4 @@ def write_results(c, table, info):
 
 
 if __name__ == "__main__":
-  run_script(main)
+  run_script(run)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 
-from ml_collections import config_flags
-
 import jaxdistill as jd
 from experiments import distill, registry
 from experiments.common import (cached_results, errorbar_plot, ident, provenance, require_plot,
@@ -27,8 +25,6 @@ from experiments.common import (cached_results, errorbar_plot, ident, provenance
 from experiments.configs import paper_fmnist
 from experiments.configs.paper_fmnist_table import ACCELERATOR_ROWS
 from experiments.methods import idc as idc_method
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 
 
 def parse_row(row: str) -> tuple:
@@ -218,9 +214,5 @@ def run(c) -> dict:
   return {"rows": results, "text": text}
 
 
-def main(_):
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  run_script(main)
+  run_script(run)

@@ -43,7 +43,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
 import jaxdistill as jd
 from experiments import registry
@@ -366,11 +365,5 @@ def run(c) -> dict:
     return {"rows": rows, "text": f.read()}
 
 
-def main(_):
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  # Defined here, not at import, so that tests can import this module beside experiments.distill.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  run_script(main)
+  run_script(run)

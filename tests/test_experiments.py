@@ -475,6 +475,22 @@ def build(c, data):
                   evaluators=r.evaluators(c, data))
 '''
 
+EXPERIMENT_MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(os.path.dirname(__file__), "..", "experiments", "*.py")) if not p.endswith("__init__.py"))
+
+
+def test_every_experiment_module_imports_beside_the_others_and_a_script_asks_for_its_config():
+  """All experiment modules import into one process (none defines an absl flag at import, so two
+  ``--config`` flags never collide), and a script started without ``--config`` stops with a usage error
+  that names the flag."""
+  code = ("import sys\n" + "".join(f"import experiments.{m}\n" for m in EXPERIMENT_MODULES) +
+          "from experiments.common import run_script\nsys.argv = ['distill']\nrun_script(print)\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert "DuplicateFlagError" not in r.stderr, r.stderr[-2000:]
+  assert r.returncode != 0 and "--config is required" in r.stderr + r.stdout, r.stderr[-2000:]
+
+
 TOY_CONFIG = '''from experiments.configs.common import base
 
 
