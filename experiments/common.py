@@ -56,7 +56,7 @@ def run_script(run) -> None:
       raise app.UsageError("--config is required: the path of a config file under experiments/configs/")
     logging.set_verbosity(logging.WARNING)
     with host.trim_after_compiles():
-      return run(config.value)
+      run(config.value)  # its result is for callers in Python: app.run would exit with it as the status
 
   app.run(wrapped)
 
