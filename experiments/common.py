@@ -22,13 +22,22 @@ import jaxdistill as jd
 from jaxdistill import host
 
 
+def command_line() -> str:
+  """The command that runs this process, as ``python -m <module> <arguments>``."""
+  return " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], "-m",
+                                          _module_name()] + sys.argv[1:])
+
+
+def now() -> str:
+  """The local date and time to the minute, as results files record it."""
+  return datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+
+
 def provenance(config) -> str:
   """Markdown block: the exact command, date, machine, versions and the full config."""
-  cmd = " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], "-m",
-                                         _module_name()] + sys.argv[1:])
   return "\n".join([
-      f"- command: `{cmd}`",
-      f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+      f"- command: `{command_line()}`",
+      f"- date: {now()}",
       f"- machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
       f"jax {jax.__version__}",
       "- config:", "", "```", str(config).strip(), "```", ""])

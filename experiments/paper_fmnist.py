@@ -7,7 +7,9 @@ Usage: python -m experiments.paper_fmnist --config experiments/configs/paper_fmn
 
 Resumable: each row's distillation resumes from its checkpoints (``<workdir>/<method>_<dataset>_ipc<n>``,
 the same directories as ``experiments.distill`` with the row's config), and every evaluation is cached
-under ``<workdir>/paper_table``. Writes ``<results>.md`` (command, date, machine, one line per row with
+under ``<workdir>/paper_table``. The table accumulates: a command writes its rows into the rows
+``<results>.json`` already records (a recorded row of the same method, IPC and steps is replaced, the
+others are kept with the command and date that recorded them). Writes ``<results>.md`` (command, date, machine, one line per row with
 its budget, protocol, networks, wall time and how the run was split into sessions), ``<results>.json``
 (one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
 ``<results>_notes.md`` (how runs were split across sessions, ...) is appended to the markdown, its
@@ -20,8 +22,8 @@ import os
 
 import jaxdistill as jd
 from experiments import distill, registry
-from experiments.common import (cached_results, errorbar_plot, ident, provenance, require_plot,
-                                run_script)
+from experiments.common import (cached_results, command_line, errorbar_plot, ident, now, provenance,
+                                require_plot, run_script)
 from experiments.configs import paper_fmnist
 from experiments.configs.paper_fmnist_table import ACCELERATOR_ROWS
 from experiments.methods import idc as idc_method
@@ -179,6 +181,10 @@ def write(c, results: list) -> str:
   lines += [f"- {r['method'].upper()} IPC {r['ipc']}: " +
             "; ".join(f"{s['first_step']}-{s['last_step']}, {s['seconds']:.0f} s" for s in r["sessions"])
             for r in results]
+  lines += ["", "The command and date that recorded each row (rows this command did not run are kept "
+            "as recorded):", ""]
+  lines += [f"- {r['method'].upper()} IPC {r['ipc']} ({r['steps']} steps): {r['date']}, "
+            f"`{r['recorded_by']}`" for r in results]
   notes = c.results + "_notes.md"  # kept by hand beside the table, never overwritten
   if os.path.exists(notes):
     lines += [""] + open(notes).read().rstrip("\n").splitlines()[1:]
@@ -198,19 +204,51 @@ def plot(path: str, results: list) -> None:
                 hlines={label(r): r["published_mean"] for r in results}, xscale="symlog")
 
 
+def recorded_rows(path: str) -> list:
+  """The rows ``<results>.json`` at ``path`` records (none when it does not exist); a clear error for a
+  file that is not this table's."""
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      rows = json.load(f)
+    for r in rows:
+      row_key(r), r["recorded_by"], r["date"]
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"{path} exists but is not a results file of this table ({e!r}): move it, or "
+                     f"pass another --config.results") from e
+  return rows
+
+
+def row_key(r: dict) -> tuple:
+  return r["method"], r["ipc"], r["steps"]
+
+
+def merged(recorded: list, results: list) -> list:
+  """The table to write: ``recorded`` rows in their order, each replaced by this command's row of the
+  same method, IPC and steps; this command's other rows after them. A recorded row this command does
+  not run is kept as recorded (with the command and date that recorded it)."""
+  ours = {row_key(r): r for r in results}
+  out = [ours.pop(row_key(r), r) for r in recorded]
+  return out + [r for r in results if row_key(r) in ours]
+
+
 def run(c) -> dict:
-  """Every row of ``c`` (resuming), then the results files; returns ``{"rows", "text"}``."""
+  """Every row of ``c`` (resuming), then the results files; returns ``{"rows", "text"}`` (this
+  command's rows). The files keep the rows they already record that ``c`` does not run."""
   rows = rows_of(c)
+  recorded = recorded_rows(c.results + ".json")
   if c.plot:
     require_plot("experiments.paper_fmnist")
-  results = []
+  results, text = [], ""
   for method, ipc, steps in rows:
-    results.append(row_result(c, method, ipc, steps))
-    text = write(c, results)  # after every row: a stopped table keeps its finished rows
+    results.append(dict(row_result(c, method, ipc, steps), recorded_by=command_line(),
+                        date=now()))
+    text = write(c, merged(recorded, results))  # after every row: a stopped table keeps its rows
     print(f"{method} IPC {ipc}: {results[-1]['ours_mean']:.2f} ± {results[-1]['ours_std']:.2f} "
           f"(published {results[-1]['published_mean']})", flush=True)
   if c.plot and results:
-    plot(c.results + ".png", results)
+    plot(c.results + ".png", merged(recorded, results))
   return {"rows": results, "text": text}
 
 

@@ -630,9 +630,22 @@ def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(
   c = paper_fmnist_table.get_config()
   c.update(settings)
   again = paper_fmnist.run(c)
-  assert json.loads(json.dumps(again["rows"])) == rows
+  who = lambda r: {k: v for k, v in r.items() if k not in ("recorded_by", "date")}
+  assert [who(r) for r in json.loads(json.dumps(again["rows"]))] == [who(r) for r in rows]
+  assert "--config.rows=dc:1@2, dm:1, idc:1" in rows[1]["recorded_by"]
   md = open(str(tmp_path / "paper.md")).read()
   assert "| DC | 1 | reduced | 2 |" in md and md.endswith("\nSplit by hand.\n") and "# Notes" not in md
+  # A command with fewer rows writes them into the table and keeps the others as recorded.
+  first = json.load(open(str(tmp_path / "paper.json")))
+  c.rows = "idc:1"
+  assert [r["method"] for r in paper_fmnist.run(c)["rows"]] == ["idc"]
+  table = json.load(open(str(tmp_path / "paper.json")))
+  assert [r["method"] for r in table] == ["dc", "dm", "idc"] and table[:2] == first[:2]
+  assert f"- DM IPC 1 (2 steps): {first[1]['date']}, `{first[1]['recorded_by']}`" in \
+      open(str(tmp_path / "paper.md")).read()
+  (tmp_path / "paper.json").write_text('{"not": "a table"}')
+  with pytest.raises(ValueError, match="is not a results file of this table"):
+    paper_fmnist.run(c)
   c.rows = "kip:1"
   with pytest.raises(ValueError, match="Bad row 'kip:1'"):
     paper_fmnist.rows_of(c)
