@@ -36,8 +36,14 @@ values: the cost does not depend on them), and what still differs from the refer
                  ``no_grad``, as mtt-distillation's ``evaluate_synset``; DatasetCondensation's builds the
                  autograd graph there, which is slower).
   expert         expert epoch: one SGD epoch (lr 0.01, batch 256, DSA) over 5,120 images (buffer.py).
+  eval<n>        (e.g. eval4) a set of 100 images evaluated by n networks, each trained with the 20-epoch
+                 schedule (DSA) and tested on 10,000 images, as a user runs it: ``jd.evaluate.accuracy``
+                 with its defaults (networks two at a time on a CPU with 2 or more cores) against the
+                 reference's loop (``main.py``: one fresh network after another, ``evaluate_synset``).
 Derived rows: the evaluation with the 20-epoch schedule (21 x epoch100 + test) and at the papers'
-protocol (1001 x epoch100 + test).
+protocol (1001 x epoch100 + test); with an eval<n> row, also the papers' protocol for n networks:
+each side's eval<n> time scaled by its own one-network ratio (1001 x epoch100 + test) / (21 x epoch100
++ test), i.e. assuming training n networks at once gains as much over 1001 epochs as over 21.
 
 Before timing, every unit's loss (MTT, DM, DC matching) or trained network (the evaluation's
 training, which the epoch and expert units share: the training loss after a few deterministic
@@ -210,6 +216,16 @@ def _jax_unit(unit: str, width: int):
     compiled, flops, mem = analyse(jax.jit(fn).lower(*args))
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
 
+  if _eval_networks(unit):
+    cfg = jd.evaluate.EvalConfig(epochs=20, augment="dsa")
+    x_test = np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32)
+    y_test = np.zeros(10000, np.int32)
+    data = jd.types.Dataset("fashion_mnist", x_test[:1], y_test[:1], x_test, y_test, K,
+                            tuple(str(k) for k in range(K)), (0.0,), (1.0,))
+    run = lambda: jd.evaluate.accuracy(jax.random.key(0), (syn.images, syn.labels), data, model,
+                                       num_seeds=_eval_networks(unit), cfg=cfg)
+    return run, float("nan"), float("nan")  # several calls of one program: no single program to count
+
   if unit == "expert":
     n = 5120
     x = jnp.asarray(np.random.default_rng(3).normal(size=(n, H, H, C)).astype(np.float32))
@@ -221,7 +237,12 @@ def _jax_unit(unit: str, width: int):
     args = (v, opt, x, y, jax.random.key(1))
     compiled, flops, mem = analyse(epoch.lower(*args))
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
-  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS}")
+  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS} or eval<n>")
+
+
+def _eval_networks(unit: str) -> int:
+  """n of an ``eval<n>`` unit (0 for any other unit)."""
+  return int(unit[4:]) if unit.startswith("eval") and unit[4:].isdigit() and int(unit[4:]) > 0 else 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -296,7 +317,16 @@ def _torch_unit(unit: str, width: int, device: str = "cpu"):
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0, weight_decay=0)
     loader = tr.train_loader(x, y)
     return lambda: tr.epoch("train", loader, net, opt, torch.nn.CrossEntropyLoss(), True)
-  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS}")
+
+  if _eval_networks(unit):
+    x_test = _nchw(np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32), device)
+    loader = tr.test_loader(x_test, torch.zeros(10000, dtype=torch.long, device=device))
+
+    def run():  # main.py: a fresh network per evaluation, one after another
+      for _ in range(_eval_networks(unit)):
+        tr.evaluate_synset(tr.ConvNet(C, K, width).to(device), syn, labels, loader, epochs=20)
+    return run
+  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS} or eval<n>")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -591,8 +621,16 @@ def main():
         (te, tt), (je, jt) = sides
         ts, js = epochs * te["seconds"] + tt["seconds"], epochs * je["seconds"] + jt["seconds"]
         derived.append(f"| {name} | {cores or 'device'} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
+      for unit in a.units.split(","):
+        nets = [get(unit, fw, cores) for fw in ("torch", "jax")] if _eval_networks(unit) else [None]
+        if all(nets):
+          paper = [n["seconds"] * (1001 * e["seconds"] + t["seconds"]) / (21 * e["seconds"] + t["seconds"])
+                   for n, (e, t) in zip(nets, sides)]
+          derived.append(f"| evaluation at the papers' protocol, {_eval_networks(unit)} networks as "
+                         f"each side trains them ({unit} scaled) | {cores or 'device'} | "
+                         f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[1] / paper[0]:.2f} |")
   if derived:
-    lines += ["", "Derived from the epoch100 and test rows (seconds):", "",
+    lines += ["", "Derived from the epoch100 and test rows (and eval<n>'s; seconds):", "",
               "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch |", "|---|---|---|---|---|"]
     lines += derived
   rates = {fw: [r["matmul"] for r in results if r.get("fw") == fw and r.get("cores") == max(
