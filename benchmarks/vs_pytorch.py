@@ -41,9 +41,7 @@ values: the cost does not depend on them), and what still differs from the refer
                  with its defaults (networks two at a time on a CPU with 2 or more cores) against the
                  reference's loop (``main.py``: one fresh network after another, ``evaluate_synset``).
 Derived rows: the evaluation with the 20-epoch schedule (21 x epoch100 + test) and at the papers'
-protocol (1001 x epoch100 + test); with an eval<n> row, also the papers' protocol for n networks:
-each side's eval<n> time scaled by its own one-network ratio (1001 x epoch100 + test) / (21 x epoch100
-+ test), i.e. assuming training n networks at once gains as much over 1001 epochs as over 21.
+protocol (1001 x epoch100 + test), both for one network.
 
 Before timing, every unit's loss (MTT, DM, DC matching) or trained network (the evaluation's
 training, which the epoch and expert units share: the training loss after a few deterministic
@@ -621,16 +619,8 @@ def main():
         (te, tt), (je, jt) = sides
         ts, js = epochs * te["seconds"] + tt["seconds"], epochs * je["seconds"] + jt["seconds"]
         derived.append(f"| {name} | {cores or 'device'} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
-      for unit in a.units.split(","):
-        nets = [get(unit, fw, cores) for fw in ("torch", "jax")] if _eval_networks(unit) else [None]
-        if all(nets):
-          paper = [n["seconds"] * (1001 * e["seconds"] + t["seconds"]) / (21 * e["seconds"] + t["seconds"])
-                   for n, (e, t) in zip(nets, sides)]
-          derived.append(f"| evaluation at the papers' protocol, {_eval_networks(unit)} networks as "
-                         f"each side trains them ({unit} scaled) | {cores or 'device'} | "
-                         f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[1] / paper[0]:.2f} |")
   if derived:
-    lines += ["", "Derived from the epoch100 and test rows (and eval<n>'s; seconds):", "",
+    lines += ["", "Derived from the epoch100 and test rows (seconds):", "",
               "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch |", "|---|---|---|---|---|"]
     lines += derived
   rates = {fw: [r["matmul"] for r in results if r.get("fw") == fw and r.get("cores") == max(
