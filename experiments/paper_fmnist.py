@@ -9,9 +9,9 @@ Resumable: each row's distillation resumes from its checkpoints (``<workdir>/<me
 the same directories as ``experiments.distill`` with the row's config), and every evaluation is cached
 under ``<workdir>/paper_table``. The table accumulates: a command writes its rows into the rows
 ``<results>.json`` already records (a recorded row of the same method, IPC and steps is replaced, the
-others are kept with the command and date that recorded them). Writes ``<results>.md`` (command, date, machine, one line per row with
-its budget, protocol, networks, wall time and how the run was split into sessions), ``<results>.json``
-(one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
+others are kept with the command and date that recorded them). Writes ``<results>.md`` (command,
+date, machine, one line per row with its budget, protocol, networks, wall time and how the run was
+split into sessions), ``<results>.json`` (one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
 ``<results>_notes.md`` (how runs were split across sessions, ...) is appended to the markdown, its
 title line left out.
 """
