@@ -152,7 +152,7 @@ def difficulty_scores(directory: str, expert_ids, num_epochs: int,
     raise ValueError(f"Unknown difficulty {kind!r}; known: {list(DIFFICULTIES)}.")
   per = []
   for i in expert_ids:
-    s = jd.experts.load_expert_scores(directory, i)
+    s = jd.experts.load_expert_scores(directory, i, max_epoch=num_epochs)
     per.append(jd.selection.scores.difficulty(s["first_learned"], s["forgetting"], num_epochs)
                if kind == "first_learned" else jd.selection.scores.forgetting_score(s["correct"]))
   return np.mean(per, axis=0)

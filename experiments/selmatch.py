@@ -201,6 +201,7 @@ def run(c) -> dict:
   search_groups = {"holdout": in_hold, "test": ~in_hold}
   test_groups = {"easy": easy_t, "hard": hard_t}
   cache = os.path.join(root, "cache")
+  grids = os.path.splitext(c.out)[0]  # image grids beside the results file, named after it
 
   def ev(syn, cfg, learned, groups=None, search=False, seeds=None):
     """Evaluation of ``syn`` (cached by its content and the protocol); ``learned``: train with the
@@ -352,10 +353,9 @@ def run(c) -> dict:
                        f"{float(np.exp(np.asarray(sel.log_lr))):.4g}; frozen rows bit-identical to "
                        f"the window after distillation: {frozen_same}; "
                        f"{run_summary(sel_dir, c.mtt.steps)}.")
-      jd.logs.save_grid(os.path.join(os.path.dirname(c.out),
-                                     f"selmatch_{data.name}_ipc{ipc}_alpha{alpha:g}.png"),
+      jd.logs.save_grid(f"{grids}_selmatch_ipc{ipc}_alpha{alpha:g}.png",
                         np.asarray(sel.images), data.mean, data.std, nrow=ipc)
-    jd.logs.save_grid(os.path.join(os.path.dirname(c.out), f"mtt_{data.name}_ipc{ipc}.png"),
+    jd.logs.save_grid(f"{grids}_mtt_ipc{ipc}.png",
                       np.asarray(mtt.images), data.mean, data.std, nrow=ipc)
     write(done=False)
   write(done=True)

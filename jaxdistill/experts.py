@@ -221,7 +221,9 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
         _write_scores(path)
     finally:
       ckpt.close()
-  return load_trajectories(directory, experts)
+  # Epochs 0..cfg.epochs only: a directory trained further by another run must not lend its later
+  # epochs to this one.
+  return load_trajectories(directory, experts, max_epoch=cfg.epochs)
 
 
 def _write_scores(path: str) -> None:
@@ -401,8 +403,16 @@ def from_params(trajectories: Sequence[Sequence[Any]]) -> Trajectories:
   return Trajectories(np.stack(rows), unravel, tuple(range(len(rows))), None)
 
 
-def load_expert_scores(directory: str, i: int) -> dict:
-  """``{"correct": [E, N] bool, "forgetting": [N], "first_learned": [N]}`` of expert ``i``."""
+def load_expert_scores(directory: str, i: int, max_epoch: Optional[int] = None) -> dict:
+  """``{"correct": [E, N] bool, "forgetting": [N], "first_learned": [N]}`` of expert ``i``.
+
+  ``max_epoch``: the scores of its first ``max_epoch`` epochs only (recomputed from ``correct``), for
+  an expert trained further than the run that reads it; default: every epoch saved.
+
+  Raises:
+    FileNotFoundError: no score files (an expert trained without ``record_correct``, or unfinished).
+    ValueError: fewer than ``max_epoch`` epochs recorded.
+  """
   path = os.path.join(directory, EXPERT_DIR.format(i))
   out = {}
   for fname in SCORE_FILES:
@@ -411,4 +421,10 @@ def load_expert_scores(directory: str, i: int) -> dict:
       raise FileNotFoundError(f"No {fname} for expert {i} in {directory!r}: train it with "
                               f"record_correct=True to the end.")
     out[fname[:-4]] = np.load(f)
+  if max_epoch is not None and max_epoch != len(out["correct"]):
+    if max_epoch > len(out["correct"]) or max_epoch < 1:
+      raise ValueError(f"Expert {i} in {directory!r} recorded {len(out['correct'])} epochs; asked for "
+                       f"the scores of its first {max_epoch}.")
+    h = out["correct"][:max_epoch]
+    out = {"correct": h, "forgetting": forgetting_counts(h), "first_learned": first_learned_epoch(h)}
   return out

@@ -237,6 +237,8 @@ def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent()
     selmatch.split_holdout(sub, per_class)
   c = load_config("selmatch_sweep_fmnist.py")
   selmatch.check_config(c, data.num_classes)  # every stage of the shipped config can run
+  # The protocol study (same subset, other experts and MTT settings) runs in its own directory.
+  assert load_config("selmatch_protocol_fmnist.py").workdir != c.workdir
   c.mtt.batch_syn = 100  # does not divide ratio 5%'s 150 rows: refused before any work
   with pytest.raises(ValueError, match="batch_syn"):
     selmatch.check_config(c, data.num_classes)
@@ -284,6 +286,8 @@ def test_selmatch_sweep_runs_every_stage_and_resumes_from_its_caches(tmp_path):
   assert [r["set"] for r in record["rows"]][0] == "random"
   assert {r["set"] for r in record["rows"]} == {"random", "window", "mtt", "selmatch"}
   assert all({"ratio", "alpha", "beta", "evaluator", "mean", "std"} <= set(r) for r in record["rows"])
+  for grid in ("sweep_mtt_ipc2.png", "sweep_selmatch_ipc2_alpha0.5.png"):  # named after c.out
+    assert os.path.exists(os.path.join(str(tmp_path), grid)), grid
   second = selmatch.run(c)
   assert second["rows"] == first["rows"]
 

@@ -69,6 +69,19 @@ def test_train_saves_every_epoch_and_resumes_bit_identically(tmp_path, key):
   np.testing.assert_array_equal(experts.load_expert_scores(resumed_dir, 1)["correct"][-1],
                                 np.asarray(preds) == y)
 
+  # A run asking for fewer epochs than the directory holds gets those epochs, trajectories and scores.
+  shorter = experts.train(key, (x, y), TinyConv(), resumed_dir, num_experts=2,
+                          cfg=CFG._replace(epochs=2), progress=False)
+  np.testing.assert_array_equal(shorter.params, straight.params[:, :3])
+  full = experts.load_expert_scores(resumed_dir, 0)
+  two = experts.load_expert_scores(resumed_dir, 0, max_epoch=2)
+  np.testing.assert_array_equal(two["correct"], full["correct"][:2])
+  np.testing.assert_array_equal(two["forgetting"], experts.forgetting_counts(full["correct"][:2]))
+  np.testing.assert_array_equal(two["first_learned"],
+                                experts.first_learned_epoch(full["correct"][:2]))
+  with pytest.raises(ValueError, match="recorded 3 epochs; asked for the scores of its first 4"):
+    experts.load_expert_scores(resumed_dir, 0, max_epoch=4)
+
 
 def test_errors_for_missing_or_short_trajectories(tmp_path, key):
   with pytest.raises(FileNotFoundError, match="No expert directory"):

@@ -35,5 +35,7 @@ def get_config():
   c.mtt.update({"syn_steps": 40, "expert_epochs": 2, "max_start_epoch": 40, "batch_syn": 150,
                 "lr_img": 1000.0, "lr_lr": 1e-5, "lr_teacher": 0.001, "steps": 1000,
                 "checkpoint_every": 50})
+  # Its own run directory: the sweep's experts, MTT runs and caches (same subset) are another study's.
+  c.workdir = "runs/selmatch_protocol"
   c.out = "experiments/results/selmatch_protocol_fashion_mnist.md"
   return c
