@@ -91,9 +91,10 @@ def require_plot(script: str) -> None:
 
 
 def errorbar_plot(path: str, lines: dict, xlabel: str, title: str, hlines: Optional[dict] = None,
-                  xscale: Optional[str] = None) -> None:
+                  xscale: Optional[str] = None, vlines: Optional[dict] = None) -> None:
   """Accuracy (%) lines with error bars, ``lines = {label: (xs, means, stds)}``, each with its dotted
-  horizontal reference ``hlines[label]`` when given, saved to ``path`` (needs the plot extra)."""
+  horizontal reference ``hlines[label]`` and dashed vertical mark ``vlines[label]`` when given, saved
+  to ``path`` (needs the plot extra); ``xscale``: a matplotlib scale name ("log")."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -102,8 +103,10 @@ def errorbar_plot(path: str, lines: dict, xlabel: str, title: str, hlines: Optio
     line = ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
     if hlines and hlines.get(label) is not None:
       ax.axhline(hlines[label], ls=":", color=line[0].get_color())
-  if xscale == "symlog":
-    ax.set_xscale("symlog", linthresh=1)
+    if vlines and vlines.get(label) is not None:
+      ax.axvline(vlines[label], ls="--", lw=1, color=line[0].get_color())
+  if xscale:
+    ax.set_xscale(xscale)
   ax.set_xlabel(xlabel)
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(title)

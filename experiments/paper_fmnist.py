@@ -195,13 +195,16 @@ def write(c, results: list) -> str:
 
 
 def plot(path: str, results: list) -> None:
-  """Accuracy against iterations, one line per row, the published mean dotted."""
+  """Accuracy against iterations (log scale), one line per row, the published mean dotted and the
+  paper's budget dashed (where the row's is reduced, the distance still to go)."""
   label = lambda r: f"{r['method'].upper()} IPC {r['ipc']}"
   lines = {label(r): ([p["iterations"] for p in r["curve"]], [p["mean"] for p in r["curve"]],
                       [p["std"] for p in r["curve"]]) for r in results}
+  budget = {label(r): paper_fmnist.paper_steps(r["method"], r["ipc"])
+            / paper_fmnist.steps_per_iteration(r["method"], r["ipc"]) for r in results}
   errorbar_plot(path, lines, "iterations (papers' unit)",
-                "Fashion-MNIST, papers' protocols (dotted: published)",
-                hlines={label(r): r["published_mean"] for r in results}, xscale="symlog")
+                "Fashion-MNIST (dotted: published; dashed: the paper's budget)",
+                hlines={label(r): r["published_mean"] for r in results}, xscale="log", vlines=budget)
 
 
 def recorded_rows(path: str) -> list:
@@ -227,10 +230,22 @@ def row_key(r: dict) -> tuple:
 def merged(recorded: list, results: list) -> list:
   """The table to write: ``recorded`` rows in their order, each replaced by this command's row of the
   same method, IPC and steps; this command's other rows after them. A recorded row this command does
-  not run is kept as recorded (with the command and date that recorded it)."""
+  not run is kept as recorded (with the command and date that recorded it), and so is one this command
+  finds with the same numbers (read back from its caches: it was recorded then, not now)."""
   ours = {row_key(r): r for r in results}
-  out = [ours.pop(row_key(r), r) for r in recorded]
+  out = [r if same_numbers(r, ours.get(row_key(r), {})) else ours.get(row_key(r), r)
+         for r in recorded]
+  for r in recorded:
+    ours.pop(row_key(r), None)
   return out + [r for r in results if row_key(r) in ours]
+
+
+def same_numbers(a: dict, b: dict) -> bool:
+  """Whether rows ``a`` and ``b`` agree in everything but who recorded them and when (compared as
+  the JSON file stores them)."""
+  strip = lambda r: json.loads(json.dumps({k: v for k, v in r.items()
+                                           if k not in ("recorded_by", "date")}))
+  return strip(a) == strip(b)
 
 
 def run(c) -> dict:

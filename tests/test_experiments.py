@@ -602,6 +602,43 @@ def test_paper_configs_hold_their_protocol_and_refuse_a_changed_field():
   assert registry.run_identity(plain) == registry.run_identity(load_config("paper_fmnist.py", "dc,1"))
 
 
+def test_paper_table_merge_keeps_recorded_rows_and_their_recording_when_read_back_unchanged():
+  """A row read back with the numbers it was recorded with keeps who recorded it and when; a row
+  with new numbers replaces the recorded one; a new row comes after the recorded ones."""
+  from experiments import paper_fmnist
+  row = lambda m, acc, by: {"method": m, "ipc": 1, "steps": 1000, "ours_mean": acc,
+                            "curve": [{"steps": 1000, "mean": acc}], "recorded_by": by, "date": by}
+  recorded = [row("dc", 70.73, "first"), row("dsa", 70.35, "first"), row("idc", 80.0, "first")]
+  now = [row("dsa", 70.9, "second"), row("dc", 70.73, "second"), row("dm", 60.0, "second")]
+  out = paper_fmnist.merged(recorded, now)
+  assert [(r["method"], r["ours_mean"], r["recorded_by"]) for r in out] == [
+      ("dc", 70.73, "first"), ("dsa", 70.9, "second"), ("idc", 80.0, "first"), ("dm", 60.0, "second")]
+  assert not paper_fmnist.same_numbers(row("dc", 70.73, "a"), dict(row("dc", 70.73, "a"), steps=900))
+
+
+def test_paper_table_plot_draws_every_row_with_its_published_mean_and_budget(tmp_path, monkeypatch):
+  """The table's plot: one line per row (log iterations, fractional ones included), its published mean
+  and the paper's budget, written as a PNG."""
+  from experiments import paper_fmnist
+  import matplotlib.axes
+  marks = {"axhline": [], "axvline": []}
+
+  def recording(name):
+    orig = getattr(matplotlib.axes.Axes, name)
+    return lambda self, x, *a, **kw: marks[name].append(x) or orig(self, x, *a, **kw)
+  for name in marks:
+    monkeypatch.setattr(matplotlib.axes.Axes, name, recording(name))
+  rows = [{"method": "dc", "ipc": 10, "published_mean": 82.3,
+           "curve": [{"iterations": 2, "mean": 76.4, "std": 0.2},
+                     {"iterations": 10, "mean": 78.7, "std": 0.3}]},
+          {"method": "idc", "ipc": 1, "published_mean": 81.0,
+           "curve": [{"iterations": 0.02, "mean": 40.0, "std": 1.0}]}]
+  path = str(tmp_path / "table.png")
+  paper_fmnist.plot(path, rows)
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert marks == {"axhline": [82.3, 81.0], "axvline": [1000, 2000]}
+
+
 @pytest.mark.slow
 def test_paper_table_runs_its_rows_resumes_from_its_caches_and_writes_its_files(tmp_path, monkeypatch):
   """``scripts/paper_fmnist.sh`` (its accelerator form, rows overridden) at test size on real
