@@ -80,6 +80,17 @@ def train_on_all(key, data, model, epochs: int) -> tuple:
   return variables, float(jnp.mean(preds == jnp.asarray(data.y_test)))
 
 
+def hand_notes(results_md: str) -> list:
+  """The lines of ``<results_md without .md>_notes.md``, the reading kept by hand beside a results file
+  its command rewrites (how runs were split, what the numbers say), without its title line; none when
+  it does not exist. Appended to the results file each time the command writes it."""
+  notes = os.path.splitext(results_md)[0] + "_notes.md"
+  if not os.path.exists(notes):
+    return []
+  with open(notes) as f:
+    return [""] + f.read().rstrip("\n").splitlines()[1:]
+
+
 def require_plot(script: str) -> None:
   """Fails now, not hours in, when ``script``'s plot cannot be drawn (matplotlib missing)."""
   try:

@@ -22,8 +22,8 @@ import os
 
 import jaxdistill as jd
 from experiments import distill, registry
-from experiments.common import (cached_results, command_line, errorbar_plot, ident, now, provenance,
-                                require_plot, run_script)
+from experiments.common import (cached_results, command_line, errorbar_plot, hand_notes, ident, now,
+                                provenance, require_plot, run_script)
 from experiments.configs import paper_fmnist
 from experiments.configs.paper_fmnist_table import ACCELERATOR_ROWS
 from experiments.methods import idc as idc_method
@@ -185,9 +185,7 @@ def write(c, results: list) -> str:
             "as recorded):", ""]
   lines += [f"- {r['method'].upper()} IPC {r['ipc']} ({r['steps']} steps): {r['date']}, "
             f"`{r['recorded_by']}`" for r in results]
-  notes = c.results + "_notes.md"  # kept by hand beside the table, never overwritten
-  if os.path.exists(notes):
-    lines += [""] + open(notes).read().rstrip("\n").splitlines()[1:]
+  lines += hand_notes(c.results + ".md")
   text = "\n".join(lines) + "\n"
   with open(c.results + ".md", "w") as f:
     f.write(text)

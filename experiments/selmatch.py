@@ -46,8 +46,8 @@ import numpy as np
 
 import jaxdistill as jd
 from experiments import registry
-from experiments.common import (cached_results, decode_result, encode_result, errorbar_plot, ident,
-                                json_cache, provenance, require_plot, run_script)
+from experiments.common import (cached_results, decode_result, encode_result, errorbar_plot,
+                                hand_notes, ident, json_cache, provenance, require_plot, run_script)
 from experiments.configs.common import base, trajectory
 
 
@@ -268,7 +268,8 @@ def run(c) -> dict:
         f"{'int(beta * IPC)' if c.search.unit == 'code' else 'int(beta * class size)'} places from the "
         f"hardest image of each class; '-': the window runs past the class):", "",
         f"| ratio (IPC) | {search_head} | best on held-out | best on test |",
-        "|---|" + "---|" * (len(c.search.betas) + 2), *search_lines, "", *run_lines, "", *tail]
+        "|---|" + "---|" * (len(c.search.betas) + 2), *search_lines, "", *run_lines, "", *tail,
+        *hand_notes(c.out)]
     with open(c.out, "w") as f:
       f.write("\n".join(text))
     with open(os.path.splitext(c.out)[0] + ".json", "w") as f:

@@ -288,8 +288,10 @@ def test_selmatch_sweep_runs_every_stage_and_resumes_from_its_caches(tmp_path):
   assert all({"ratio", "alpha", "beta", "evaluator", "mean", "std"} <= set(r) for r in record["rows"])
   for grid in ("sweep_mtt_ipc2.png", "sweep_selmatch_ipc2_alpha0.5.png"):  # named after c.out
     assert os.path.exists(os.path.join(str(tmp_path), grid)), grid
+  (tmp_path / "sweep_notes.md").write_text("# Notes\n\nRead by hand.\n")
   second = selmatch.run(c)
   assert second["rows"] == first["rows"]
+  assert second["text"].endswith("\nRead by hand.") and "# Notes" not in second["text"]
 
 
 # ----------------------------------------------------------------------------------------------------
