@@ -292,7 +292,8 @@ def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
                                        model_kwargs=dict(c.eval_model_kwargs.get(name, {})),
                                        num_seeds=c.num_seeds, cfg=run_cfg, groups=groups,
                                        use_learned_lr=use_learned_lr,
-                                       progress=c.get("progress", True))
+                                       progress=c.get("progress", True),
+                                       cache_dir=os.path.join(c.workdir, "networks"))
     return out
   return fn
 

@@ -214,7 +214,7 @@ def run(c) -> dict:
         eval_key if not search else search_key, syn, search_data if search else data,
         model=c.eval_model, model_kwargs=dict(c.eval_model_kwargs), num_seeds=seeds, cfg=cfg,
         groups=groups, test_groups=search_groups if search else test_groups,
-        use_learned_lr=learned))))
+        use_learned_lr=learned, cache_dir=os.path.join(cache, "networks")))))
 
   def cov(syn):
     rep = cached_results(os.path.join(cache, f"coverage_{_digest(syn)}.json"),

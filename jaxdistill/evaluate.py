@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -331,33 +332,87 @@ def resolve_parallel_networks(parallel_networks) -> int:
   return int(parallel_networks)
 
 
-def _correctness(keys, progress, run, parallel_networks="auto") -> np.ndarray:
+class NetworkCache:
+  """Each trained network's test correctness ``[M]`` (bool), one ``.npy`` file per network under
+  ``directory``, named by a digest of everything the network depends on (``parts``: the set, the
+  protocol, the model, the test set) and its key; written atomically as each network finishes."""
+
+  def __init__(self, directory: str, parts: tuple):
+    self.directory = directory
+    h = hashlib.sha256()
+    for part in parts:
+      h.update(part if isinstance(part, bytes) else repr(part).encode())
+      h.update(b"\0")
+    self.digest = h.hexdigest()[:24]
+
+  def path(self, key) -> str:
+    k = hashlib.sha256(np.asarray(jax.random.key_data(key)).tobytes()).hexdigest()[:16]
+    return os.path.join(self.directory, f"net_{self.digest}_{k}.npy")
+
+  def load(self, key, size: int) -> Optional[np.ndarray]:
+    path = self.path(key)
+    if not os.path.exists(path):
+      return None
+    try:
+      got = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise ValueError(f"The cached network result {path} is unreadable ({e}): delete it to train "
+                       f"that network again.") from e
+    if got.dtype != bool or got.shape != (size,):
+      raise ValueError(f"The cached network result {path} holds {got.dtype} {got.shape}, not the "
+                       f"bool ({size},) of this test set: delete it to train that network again.")
+    return got
+
+  def save(self, key, correct: np.ndarray) -> None:
+    os.makedirs(self.directory, exist_ok=True)
+    path = self.path(key)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npy"
+    np.save(tmp, np.asarray(correct, bool))
+    os.replace(tmp, path)
+
+
+def _correctness(keys, progress, run, parallel_networks="auto",
+                 cache: Optional[NetworkCache] = None) -> np.ndarray:
   """``run(keys)`` (``_train_and_test`` with everything else bound) for every key: all at once under
   ``"vmap"``, else one network per call (the same compiled program each time; after the first, which
   compiles it, ``parallel_networks`` calls at a time from as many threads), reporting each finished
-  network to ``progress``. Each network's result is the same whatever runs beside it."""
+  network to ``progress``. Each network's result is the same whatever runs beside it. With ``cache``,
+  networks it holds are read back instead of trained, and each trained one is stored."""
   cfg = run.keywords["cfg"]
+  size = run.keywords["y_test"].shape[0]
   workers = resolve_parallel_networks(parallel_networks)
-  if cfg.seed_parallel == "vmap":
-    return np.asarray(run(keys))
   n, t0 = keys.shape[0], time.time()
-  out, done, lock = [None] * n, [0], threading.Lock()
+  out = [None if cache is None else cache.load(keys[i], size) for i in range(n)]
+  todo = [i for i in range(n) if out[i] is None]
+  if cfg.seed_parallel == "vmap" and todo:
+    got = np.asarray(run(keys[np.asarray(todo)]))
+    for i, row in zip(todo, got):
+      out[i] = row
+      if cache is not None:
+        cache.save(keys[i], row)
+    todo = []
+  done, lock = [n - len(todo)], threading.Lock()
+  if progress and done[0]:
+    progress(f"evaluation: {done[0]}/{n} networks read back from {cache.directory}")
 
   def one(i):
     out[i] = np.asarray(run(keys[i:i + 1]))[0]
+    if cache is not None:
+      cache.save(keys[i], out[i])
     with lock:
       done[0] += 1
       if progress:
         progress(f"evaluation: network {done[0]}/{n} trained ({cfg.trained_epochs()} epochs), "
                  f"test accuracy {100 * out[i].mean():.2f}%, {time.time() - t0:.0f} s")
 
-  one(0)
+  if todo:
+    one(todo[0])
   if workers == 1:
-    for i in range(1, n):
+    for i in todo[1:]:
       one(i)
-  else:
+  elif todo[1:]:
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      list(pool.map(one, range(1, n)))
+      list(pool.map(one, todo[1:]))
   return np.stack(out)
 
 
@@ -374,7 +429,8 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
              use_learned_lr: bool = True, groups: Optional[np.ndarray] = None,
              test_groups: Optional[dict] = None,
              progress: Union[bool, Callable[[str], None]] = False,
-             parallel_networks: Union[int, str] = "auto") -> EvalResult:
+             parallel_networks: Union[int, str] = "auto",
+             cache_dir: Optional[str] = None) -> EvalResult:
   """Trains ``num_seeds`` fresh networks on ``syn`` and returns their test accuracy (mean ± std).
 
   Args:
@@ -393,9 +449,18 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     parallel_networks: under ``cfg.seed_parallel="map"``, networks trained at once, each by its own
       thread (``resolve_parallel_networks``: "auto" is 2 on a CPU backend with 2 or more cores, else 1).
       The accuracies do not depend on it.
+    cache_dir: where each trained network's test correctness is stored as it finishes (by the set's
+      content, the protocol, the model, the test set and the network's key) and read back by a later
+      call, so a stopped evaluation resumes where it stopped. Network ``i``'s key is the same for
+      any ``num_seeds`` above ``i``, so more networks later reuse the ones already trained. A ``cfg``
+      holding a function (an ``augment`` callable) cannot be identified and is refused.
 
   Returns:
     ``EvalResult(mean, std, accuracies [num_seeds], group_accuracies)``.
+
+  Raises:
+    ValueError: a set that does not fit ``data``, a bad learned step size, a ``cache_dir`` with a
+      function in ``cfg``, or an unreadable cached network.
   """
   images, labels, log_lr = _as_images_labels(syn)
   images = jnp.asarray(images, jnp.float32)
@@ -416,7 +481,18 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
   run = functools.partial(_train_and_test, model=model, images=images, labels=labels,
                           x_test=jnp.asarray(data.x_test), y_test=jnp.asarray(data.y_test), lr=lr,
                           groups=groups, cfg=cfg, dataset_name=data.name)
-  correct = _correctness(jax.random.split(key, num_seeds), progress or None, run, parallel_networks)
+  cache = None
+  if cache_dir is not None:
+    if any(callable(v) for v in jax.tree.leaves(tuple(cfg))):
+      raise ValueError("cache_dir: this cfg holds a function (e.g. an augment callable), which cannot "
+                       "identify a cached network; pass augment by name or leave cache_dir unset.")
+    cache = NetworkCache(cache_dir, (
+        "jaxdistill.evaluate.accuracy v1", np.asarray(images).tobytes(), images.shape,
+        np.asarray(labels).tobytes(), labels.shape, labels.dtype, None if lr is None else float(lr),
+        None if groups is None else np.asarray(groups).tobytes(), tuple(cfg), repr(model),
+        data.name, np.asarray(data.x_test).tobytes(), np.asarray(data.y_test).tobytes()))
+  correct = _correctness(jax.random.split(key, num_seeds), progress or None, run, parallel_networks,
+                         cache)
   accs = correct.mean(axis=1)
   group_accs = None
   if test_groups:

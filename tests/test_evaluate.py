@@ -1,4 +1,6 @@
 """The evaluation protocol: learning works, determinism, learned lr, routing, soft labels, bad input."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -69,6 +71,39 @@ def test_networks_trained_side_by_side_are_the_networks_trained_one_at_a_time(da
   for bad in (0, -1, 1.5, True, "two"):
     with pytest.raises(ValueError, match="parallel_networks must be"):
       evaluate.resolve_parallel_networks(bad)
+
+
+def test_cached_networks_are_read_back_and_resume_a_longer_evaluation(data, tmp_path):
+  """With cache_dir each network is stored as it finishes: a repeat trains nothing, more networks
+  train only the new ones (network i's key does not depend on num_seeds), and every accuracy equals
+  the uncached evaluation's; another set, protocol or key does not hit the cache; an unreadable
+  file and an unidentifiable protocol are refused."""
+  syn = (data.x_train, data.y_train)
+  d = str(tmp_path / "nets")
+  ref = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 4, CFG)
+  three = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 3, CFG, cache_dir=d)
+  np.testing.assert_array_equal(three.accuracies, ref.accuracies[:3])
+  files = sorted(os.listdir(d))
+  assert len(files) == 3 and all(f.endswith(".npy") for f in files)
+  lines = []
+  four = evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 4, CFG, cache_dir=d,
+                           progress=lines.append)
+  np.testing.assert_array_equal(four.accuracies, ref.accuracies)
+  assert lines[0] == f"evaluation: 3/4 networks read back from {d}" and len(lines) == 2, lines
+  assert len(os.listdir(d)) == 4
+  x2 = np.array(data.x_train)
+  x2[0, 0, 0, 0] += 1.0
+  evaluate.accuracy(jax.random.key(5), (x2, data.y_train), data, TinyNet(), 1, CFG, cache_dir=d)
+  evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 1, CFG._replace(epochs=29), cache_dir=d)
+  evaluate.accuracy(jax.random.key(6), syn, data, TinyNet(), 1, CFG, cache_dir=d)
+  assert len(os.listdir(d)) == 7
+  with open(os.path.join(d, files[0]), "wb") as f:
+    f.write(b"not an array")
+  with pytest.raises(ValueError, match=r"cached network result .*unreadable.*delete it"):
+    evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 4, CFG, cache_dir=d)
+  with pytest.raises(ValueError, match="holds a function"):
+    evaluate.accuracy(jax.random.key(5), syn, data, TinyNet(), 1, CFG._replace(augment=lambda k, x: x),
+                      cache_dir=d)
 
 
 def test_paper_protocols_are_the_papers_and_refuse_what_they_cannot_run():
