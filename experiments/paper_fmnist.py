@@ -6,8 +6,9 @@ Usage: python -m experiments.paper_fmnist --config experiments/configs/paper_fmn
          [--config.rows=dc:1,dsa:1 --config.rows=accelerator]
 
 Resumable: each row's distillation resumes from its checkpoints (``<workdir>/<method>_<dataset>_ipc<n>``,
-the same directories as ``experiments.distill`` with the row's config), and every evaluation is cached
-under ``<workdir>/paper_table``. The table accumulates: a command writes its rows into the rows
+the same directories as ``experiments.distill`` with the row's config), every evaluation is cached
+under ``<workdir>/paper_table``, and every network of an unfinished one under ``<workdir>/networks``
+(a stopped 20-network evaluation resumes at its next network). The table accumulates: a command writes its rows into the rows
 ``<results>.json`` already records (a recorded row of the same method, IPC and steps is replaced, the
 others are kept with the command and date that recorded them). Writes ``<results>.md`` (command,
 date, machine, one line per row with its budget, protocol, networks, wall time and how the run was

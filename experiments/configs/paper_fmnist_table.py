@@ -1,6 +1,7 @@
 """The papers' Fashion-MNIST table at the papers' budgets (rows of ``paper_fmnist.py``).
 
-Command (resumable: run it again to continue; every finished evaluation is cached):
+Command (resumable: run it again to continue; every finished evaluation, and every trained network of
+an unfinished one, is cached):
   .venv/bin/python -m experiments.paper_fmnist --config experiments/configs/paper_fmnist_table.py
 
 Rows (``--config.rows``, comma-separated) are ``"<method>:<ipc>"`` at the paper's budget or ``"<method>:<ipc>@<steps>"`` at a reduced one.
