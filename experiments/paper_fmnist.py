@@ -8,8 +8,8 @@ Usage: python -m experiments.paper_fmnist --config experiments/configs/paper_fmn
 Resumable: each row's distillation resumes from its checkpoints (``<workdir>/<method>_<dataset>_ipc<n>``,
 the same directories as ``experiments.distill`` with the row's config), every evaluation is cached
 under ``<workdir>/paper_table``, and every network of an unfinished one under ``<workdir>/networks``
-(a stopped 20-network evaluation resumes at its next network). The table accumulates: a command writes its rows into the rows
-``<results>.json`` already records (a recorded row of the same method, IPC and steps is replaced, the
+(a stopped 20-network evaluation resumes at its next network). The table accumulates: a command
+writes its rows into the rows ``<results>.json`` already records (a recorded row of the same method, IPC and steps is replaced, the
 others are kept with the command and date that recorded them). Writes ``<results>.md`` (command,
 date, machine, one line per row with its budget, protocol, networks, wall time and how the run was
 split into sessions), ``<results>.json`` (one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
@@ -232,11 +232,11 @@ def merged(recorded: list, results: list) -> list:
   not run is kept as recorded (with the command and date that recorded it), and so is one this command
   finds with the same numbers (read back from its caches: it was recorded then, not now)."""
   ours = {row_key(r): r for r in results}
-  out = [r if same_numbers(r, ours.get(row_key(r), {})) else ours.get(row_key(r), r)
-         for r in recorded]
+  out = []
   for r in recorded:
-    ours.pop(row_key(r), None)
-  return out + [r for r in results if row_key(r) in ours]
+    new = ours.pop(row_key(r), None)
+    out.append(r if new is None or same_numbers(r, new) else new)
+  return out + list(ours.values())
 
 
 def same_numbers(a: dict, b: dict) -> bool:
