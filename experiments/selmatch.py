@@ -135,9 +135,9 @@ def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
 def run_summary(workdir: str, steps: int) -> str:
   """A distillation run from its log: seconds per iteration, and its loss averaged over the logged
   steps of each sixth of the run (the record of whether it had levelled off)."""
-  rows = jd.logs.read_metrics(os.path.join(workdir, "logs"))
-  block = max(1, steps // 6)
-  trend = ", ".join(f"{s}-{s + block - 1}: {m:.3f}"
+  rows = [r for r in jd.logs.read_metrics(os.path.join(workdir, "logs")) if int(r["step"]) <= steps]
+  block = max(1, -(-steps // 6))  # six blocks at most; the last may be shorter
+  trend = ", ".join(f"{s}-{min(s + block - 1, steps)}: {m:.3f}"
                     for s, m in jd.logs.block_means(rows, "loss", block))
   sps = jd.logs.seconds_per_step(rows)
   speed = "not measured" if sps is None else f"{sps:.2g} s"

@@ -252,6 +252,22 @@ def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent()
       (500, 0.1, 128, "cosine_epoch", False)
 
 
+def test_selmatch_run_summary_labels_its_loss_blocks_within_the_run(tmp_path):
+  """500 logged iterations give six blocks of 84 (the last 80), every label inside steps 1-500; rows a
+  longer run logged past ``steps`` stay out."""
+  from experiments import selmatch
+  log = jd.logs.MetricLogger(str(tmp_path / "logs"), tensorboard=False)
+  for s in range(1, 521):
+    log.write(s, {"loss": float(s), "sec": float(s)})
+  log.close()
+  text = selmatch.run_summary(str(tmp_path), 500)
+  trend = text.split("loss by steps ")[1]
+  assert [b.split(":")[0] for b in trend.split(", ")] == \
+      ["1-84", "85-168", "169-252", "253-336", "337-420", "421-500"]
+  assert trend.endswith("421-500: 460.500")  # the mean of steps 421..500, none after
+  assert "500 iterations, 1 s each" in text
+
+
 def tiny_sweep(workdir: str):
   """The SelMatch sweep's config at the smallest size that runs every stage: 4 + 2 held-out images
   per class, one ratio (IPC 2) with one alpha, one 3-epoch MLP expert, 2 MTT iterations, two windows."""
