@@ -2,7 +2,7 @@
 
 Command (needs the ``bench`` extra: ``pip install -e .[bench]``):
   .venv/bin/python -m benchmarks.vs_pytorch [--width 128]
-      [--units mtt20,mtt80,dm,dc,epoch100,epoch500,test,expert] [--cores 2,1] [--reps 2]
+      [--units mtt20,mtt80,dm,dc,epoch100,epoch500,epoch100p,test,expert] [--cores 2,1] [--reps 2]
       [--out benchmarks/results/vs_pytorch.md]
   .venv/bin/python -m benchmarks.vs_pytorch --device --torch-mtt80 \
       --out benchmarks/results/vs_pytorch_<device>.md    (an accelerator: JAX on its default backend,
@@ -32,6 +32,10 @@ values: the cost does not depend on them), and what still differs from the refer
   epoch100 / epoch500  the evaluation's training epoch on 100 / 500 images (the protocol at IPC 10 /
                  50): SGD momentum 0.9, weight decay 5e-4, batch 256, DSA; 21 epochs (the 20-epoch
                  schedule, lr / 10 after epoch 11) timed together, reported per epoch.
+  epoch100p      the same epochs as ``jd.evaluate.accuracy`` trains a protocol's networks: as many
+                 networks at once as its ``parallel_networks="auto"`` (2 on 2 or more cores, 1 on one),
+                 each from its own thread, reported per network and epoch. The reference trains its
+                 networks one after another (``main.py``), so its side is ``epoch100``'s.
   test           the evaluation's test pass: 10,000 images predicted (PyTorch: batches of 256 under
                  ``no_grad``, as mtt-distillation's ``evaluate_synset``; DatasetCondensation's builds the
                  autograd graph there, which is slower).
@@ -41,7 +45,12 @@ values: the cost does not depend on them), and what still differs from the refer
                  with its defaults (networks two at a time on a CPU with 2 or more cores) against the
                  reference's loop (``main.py``: one fresh network after another, ``evaluate_synset``).
 Derived rows: the evaluation with the 20-epoch schedule (21 x epoch100 + test) and at the papers'
-protocol (1001 x epoch100 + test), both for one network.
+protocol (1001 x epoch100 + test), both for one network; with ``epoch100p``, the papers' protocol for
+the 5 networks a protocol evaluates at least, as each side runs them: the reference 5 x (1001 x
+epoch100p + test), with the PyTorch epoch100p row (the same work as its epoch100 row, timed next to
+jaxdistill's epoch100p), jaxdistill its first network alone (it compiles the program) and the other
+four two at a time, (1001 x epoch100 + test) + 4 x (1001 x epoch100p + test), each test pass taken at
+one network's own rate.
 
 Before timing, every unit's loss (MTT, DM, DC matching) or trained network (the evaluation's
 training, which the epoch and expert units share: the training loss after a few deterministic
@@ -73,7 +82,8 @@ import time
 
 from benchmarks import print_and_write
 
-UNITS = ("mtt20", "mtt80", "dm", "dc", "epoch100", "epoch500", "test", "expert")
+UNITS = ("mtt20", "mtt80", "dm", "dc", "epoch100", "epoch500", "epoch100p", "test", "expert")
+PROTOCOL_NETWORKS = 5  # networks of the derived papers'-protocol row with epoch100p
 EPOCH_RUNS = 21  # epochs per timed run of the epoch units (the reference's 20-epoch schedule)
 K, IPC, REAL, H, C = 10, 10, 256, 28, 1
 
@@ -185,8 +195,8 @@ def _jax_unit(unit: str, width: int):
 
   if unit.startswith("epoch"):
     # EPOCH_RUNS epochs of the evaluation protocol (DSA, batch 256) on n images, no test pass; the
-    # table reports the time per epoch.
-    n = int(unit[5:])
+    # table reports the time per epoch (epoch<n>p: per network, the networks side by side).
+    n = int(unit[5:].rstrip("p"))
     cfg = jd.evaluate.EvalConfig(epochs=EPOCH_RUNS - 1, augment="dsa")
     x = jnp.asarray(np.random.default_rng(4).normal(size=(n, H, H, C)).astype(np.float32))
     y = jnp.asarray(np.arange(n) % K, jnp.int32)
@@ -194,6 +204,16 @@ def _jax_unit(unit: str, width: int):
     fn = lambda key, images, labels: jd.evaluate.train(key, model, images, labels, cfg,
                                                         dataset_name="fashion_mnist")
     compiled, flops, mem = analyse(jax.jit(fn).lower(*args))
+    if unit.endswith("p"):
+      import concurrent.futures
+      workers = jd.evaluate.resolve_parallel_networks("auto")
+      keys = [(jax.random.key(i), x, y) for i in range(workers)]
+      pool = concurrent.futures.ThreadPoolExecutor(workers)
+
+      def run_side_by_side():  # one network per thread, as jd.evaluate.accuracy's pool
+        list(pool.map(lambda a: jax.block_until_ready(compiled(*a)), keys))
+      run_side_by_side.networks = workers
+      return _with_program(run_side_by_side, compiled, lambda: args), flops, mem
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
 
   if unit in ("test", "eval"):
@@ -290,8 +310,8 @@ def _torch_unit(unit: str, width: int, device: str = "cpu"):
       tr.dc_outer_step(net, opt_net, get_images, images, labels, opt, K, IPC, REAL, 50)
     return run
 
-  if unit.startswith("epoch"):
-    n = int(unit[5:])
+  if unit.startswith("epoch"):  # epoch<n>p too: the reference trains one network after another
+    n = int(unit[5:].rstrip("p"))
     x = _nchw(np.random.default_rng(4).normal(size=(n, H, H, C)).astype(np.float32), device)
     y = torch.from_numpy(np.arange(n) % K).long().to(device)
     return lambda: tr.evaluate_synset(tr.ConvNet(C, K, width).to(device), x, y, None, epochs=EPOCH_RUNS - 1,
@@ -496,6 +516,7 @@ def _child(unit: str, fw: str, width: int, reps: int, on_device: bool = False) -
     times.append(s)
   times.sort()
   per = EPOCH_RUNS if unit.startswith("epoch") else 1  # the epoch units: seconds per epoch
+  per *= getattr(run, "networks", 1)  # epoch<n>p: per network
   return {"unit": unit, "fw": fw, "cores": cores, "seconds": times[len(times) // 2] / per,
           "setup_s": setup, "peak_rss_gb": _peak_rss_gb(), "compiled_peak_gb": compiled_peak,
           "flops": flops, "xla_bytes": mem, "matmul": _matmul_rate(fw, device=device),
@@ -525,6 +546,18 @@ def _cpu_model() -> str:
       if line.startswith("model name"):
         return line.split(":", 1)[1].strip()
   return platform.processor() or "unknown CPU"
+
+
+def _versions() -> str:
+  """The two frameworks' installed versions (a PyTorch build's suffix, e.g. ``+cpu``, included)."""
+  from importlib import metadata
+  found = []
+  for name in ("torch", "jax", "jaxlib"):
+    try:
+      found.append(f"{name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+      found.append(f"{name} not installed")
+  return ", ".join(found)
 
 
 def _load() -> str:
@@ -583,7 +616,7 @@ def main():
   lines = ["# jaxdistill vs the PyTorch reference code, side by side", "",
            f"- command: `{' '.join(['python', '-m', 'benchmarks.vs_pytorch'] + sys.argv[1:])}`",
            f"- date: {started}; machine: {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, "
-           f"load average before / after: {load0} / {_load()}",
+           f"load average before / after: {load0} / {_load()}; {_versions()}",
            f"- width {a.width}, IPC {IPC}, Fashion-MNIST shapes; seconds: median of {a.reps} after a "
            f"warm-up (one run on one core and for mtt80); the epoch units: seconds per epoch (of {EPOCH_RUNS} timed together); memory: the subprocess's peak RSS (runtime and, for JAX, the compiler included)",
            "", "Agreement before timing (augmentation off, same weights and inputs):", "",
@@ -619,8 +652,17 @@ def main():
         (te, tt), (je, jt) = sides
         ts, js = epochs * te["seconds"] + tt["seconds"], epochs * je["seconds"] + jt["seconds"]
         derived.append(f"| {name} | {cores or 'device'} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
+    (te, tt), (je, jt) = sides
+    tp, jp = get("epoch100p", "torch", cores), get("epoch100p", "jax", cores)
+    if all((te, tt, je, jt, tp, jp)):
+      n = PROTOCOL_NETWORKS
+      ts = n * (1001 * tp["seconds"] + tt["seconds"])
+      js = (1001 * je["seconds"] + jt["seconds"]) + (n - 1) * (1001 * jp["seconds"] + jt["seconds"])
+      derived.append(f"| evaluation at the papers' protocol, {n} networks as each side runs them "
+                     f"(jaxdistill: the first alone, then two at a time) | {cores or 'device'} | "
+                     f"{ts:.2f} | {js:.2f} | {js / ts:.2f} |")
   if derived:
-    lines += ["", "Derived from the epoch100 and test rows (seconds):", "",
+    lines += ["", "Derived from the epoch100, epoch100p and test rows (seconds):", "",
               "| unit | cores | PyTorch s | jaxdistill s | ratio jax/torch |", "|---|---|---|---|---|"]
     lines += derived
   rates = {fw: [r["matmul"] for r in results if r.get("fw") == fw and r.get("cores") == max(
