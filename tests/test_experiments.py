@@ -237,8 +237,13 @@ def test_selmatch_sweep_holds_out_disjoint_images_and_its_config_is_consistent()
     selmatch.split_holdout(sub, per_class)
   c = load_config("selmatch_sweep_fmnist.py")
   selmatch.check_config(c, data.num_classes)  # every stage of the shipped config can run
-  # The protocol study (same subset, other experts and MTT settings) runs in its own directory.
-  assert load_config("selmatch_protocol_fmnist.py").workdir != c.workdir
+  # The protocol study (same subset, other experts and MTT settings) runs in its own directory, and
+  # its accelerator version (every ratio) in another, with its own results file.
+  protocol = load_config("selmatch_protocol_fmnist.py")
+  accel = load_config("selmatch_protocol_fmnist_accel.py")
+  assert len({c.workdir, protocol.workdir, accel.workdir}) == 3 and accel.out != protocol.out
+  assert (accel.ratios, accel.alphas, accel.per_class) == (c.ratios, c.alphas, protocol.per_class)
+  selmatch.check_config(accel, data.num_classes)
   c.mtt.batch_syn = 100  # does not divide ratio 5%'s 150 rows: refused before any work
   with pytest.raises(ValueError, match="batch_syn"):
     selmatch.check_config(c, data.num_classes)
