@@ -75,6 +75,9 @@ def test_dm_with_batchnorm_embeds_all_classes_in_one_batch(key):
   fr = fns.embed(variables, real.reshape(K * P, 8, 8, 1)).reshape(K, P, -1).mean(1)
   fs = fns.embed(variables, syn.images).reshape(K, IPC, -1).mean(1)
   np.testing.assert_allclose(float(value), float(jnp.sum((fr - fs) ** 2)), rtol=1e-5)
+  # Class-by-class synthetic embedding would give per-class statistics: refused.
+  with pytest.raises(ValueError, match="remat_syn"):
+    objectives.distribution_matching(net, K, remat_syn=True).loss(syn, {"images": real}, key, ())
   # ... which differs from embedding class by class (BatchNorm statistics per class).
   per_class = sum(float(jnp.sum((fns.embed(variables, real[c]).mean(0)
                                  - fns.embed(variables, syn.images[c * IPC:(c + 1) * IPC]).mean(0)) ** 2))
@@ -187,16 +190,19 @@ def test_dc_in_pieces_equals_whole_batches(key):
 
 
 def test_dm_in_pieces_equals_whole_classes(key):
-  """DM's real means embedded in 3-image pieces equal the whole-class means: same loss and image
-  gradient (up to float rounding)."""
+  """DM's real means embedded in 3-image pieces, and its synthetic means class by class with their
+  activations recomputed for the gradient (``remat_syn``), equal the whole-batch computation: same loss
+  and image gradient (up to float rounding)."""
   net = toys.TinyConv()
   rng = np.random.default_rng(2)
   syn = SyntheticSet(jnp.asarray(rng.normal(size=(K * 2, 8, 8, 1)), jnp.float32),
                      jnp.repeat(jnp.arange(K, dtype=jnp.int32), 2))
   batch = {"images": jnp.asarray(rng.normal(size=(K, 6, 8, 8, 1)), jnp.float32)}
   out = {}
-  for mb in (0, 3):
-    obj = objectives.distribution_matching(net, K, microbatch=mb)
-    out[mb] = jax.value_and_grad(lambda im: obj.loss(syn._replace(images=im), batch, key, ())[0])(
-        syn.images)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), out[3], out[0])
+  for mb, remat in ((0, False), (3, False), (0, True)):
+    obj = objectives.distribution_matching(net, K, microbatch=mb, remat_syn=remat)
+    out[mb, remat] = jax.value_and_grad(
+        lambda im: obj.loss(syn._replace(images=im), batch, key, ())[0])(syn.images)
+  for other in ((3, False), (0, True)):  # real pieces; synthetic classes one at a time, rematerialized
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 out[other], out[0, False])
