@@ -207,11 +207,11 @@ def _jax_unit(unit: str, width: int):
     if unit.endswith("p"):
       import concurrent.futures
       workers = jd.evaluate.resolve_parallel_networks("auto")
-      keys = [(jax.random.key(i), x, y) for i in range(workers)]
+      calls = [(jax.random.key(i), x, y) for i in range(workers)]  # one network's arguments each
       pool = concurrent.futures.ThreadPoolExecutor(workers)
 
       def run_side_by_side():  # one network per thread, as jd.evaluate.accuracy's pool
-        list(pool.map(lambda a: jax.block_until_ready(compiled(*a)), keys))
+        list(pool.map(lambda a: jax.block_until_ready(compiled(*a)), calls))
       run_side_by_side.networks = workers
       return _with_program(run_side_by_side, compiled, lambda: args), flops, mem
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
@@ -645,14 +645,13 @@ def main():
                    f"{(j['xla_bytes'] / 1e9) if j else float('nan'):.2f} |")
   derived = []
   for cores in core_list:
-    sides = [(get("epoch100", fw, cores), get("test", fw, cores)) for fw in ("torch", "jax")]
-    if all(e and t for e, t in sides):
+    (te, tt), (je, jt) = [(get("epoch100", fw, cores), get("test", fw, cores))
+                          for fw in ("torch", "jax")]
+    if all((te, tt, je, jt)):
       for name, epochs in (("evaluation, 20-epoch schedule (21 epochs on 100 images + test pass)", 21),
                            ("evaluation at the papers' protocol (1001 epochs + test pass)", 1001)):
-        (te, tt), (je, jt) = sides
         ts, js = epochs * te["seconds"] + tt["seconds"], epochs * je["seconds"] + jt["seconds"]
         derived.append(f"| {name} | {cores or 'device'} | {ts:.2f} | {js:.2f} | {js / ts:.2f} |")
-    (te, tt), (je, jt) = sides
     tp, jp = get("epoch100p", "torch", cores), get("epoch100p", "jax", cores)
     if all((te, tt, je, jt, tp, jp)):
       n = PROTOCOL_NETWORKS
