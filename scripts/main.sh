@@ -5,6 +5,6 @@
 # checkout clean.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec .venv/bin/python -m experiments.distill --config experiments/configs/dm_fmnist.py \
+source scripts/python.sh
+exec "$PY" -m experiments.distill --config experiments/configs/dm_fmnist.py \
   --config.results=runs/main_results.md "$@"

@@ -4,5 +4,5 @@
 # --config.pretrain.steps=2000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec .venv/bin/python -m experiments.minimax --config experiments/configs/minimax_unet_fmnist.py "$@"
+source scripts/python.sh
+exec "$PY" -m experiments.minimax --config experiments/configs/minimax_unet_fmnist.py "$@"

@@ -7,12 +7,12 @@
 # Without matplotlib (the "plot" extra) the table is written without its plot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source scripts/python.sh
 args=()
 if [[ "${ACCELERATOR:-0}" == "1" ]]; then
   args+=(--config.rows=accelerator --config.workdir=runs/paper_accelerator
          --config.results=experiments/results/paper_fmnist_accelerator)
 fi
-.venv/bin/python -c "import matplotlib" 2>/dev/null || args+=(--config.plot=False)
-exec .venv/bin/python -m experiments.paper_fmnist --config experiments/configs/paper_fmnist_table.py \
+"$PY" -c "import matplotlib" 2>/dev/null || args+=(--config.plot=False)
+exec "$PY" -m experiments.paper_fmnist --config experiments/configs/paper_fmnist_table.py \
   "${args[@]}" "$@"

@@ -5,8 +5,8 @@
 # the experiment and win over the config's, e.g. --config.ratios="(0.3,)" --config.alphas="((0.1, 0.6),)".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source scripts/python.sh
 args=()
-.venv/bin/python -c "import matplotlib" 2>/dev/null || args+=(--config.plot=False)
-exec .venv/bin/python -m experiments.selmatch \
+"$PY" -c "import matplotlib" 2>/dev/null || args+=(--config.plot=False)
+exec "$PY" -m experiments.selmatch \
   --config experiments/configs/selmatch_protocol_fmnist_accel.py "${args[@]}" "$@"
