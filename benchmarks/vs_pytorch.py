@@ -5,9 +5,10 @@ Command (needs the ``bench`` extra: ``pip install -e .[bench]``):
       [--units mtt20,mtt80,dm,dc,epoch100,epoch500,epoch100p,test,expert] [--cores 2,1] [--reps 2]
       [--out benchmarks/results/vs_pytorch.md]
   .venv/bin/python -m benchmarks.vs_pytorch --device --torch-mtt80 \
+      --units mtt20,mtt80,dm,dc,epoch100,epoch500,test,expert,eval5,evalv5 \
       --out benchmarks/results/vs_pytorch_<device>.md    (an accelerator: JAX on its default backend,
       PyTorch on CUDA, unpinned, each unit's device peak memory beside its host RSS; a few minutes on
-      one H100-class GPU)
+      one H100-class GPU; eval5 / evalv5: whether batching the networks pays there)
 
 The PyTorch side (``benchmarks.torch_ref``) does each unit the way the reference repositories' own
 code does it: DatasetCondensation's ConvNet (an ``nn.Sequential``, in-place ReLU), ``DiffAugment``,
@@ -44,6 +45,10 @@ values: the cost does not depend on them), and what still differs from the refer
                  schedule (DSA) and tested on 10,000 images, as a user runs it: ``jd.evaluate.accuracy``
                  with its defaults (networks two at a time on a CPU with 2 or more cores) against the
                  reference's loop (``main.py``: one fresh network after another, ``evaluate_synset``).
+  evalv<n>       (e.g. evalv5) eval<n> with ``seed_parallel="vmap"``: the n networks batched in one
+                 program (every DSA op computed and selected per batch), the form that may win on an
+                 accelerator, where "map" trains one network after another; the reference's side as
+                 eval<n>'s.
 Derived rows: the evaluation with the 20-epoch schedule (21 x epoch100 + test) and at the papers'
 protocol (1001 x epoch100 + test), both for one network; with ``epoch100p``, the papers' protocol for
 the 5 networks a protocol evaluates at least, as each side runs them: the reference 5 x (1001 x
@@ -235,7 +240,8 @@ def _jax_unit(unit: str, width: int):
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
 
   if _eval_networks(unit):
-    cfg = jd.evaluate.EvalConfig(epochs=20, augment="dsa")
+    cfg = jd.evaluate.EvalConfig(epochs=20, augment="dsa",
+                                 seed_parallel="vmap" if unit.startswith("evalv") else "map")
     x_test = np.random.default_rng(2).normal(size=(10000, H, H, C)).astype(np.float32)
     y_test = np.zeros(10000, np.int32)
     data = jd.types.Dataset("fashion_mnist", x_test[:1], y_test[:1], x_test, y_test, K,
@@ -255,12 +261,13 @@ def _jax_unit(unit: str, width: int):
     args = (v, opt, x, y, jax.random.key(1))
     compiled, flops, mem = analyse(epoch.lower(*args))
     return _with_program(lambda: jax.block_until_ready(compiled(*args)), compiled, lambda: args), flops, mem
-  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS} or eval<n>")
+  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS}, eval<n> or evalv<n>")
 
 
 def _eval_networks(unit: str) -> int:
-  """n of an ``eval<n>`` unit (0 for any other unit)."""
-  return int(unit[4:]) if unit.startswith("eval") and unit[4:].isdigit() and int(unit[4:]) > 0 else 0
+  """n of an ``eval<n>`` or ``evalv<n>`` unit (0 for any other unit)."""
+  n = unit[5:] if unit.startswith("evalv") else unit[4:] if unit.startswith("eval") else ""
+  return int(n) if n.isdigit() and int(n) > 0 else 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,7 +351,7 @@ def _torch_unit(unit: str, width: int, device: str = "cpu"):
       for _ in range(_eval_networks(unit)):
         tr.evaluate_synset(tr.ConvNet(C, K, width).to(device), syn, labels, loader, epochs=20)
     return run
-  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS} or eval<n>")
+  raise ValueError(f"unknown unit {unit!r}; choose from {UNITS}, eval<n> or evalv<n>")
 
 
 # ----------------------------------------------------------------------------------------------------
