@@ -114,6 +114,34 @@ PROTOCOLS = ("dc", "dsa", "dm", "mtt", "idc", "selmatch")
 # The EvalConfig fields that, with the epochs, define a protocol (the others choose how it is computed).
 PROTOCOL_FIELDS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "augment", "loss", "mix",
                    "mix_p", "mix_beta")
+# How [N, K] float labels are read under the cross-entropy loss (``train``'s ``soft_labels``).
+SOFT_LABELS = ("logits", "probs")
+
+
+def check_config(cfg: EvalConfig) -> None:
+  """Refuses an ``EvalConfig`` whose numbers cannot describe a training run (each error names the
+  field): epochs or batch size below 1, a negative learning rate, momentum outside
+  [0, 1), negative weight decay, ``mix_p`` outside [0, 1], ``mix_beta`` not positive, an unknown loss."""
+  def bad(field, value, want):
+    raise ValueError(f"EvalConfig.{field} must be {want}; got {value!r}.")
+  if cfg.epochs is not None and (isinstance(cfg.epochs, bool) or int(cfg.epochs) != cfg.epochs
+                                 or cfg.epochs < 1):
+    bad("epochs", cfg.epochs, "None or an int >= 1")
+  if isinstance(cfg.batch_size, bool) or int(cfg.batch_size) != cfg.batch_size or cfg.batch_size < 1:
+    bad("batch_size", cfg.batch_size, "an int >= 1")
+  if not np.isfinite(cfg.lr) or cfg.lr < 0:
+    bad("lr", cfg.lr, "a finite number >= 0 (0 leaves the networks at their initialization)")
+  if not 0.0 <= cfg.momentum < 1.0:
+    bad("momentum", cfg.momentum, "in [0, 1)")
+  if not np.isfinite(cfg.weight_decay) or cfg.weight_decay < 0:
+    bad("weight_decay", cfg.weight_decay, "a finite number >= 0")
+  if not 0.0 <= cfg.mix_p <= 1.0:
+    bad("mix_p", cfg.mix_p, "in [0, 1]")
+  if not cfg.mix_beta > 0:
+    bad("mix_beta", cfg.mix_beta, "> 0")
+  if cfg.loss not in ("ce", "mse"):
+    bad("loss", cfg.loss, "'ce' or 'mse'")
+
 
 
 def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[float] = None) -> Protocol:
@@ -210,22 +238,31 @@ def init_variables(key: jax.Array, model, image_shape: Sequence[int]):
 
 def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: EvalConfig = EvalConfig(),
           lr: Optional[jax.Array] = None, groups: Optional[jax.Array] = None,
-          dataset_name: Optional[str] = None, variables=None):
+          dataset_name: Optional[str] = None, variables=None, soft_labels: str = "logits"):
   """Trains one fresh network on ``images`` with the protocol; pure and jittable (cfg static).
 
   Args:
     key: PRNG key (initialization, shuffling, augmentation).
     model: a Flax module with ``apply(variables, x, train=...) -> logits``.
     images: ``[N, H, W, C]`` float32.
-    labels: ``[N]`` int32 or ``[N, K]`` float32 soft targets.
+    labels: ``[N]`` int32 or ``[N, K]`` float32 soft labels.
     cfg: the protocol (static).
     lr: optional traced learning rate overriding ``cfg.lr`` (e.g. ``exp(syn.log_lr)``).
     groups: ``[N]`` int32 row groups routing ``cfg.augment`` when it is a tuple.
     variables: optional initial variables (default: fresh from ``key``).
+    soft_labels: how ``[N, K]`` labels are read under ``cfg.loss="ce"`` (``SOFT_LABELS``): "logits"
+      (the default: the targets are ``softmax(labels)``, DATM's ``SoftCrossEntropy`` and how the
+      trajectory objective trains a set's soft labels) or "probs" (each row is already the target
+      distribution). Under "mse" the rows are the regression targets either way.
 
   Returns:
     The trained variables.
   """
+  check_config(cfg)
+  if soft_labels not in SOFT_LABELS:
+    raise ValueError(f"Unknown soft_labels {soft_labels!r}; known: {SOFT_LABELS}.")
+  if labels.ndim == 2 and cfg.loss == "ce" and soft_labels == "logits":
+    labels = jax.nn.softmax(labels, axis=-1)
   n = images.shape[0]
   bs = min(cfg.batch_size, n)
   steps_per_epoch = -(-n // bs)
@@ -234,6 +271,9 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   augs = tuple(training.resolve_augment(a, dataset_name) for a in augs)
   if len(augs) > 1 and groups is None:
     raise ValueError("A tuple of augmentations needs `groups` (one group id per row).")
+  if groups is not None and not isinstance(cfg.augment, tuple):
+    raise ValueError("`groups` route the rows among a tuple of augmentations, but cfg.augment is "
+                     f"{cfg.augment!r}, not a tuple: the groups would be ignored.")
   lr = jnp.asarray(cfg.lr if lr is None else lr, jnp.float32)
 
   schedule = _lr_schedule(cfg, lr, total, steps_per_epoch)
@@ -304,13 +344,17 @@ def predict(model, variables, x: jax.Array, batch_size="auto") -> jax.Array:
   return preds.reshape(-1)[:m]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "cfg", "dataset_name"))
-def _train_and_test(keys, model, images, labels, x_test, y_test, lr, groups, cfg, dataset_name):
-  """Correctness ``[len(keys), M]`` (bool) of one network trained on the set per key."""
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "dataset_name", "soft_labels"))
+def _train_and_test(keys, model, images, labels, x_test, y_test, lr, groups, cfg, dataset_name,
+                    soft_labels="logits"):
+  """``(correctness [len(keys), M] bool, finite [len(keys)] bool)`` of one network trained on the set
+  per key; ``finite``: every trained parameter is a finite number."""
 
   def one(k):
-    variables = train(k, model, images, labels, cfg, lr=lr, groups=groups, dataset_name=dataset_name)
-    return predict(model, variables, x_test, cfg.test_batch_size) == y_test
+    variables = train(k, model, images, labels, cfg, lr=lr, groups=groups, dataset_name=dataset_name,
+                      soft_labels=soft_labels)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(variables)]))
+    return predict(model, variables, x_test, cfg.test_batch_size) == y_test, finite
 
   if cfg.seed_parallel == "vmap":
     return jax.vmap(one)(keys)
@@ -384,8 +428,17 @@ def _correctness(keys, progress, run, parallel_networks="auto",
   n, t0 = keys.shape[0], time.time()
   out = [None if cache is None else cache.load(keys[i], size) for i in range(n)]
   todo = [i for i in range(n) if out[i] is None]
+  def trained(idx):  # [len(idx), M] correctness; a network trained to NaN / inf is refused
+    got, finite = run(keys[np.asarray(idx)])
+    for i, ok in zip(idx, np.asarray(finite)):
+      if not ok:
+        raise ValueError(f"Evaluation network {i} trained to NaN or inf parameters (a learning rate "
+                         f"too large for the protocol, or labels it cannot fit): its accuracy would be "
+                         f"meaningless, so none is reported.")
+    return np.asarray(got)
+
   if cfg.seed_parallel == "vmap" and todo:
-    got = np.asarray(run(keys[np.asarray(todo)]))
+    got = trained(todo)
     for i, row in zip(todo, got):
       out[i] = row
       if cache is not None:
@@ -396,7 +449,7 @@ def _correctness(keys, progress, run, parallel_networks="auto",
     progress(f"evaluation: {done[0]}/{n} networks read back from {cache.directory}")
 
   def one(i):
-    out[i] = np.asarray(run(keys[i:i + 1]))[0]
+    out[i] = trained([i])[0]
     if cache is not None:
       cache.save(keys[i], out[i])
     with lock:
@@ -430,7 +483,7 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
              test_groups: Optional[dict] = None,
              progress: Union[bool, Callable[[str], None]] = False,
              parallel_networks: Union[int, str] = "auto",
-             cache_dir: Optional[str] = None) -> EvalResult:
+             cache_dir: Optional[str] = None, soft_labels: str = "logits") -> EvalResult:
   """Trains ``num_seeds`` fresh networks on ``syn`` and returns their test accuracy (mean ± std).
 
   Args:
@@ -454,33 +507,59 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
       call, so a stopped evaluation resumes where it stopped. Network ``i``'s key is the same for
       any ``num_seeds`` above ``i``, so more networks later reuse the ones already trained. A ``cfg``
       holding a function (an ``augment`` callable) cannot be identified and is refused.
+    soft_labels: how ``[N, K]`` labels are read under ``cfg.loss="ce"``: "logits" (the default, the
+      library's convention: targets ``softmax(labels)``, as the trajectory objective trains them and
+      DATM evaluates them; rows that are all probability distributions are refused, as they would be
+      smoothed) or "probs" (rows are the target distributions; rows that are not are refused).
 
   Returns:
     ``EvalResult(mean, std, accuracies [num_seeds], group_accuracies)``.
 
   Raises:
-    ValueError: a set that does not fit ``data``, a bad learned step size, a ``cache_dir`` with a
-      function in ``cfg``, or an unreadable cached network.
+    ValueError: a set that does not fit ``data`` (or integer pixel values), soft labels that do not
+      match ``soft_labels``, a bad or per-step learned step size, ``num_seeds`` below 1, ``groups``
+      that do not route the set's rows, a bad ``cfg``, a network trained to NaN or inf, a
+      ``cache_dir`` with a function in ``cfg``, or an unreadable cached network.
   """
   images, labels, log_lr = _as_images_labels(syn)
+  if jnp.issubdtype(jnp.asarray(images).dtype, jnp.integer):
+    raise ValueError(f"Synthetic images are integers ({jnp.asarray(images).dtype}): pass float images "
+                     f"on the dataset's scale (normalized as data.x_train).")
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels)
   _check_set(images, labels, data)
+  _check_soft_labels(labels, cfg.loss, soft_labels)
+  check_config(cfg)
+  if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
+    raise ValueError(f"num_seeds must be an int >= 1; got {num_seeds!r}.")
   if isinstance(model, str):
     model = models_lib.get_model(model, data.num_classes, **(model_kwargs or {}))
   lr = None
   if use_learned_lr and log_lr is not None:
-    lr = jnp.exp(jnp.asarray(log_lr, jnp.float32)).reshape(-1)[0]
+    log_lr = jnp.asarray(log_lr, jnp.float32)
+    if log_lr.size != 1:
+      raise ValueError(f"The set has {log_lr.size} learned step sizes (DD's one per unrolled step); "
+                       f"the protocol trains with one: pass use_learned_lr=False (DD's own training is "
+                       f"objectives.dd_train) or a set with a single log_lr.")
+    lr = jnp.exp(log_lr).reshape(-1)[0]
     if not bool(jnp.isfinite(lr)) or float(lr) <= 0:
       raise ValueError(f"The set's learned step size exp(log_lr) = {float(lr)} is not a finite positive "
                        f"number.")
   if groups is not None:
+    groups = np.asarray(groups)
+    routes = len(cfg.augment) if isinstance(cfg.augment, tuple) else 1
+    if groups.shape != (images.shape[0],) or not np.issubdtype(groups.dtype, np.integer):
+      raise ValueError(f"groups must be [N={images.shape[0]}] integers (one augmentation route per "
+                       f"row); got {groups.dtype} {groups.shape}.")
+    if groups.size and (groups.min() < 0 or groups.max() >= routes):
+      raise ValueError(f"groups must lie in [0, {routes}) (cfg.augment has {routes} route(s)); got "
+                       f"[{groups.min()}, {groups.max()}].")
     groups = jnp.asarray(groups, jnp.int32)
   if progress is True:
     progress = functools.partial(print, flush=True)
   run = functools.partial(_train_and_test, model=model, images=images, labels=labels,
                           x_test=jnp.asarray(data.x_test), y_test=jnp.asarray(data.y_test), lr=lr,
-                          groups=groups, cfg=cfg, dataset_name=data.name)
+                          groups=groups, cfg=cfg, dataset_name=data.name, soft_labels=soft_labels)
   cache = None
   if cache_dir is not None:
     if any(callable(v) for v in jax.tree.leaves(tuple(cfg))):
@@ -490,7 +569,8 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
         "jaxdistill.evaluate.accuracy v1", np.asarray(images).tobytes(), images.shape,
         np.asarray(labels).tobytes(), labels.shape, labels.dtype, None if lr is None else float(lr),
         None if groups is None else np.asarray(groups).tobytes(), tuple(cfg), repr(model),
-        data.name, np.asarray(data.x_test).tobytes(), np.asarray(data.y_test).tobytes()))
+        data.name, np.asarray(data.x_test).tobytes(), np.asarray(data.y_test).tobytes())
+        + ((("soft_labels", soft_labels),) if labels.ndim == 2 else ()))
   correct = _correctness(jax.random.split(key, num_seeds), progress or None, run, parallel_networks,
                          cache)
   accs = correct.mean(axis=1)
@@ -499,6 +579,24 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     group_accs = {name: correct[:, np.asarray(mask, bool)].mean(axis=1)
                   for name, mask in test_groups.items()}
   return EvalResult(float(accs.mean()), float(accs.std()), accs, group_accs)
+
+
+def _check_soft_labels(labels, loss: str, soft_labels: str) -> None:
+  """Refuses ``[N, K]`` labels that contradict ``soft_labels`` under the cross-entropy loss."""
+  if soft_labels not in SOFT_LABELS:
+    raise ValueError(f"Unknown soft_labels {soft_labels!r}; known: {SOFT_LABELS}.")
+  if labels.ndim != 2 or loss != "ce" or not labels.size:
+    return
+  rows = np.asarray(labels, np.float64)
+  is_dist = (rows >= 0).all(axis=1) & (np.abs(rows.sum(axis=1) - 1.0) <= 1e-4)
+  if soft_labels == "logits" and is_dist.all():
+    raise ValueError("Every soft-label row is a probability distribution, but soft labels are read as "
+                     "logits (targets softmax(labels), the library's convention), which would smooth "
+                     "them: pass soft_labels='probs' for target distributions, or hard int labels.")
+  if soft_labels == "probs" and not is_dist.all():
+    raise ValueError(f"soft_labels='probs' needs every row to be a distribution (>= 0, summing to 1); "
+                     f"{int((~is_dist).sum())} of {len(rows)} rows are not (logits, e.g. a DATM set's, "
+                     f"are read with soft_labels='logits').")
 
 
 def _check_set(images, labels, data: Dataset) -> None:

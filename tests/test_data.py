@@ -181,3 +181,15 @@ def test_layout_mistakes_are_refused_not_guessed(tmp_path):
     data.load("custom", data_dir=write("scales", x_train=x / 255.0))
   with pytest.raises(ValueError, match="Unknown dataset name 'fasion_mnist'"):
     data.load("fasion_mnist", data_dir=write("name"))
+  # Images saved already normalized would be divided by 255 as pixels and come out nearly constant.
+  normed = ((x / 255.0 - 0.2861) / 0.3530).astype(np.float32)
+  with pytest.raises(data.DataError, match=r"train images hold values in \[-0.81.*store the images "
+                                           r"unnormalized"):
+    data.load("custom", data_dir=write("normalized", x_train=normed, x_test=normed))
+  # max_per_class caps each class; a smaller class keeps all its images and cuts no other class.
+  uneven = write("uneven", x_train=x[:15], y_train=y[:15])  # class 0: 10 images, class 1: 5
+  counts = np.bincount(data.load("custom", data_dir=uneven, max_per_class=8,
+                                 key=jax.random.key(0)).y_train)
+  np.testing.assert_array_equal(counts, [8, 5])
+  with pytest.raises(ValueError, match="max_per_class must be an integer >= 1; got 0"):
+    data.load("custom", data_dir=uneven, max_per_class=0, key=jax.random.key(0))

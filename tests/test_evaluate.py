@@ -216,6 +216,56 @@ def test_bad_inputs(data):
     evaluate.accuracy(jax.random.key(0), (x, y), data, TinyNet(), 1, CFG._replace(schedule="poly"))
 
 
+def test_soft_labels_are_logits_by_default_and_probability_rows_need_saying_so(data):
+  """A set's [N, K] labels are logits (targets softmax(labels), as the trajectory objective and DATM
+  read them): an evaluation of logits equals one of their softmax rows given as distributions, and
+  each reading refuses the other's rows instead of training on them silently."""
+  x, y = data.x_train, data.y_train
+  logits = 4.0 * (2.0 * np.eye(3, dtype=np.float32)[y] - 1.0)  # rows like [4, -4, -4]
+  as_logits = evaluate.accuracy(jax.random.key(0), (x, logits), data, TinyNet(), 2, CFG)
+  as_probs = evaluate.accuracy(jax.random.key(0), (x, np.asarray(jax.nn.softmax(logits))), data,
+                               TinyNet(), 2, CFG, soft_labels="probs")
+  np.testing.assert_allclose(as_logits.accuracies, as_probs.accuracies, atol=1e-6)
+  assert as_logits.mean > 0.8  # raw logits read as target "distributions" trained to chance and NaN
+  with pytest.raises(ValueError, match="Every soft-label row is a probability distribution"):
+    evaluate.accuracy(jax.random.key(0), (x, np.eye(3, dtype=np.float32)[y]), data, TinyNet(), 1, CFG)
+  with pytest.raises(ValueError, match="rows are not"):
+    evaluate.accuracy(jax.random.key(0), (x, logits), data, TinyNet(), 1, CFG, soft_labels="probs")
+  with pytest.raises(ValueError, match="Unknown soft_labels"):
+    evaluate.accuracy(jax.random.key(0), (x, logits), data, TinyNet(), 1, CFG, soft_labels="raw")
+
+
+def test_misused_arguments_are_refused_by_name(data):
+  x, y = data.x_train, data.y_train
+  run = lambda **kw: evaluate.accuracy(jax.random.key(0), kw.pop("syn", (x, y)), data, TinyNet(),
+                                       kw.pop("num_seeds", 1), kw.pop("cfg", CFG), **kw)
+  for field, value in (("lr", -0.01), ("momentum", 1.5), ("weight_decay", -1.0), ("mix_p", 1.7),
+                       ("epochs", 0), ("batch_size", 0), ("mix_beta", 0.0)):
+    with pytest.raises(ValueError, match=f"EvalConfig.{field} must be"):
+      run(cfg=CFG._replace(**{field: value}))
+  with pytest.raises(ValueError, match="num_seeds must be an int >= 1"):
+    run(num_seeds=0)
+  with pytest.raises(ValueError, match="images are integers"):
+    run(syn=(np.clip(x * 60 + 128, 0, 255).astype(np.uint8), y))
+  routed = CFG._replace(augment=("none", "none"))
+  with pytest.raises(ValueError, match=r"groups must be \[N=60\] integers"):
+    run(cfg=routed, groups=np.array([0, 1]))
+  with pytest.raises(ValueError, match=r"groups must lie in \[0, 2\)"):
+    run(cfg=routed, groups=np.full(len(y), 2))
+  with pytest.raises(ValueError, match="would be ignored"):
+    run(groups=np.zeros(len(y), np.int32))
+  dd = SyntheticSet(jnp.asarray(x), jnp.asarray(y), jnp.log(jnp.array([0.05, 1e-6, 1e-6])))
+  with pytest.raises(ValueError, match="3 learned step sizes"):
+    run(syn=dd)
+  assert run(syn=dd, use_learned_lr=False).mean > 0.5
+
+
+def test_a_network_trained_to_nan_is_refused_not_reported(data):
+  with pytest.raises(ValueError, match="trained to NaN or inf"):
+    evaluate.accuracy(jax.random.key(0), (data.x_train, data.y_train), data, TinyNet(), 1,
+                      CFG._replace(lr=1e30))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,soft", [("ce", False), ("ce", True), ("mse", False)])
 def test_microbatched_gradient_equals_whole_batch(kind, soft):

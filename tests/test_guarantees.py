@@ -72,6 +72,12 @@ def test_bad_arguments_name_the_problem(tmp_path, key):
     distill.class_balanced_sampler(x, np.where(y == 0, -1, y), K, 2)
   with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=2\)"):
     distill.class_balanced_sampler(x, y, 2, 2)
+  # Images and labels of different lengths would be paired wrongly (JAX clamps the indices).
+  with pytest.raises(ValueError, match=rf"Real labels must be int \[N={len(y)}\] class ids; got "
+                                       rf"int\d+ \({len(y) - 3},\)"):
+    distill.class_balanced_sampler(x, y[:-3], K, 2)
+  with pytest.raises(ValueError, match=rf"Real labels must be int \[N={len(y) - 3}\]"):
+    distill.random_sampler(x[:-3], y, 4)
   for kw, msg in (({"keep": 0}, "keep must be an integer >= 1; got 0"),
                   ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1; got 0")):
     with pytest.raises(ValueError, match=msg):

@@ -108,3 +108,10 @@ def test_bad_inputs(toy):
     selection.herding(images, labels[:-1], K, 1)
   with pytest.raises(ValueError, match="must be int"):
     selection.window_init(np.zeros(len(labels)), images, labels.astype(np.float32), K, 1, 0.0)
+  # Features of another row count would score images on other images' features.
+  for method in ("herding", "k_center", "k_means"):
+    with pytest.raises(ValueError, match=rf"features must have one row per image \({len(labels)}\)"):
+      selection.select(method, jax.random.key(0), images, labels, K, 2,
+                       features=images.reshape(len(labels), -1)[:10])
+  with pytest.raises(ValueError, match="features contain NaN"):
+    selection.herding(images, labels, K, 2, features=np.full((len(labels), 3), np.nan, np.float32))

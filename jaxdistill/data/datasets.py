@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from jaxdistill.checks import check_positive_int
 from jaxdistill.data import sampling
 from jaxdistill.types import Dataset
 
@@ -245,7 +246,7 @@ def _is_tfds_name(name: str) -> bool:
 # load
 # ----------------------------------------------------------------------------------------------------
 
-def _subset(key: jax.Array, y: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
+def _subset(key: jax.Array, y: np.ndarray, num_classes: int, per_class) -> np.ndarray:
   return np.sort(sampling.sample_balanced(key, y, num_classes, per_class))
 
 
@@ -260,7 +261,8 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
     data_dir: a directory with IDX files (``train-images-idx3-ubyte[.gz]`` and the three others) or an
       npz (``<name>.npz`` or ``data.npz`` with ``x_train, y_train, x_test, y_test``), or an npz path.
     source: ``"auto"`` (the order in the module docstring), ``"local"`` or ``"tfds"``.
-    max_per_class: keep at most this many training images per class (chosen with ``key``).
+    max_per_class: keep at most this many training images per class (chosen with ``key``); a class
+      with fewer keeps all of its images (the others are not cut to its size).
     key: PRNG key for ``max_per_class``.
     tfds_data_dir: TFDS data directory.
     num_classes: override the class count (default: known value, else ``max(label) + 1``).
@@ -336,8 +338,9 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
   if max_per_class is not None:
     if key is None:
       raise ValueError("max_per_class needs a PRNG key (key=jax.random.key(seed)).")
+    check_positive_int("max_per_class", max_per_class)
     counts = np.bincount(y_train, minlength=k)
-    keep = _subset(key, y_train, k, min(max_per_class, int(counts.min())))
+    keep = _subset(key, y_train, k, np.minimum(counts, max_per_class))
     x_train, y_train = x_train[keep], y_train[keep]
 
   norm = lambda x: ((x.astype(np.float32) / scale - mean) / std).astype(np.float32)
@@ -347,7 +350,14 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
 
 
 def _pixel_scale(x_train: np.ndarray, x_test: np.ndarray, name: str) -> float:
-  """255 for [0, 255] pixels, 1 for [0, 1]; decided from both splits, which must agree."""
+  """255 for [0, 255] pixels, 1 for [0, 1]; decided from both splits, which must agree. Values outside
+  [0, 255] (e.g. images already normalized) are refused: they would be scaled as pixels."""
+  for split, x in (("train", x_train), ("test", x_test)):
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if lo < 0 or hi > 255:
+      raise DataError(f"{name}: {split} images hold values in [{lo:.4g}, {hi:.4g}], outside raw pixels' "
+                      f"[0, 1] or [0, 255]; store the images unnormalized (load normalizes them; "
+                      f"jaxdistill.data.denormalize maps normalized images back to [0, 1]).")
   scales = [255.0 if x.dtype == np.uint8 or float(x.max(initial=0.0)) > 1.5 else 1.0
             for x in (x_train, x_test)]
   if scales[0] != scales[1]:

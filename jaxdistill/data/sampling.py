@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.checks import check_positive_int
+from jaxdistill.checks import check_images_labels, check_positive_int
 
 
 def class_indices(labels, num_classes: int) -> list:
@@ -20,21 +20,23 @@ def class_indices(labels, num_classes: int) -> list:
   return [np.flatnonzero(labels == c) for c in range(num_classes)]
 
 
-def sample_balanced(key: jax.Array, labels, num_classes: int, per_class: int) -> np.ndarray:
-  """``[num_classes * per_class]`` indices, ``per_class`` distinct random ones per class, class-major.
+def sample_balanced(key: jax.Array, labels, num_classes: int, per_class) -> np.ndarray:
+  """Indices of ``per_class`` distinct random images per class, class-major: ``per_class`` an int
+  (``[num_classes * per_class]`` indices) or one count per class.
 
   Raises:
-    ValueError: if ``per_class`` is below 1 or larger than the smallest class.
+    ValueError: if a count is below 1 or larger than its class.
   """
-  if per_class < 1:
+  counts = np.broadcast_to(np.asarray(per_class), (num_classes,))
+  if counts.min() < 1:
     raise ValueError(f"per_class must be >= 1; got {per_class}.")
   per = class_indices(labels, num_classes)
   for c, idx in enumerate(per):
-    if idx.size < per_class:
-      raise ValueError(f"per_class={per_class} is larger than class {c}, which has {idx.size} images.")
+    if idx.size < counts[c]:
+      raise ValueError(f"per_class={counts[c]} is larger than class {c}, which has {idx.size} images.")
   keys = jax.random.split(key, num_classes)
-  return np.concatenate([idx[np.asarray(jax.random.choice(k, idx.size, (per_class,), replace=False))]
-                         for k, idx in zip(keys, per)])
+  return np.concatenate([idx[np.asarray(jax.random.choice(k, idx.size, (int(m),), replace=False))]
+                         for k, idx, m in zip(keys, per, counts)])
 
 
 def subset_per_class(key: jax.Array, images, labels, num_classes: int, per_class: int) -> tuple:
@@ -73,10 +75,7 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
     if steps * size > len(labels):
       raise ValueError(f"train_batches={tuple(train_batches)} needs {steps * size} distinct images; the "
                        f"training set has {len(labels)}.")
-  labels = np.asarray(labels)
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be [N] integer class ids; got shape {labels.shape}, dtype "
-                     f"{labels.dtype}.")
+  images, labels = check_images_labels(images, labels, "real", hard=True)
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
                      f"[{labels.min()}, {labels.max()}].")
@@ -111,6 +110,7 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
 def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Sampler:
   """Batches ``{"images": [B, H, W, C], "labels": [B]}`` drawn uniformly without replacement."""
   check_positive_int("batch_size", batch_size)
+  images, labels = check_images_labels(images, labels, "real", hard=True)
   if batch_size > len(labels):
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(labels)}).")
   arrays = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}

@@ -34,9 +34,15 @@ def _per_class(labels: np.ndarray, num_classes: int, ipc: int) -> list:
   return out
 
 
-def _flat(x) -> jax.Array:
+def _flat(x, n: int) -> jax.Array:
+  """``x`` as ``[n, D]`` float32 features, one row per image; refused with another row count (each
+  image would be scored on another's features) or non-finite values."""
   x = jnp.asarray(x, jnp.float32)
-  return x.reshape(x.shape[0], -1)
+  if x.ndim == 0 or x.shape[0] != n:
+    raise ValueError(f"features must have one row per image ({n}); got shape {x.shape}.")
+  if not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError("features contain NaN or inf.")
+  return x.reshape(n, -1)
 
 
 def random_indices(key: jax.Array, labels: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
@@ -72,7 +78,7 @@ def herding_indices(labels: np.ndarray, num_classes: int, ipc: int,
   """Herding (Welling 2009, as in the DC baselines): per class, greedily add the image whose addition
   keeps the running feature mean closest to the class mean. ``features``: ``[N, D]``."""
   per = _per_class(labels, num_classes, ipc)
-  f = _flat(features)
+  f = _flat(features, len(labels))
   return np.concatenate([idx[np.asarray(_herding_order(f[idx], ipc))] for idx in per])
 
 
@@ -95,7 +101,7 @@ def kcenter_indices(labels: np.ndarray, num_classes: int, ipc: int,
   """K-center greedy (Sener & Savarese 2018): per class, start at the image nearest the class mean,
   then repeatedly add the image farthest from all chosen ones. ``features``: ``[N, D]``."""
   per = _per_class(labels, num_classes, ipc)
-  f = _flat(features)
+  f = _flat(features, len(labels))
   return np.concatenate([idx[np.asarray(_kcenter_order(f[idx], ipc))] for idx in per])
 
 
@@ -110,8 +116,9 @@ def kmeans(key: jax.Array, points: jax.Array, k: int, iters: int = 50) -> tuple:
   Returns:
     ``(centroids [k, D], assignment [n])``. Empty clusters keep their previous centroid.
   """
-  points = _flat(points)
-  n = points.shape[0]
+  points = jnp.asarray(points)
+  n = points.shape[0] if points.ndim else 0
+  points = _flat(points, n)
   if k > n:
     raise ValueError(f"k={k} is larger than the number of points {n}.")
   return _kmeans(key, points, k, iters)
@@ -178,7 +185,7 @@ def k_means(key: jax.Array, images, labels, num_classes: int, ipc: int, features
   of a cluster, or with ``nearest=True`` the real image nearest the cluster's centroid."""
   images, labels = check_images_labels(images, labels, hard=True)
   per = _per_class(labels, num_classes, ipc)
-  f = _flat(images if features is None else features)
+  f = _flat(images if features is None else features, len(labels))
   rows = []
   for k, idx in zip(jax.random.split(key, num_classes), per):
     cents, assign = kmeans(k, f[idx], ipc, iters)
