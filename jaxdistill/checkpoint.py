@@ -110,6 +110,11 @@ class CorruptCheckpointError(ValueError):
   """A checkpoint step whose arrays do not match their checksums, or that cannot be read."""
 
 
+class CheckpointMismatchError(ValueError):
+  """A restore asked for another structure, shapes or dtypes than the checkpoint step holds (a usage
+  error, not corruption: nothing is moved aside or replaced)."""
+
+
 LEGACY_ITEM = "default"  # the single orbax item of steps written before checksums
 STATE_ITEM, CHECKSUMS_ITEM = "state", "checksums"  # the orbax items of every step
 
@@ -378,6 +383,11 @@ class Checkpointer:
           f"Checkpoint step {step} in {self.step_dir(step)} was written by an earlier version of "
           f"the library, without checksums, so it cannot be verified. If you trust it, call "
           f"Checkpointer.adopt_legacy(like) once to rewrite it with checksums.")
+    diff = _layout_diff(os.path.join(self.step_dir(step), STATE_ITEM), _abstract(like))
+    if diff:
+      raise CheckpointMismatchError(
+          f"The structure asked for does not match checkpoint step {step} in {self.step_dir(step)} "
+          f"(restore with the shapes and dtypes it was saved with):\n  " + "\n  ".join(diff))
     try:
       stored = self._mngr.restore(step, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.StandardRestore(_abstract(like)),
@@ -462,21 +472,30 @@ def adopt_legacy(ckpt: Checkpointer, like) -> list:
   return adopted
 
 
-def _check_legacy_layout(step: int, step_dir: str, abstract) -> None:
-  """Raises ``CorruptCheckpointError`` unless the legacy step's arrays have exactly the names,
-  shapes and dtypes of ``abstract``'s (orbax would otherwise pad or cut arrays to the requested
-  shape)."""
+def _layout_diff(item_dir: str, abstract, strict: bool = False) -> list:
+  """The arrays whose names, shapes or dtypes differ between the orbax item ``item_dir`` and
+  ``abstract`` (one line each; orbax would otherwise pad or cut arrays to the requested shape). Metadata
+  that cannot be read gives no lines (the restore then reports the step as unreadable), or with
+  ``strict`` raises ``CorruptCheckpointError``."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   try:
-    meta = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / LEGACY_ITEM).tree
+    meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)).tree
   except Exception as e:  # orbax raises several types for corrupt / incompatible files
-    raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {step_dir} has unreadable "
-                                 f"metadata: {type(e).__name__}: {e}") from e
+    if not strict:
+      return []
+    raise CorruptCheckpointError(f"Checkpoint item {item_dir} has unreadable metadata: "
+                                 f"{type(e).__name__}: {e}") from e
   stored = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(meta)}
   wanted = {_orbax_name(p): (tuple(a.shape), np.dtype(a.dtype))
             for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
-  diff = [f"{k}: stored {stored.get(k, '<missing>')}, expected {wanted.get(k, '<missing>')}"
+  return [f"{k}: stored {stored.get(k, '<missing>')}, expected {wanted.get(k, '<missing>')}"
           for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+
+
+def _check_legacy_layout(step: int, step_dir: str, abstract) -> None:
+  """Raises ``CorruptCheckpointError`` unless the legacy step's arrays have exactly the names,
+  shapes and dtypes of ``abstract``'s."""
+  diff = _layout_diff(os.path.join(step_dir, LEGACY_ITEM), abstract, strict=True)
   if diff:
     raise CorruptCheckpointError(f"Legacy checkpoint step {step} in {step_dir} does not match the "
                                  f"given structure:\n  " + "\n  ".join(diff))

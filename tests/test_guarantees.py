@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from jaxdistill import distill, evaluate, objectives
-from jaxdistill.checkpoint import Checkpointer, CorruptCheckpointError
+from jaxdistill.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
 from jaxdistill.types import Dataset, SyntheticSet
 import toys
 
@@ -182,6 +182,25 @@ def test_legacy_checkpoint_is_refused_until_adopted_then_restores_exactly(tmp_pa
   np.testing.assert_array_equal(jax.random.key_data(got["key"]), jax.random.key_data(tree["key"]))
   assert int(got["step"]) == 7
   assert os.path.isdir(os.path.join(d, "5.legacy"))  # the original is kept
+
+
+def test_restoring_into_another_structure_is_a_usage_error_not_corruption(tmp_path):
+  """A ``like`` with other shapes or dtypes names the arrays that differ; no step is reported corrupt,
+  moved aside or replaced by an older one."""
+  d = str(tmp_path / "ck")
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int32(7)}
+  ck = Checkpointer(d, {"run": 1}, save_every=1)
+  for s in (1, 2):
+    ck.save(s, tree, force=True)
+  ck.close()
+  ck = Checkpointer(d, {"run": 1})
+  for wrong, shown in ((dict(tree, w=tree["w"].astype(np.float16)), "float16"),
+                       (dict(tree, w=np.zeros((3, 3), np.float32)), r"\(3, 3\)")):
+    with pytest.raises(CheckpointMismatchError, match=rf"step 2 .*\n  w: stored \(\(2, 3\), "
+                                                      rf"dtype\('float32'\)\), expected .*{shown}"):
+      ck.restore(wrong)
+  assert ck.all_steps() == [1, 2] and not glob.glob(os.path.join(d, "*.corrupt*"))
+  np.testing.assert_array_equal(ck.restore(tree)["w"], tree["w"])
 
 
 _OTHER_TOPOLOGY = textwrap.dedent("""
