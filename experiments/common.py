@@ -71,8 +71,10 @@ def run_script(run) -> None:
 
 
 def train_on_all(key, data, model, epochs: int) -> tuple:
-  """``model`` trained ``epochs`` on every training image of ``data`` (the protocol's SGD, no
-  augmentation): ``(variables, test accuracy)`` (feature networks, the quality report's judge)."""
+  """``model`` trained on every training image of ``data`` with the protocol's SGD and step schedule,
+  no augmentation: ``epochs + 1`` epochs, as every evaluation network (the reference's ``range(E + 1)``;
+  lr / 10 from epoch ``epochs // 2 + 2`` when that is within them). ``(variables, test accuracy)``
+  (feature networks, the quality report's judge)."""
   cfg = jd.evaluate.EvalConfig(epochs=epochs, augment="none")
   fn = jax.jit(lambda k, x, y: jd.evaluate.train(k, model, x, y, cfg))
   variables = fn(key, jnp.asarray(data.x_train), jnp.asarray(data.y_train))

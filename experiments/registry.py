@@ -195,10 +195,10 @@ def trajectory_smoke(c) -> dict:
 
 
 def gradient_matching(c, data, use_dsa: bool):
-  """DC's objective (DSA's with ``use_dsa``) with ``c.outer_loop`` / ``c.inner_loop``, or the
-  reference's loops for the IPC when they are 0."""
-  outer, inner = (c.outer_loop, c.inner_loop) if c.get("outer_loop") else \
-      jd.objectives.loops_for_ipc(c.ipc)
+  """DC's objective (DSA's with ``use_dsa``) with ``c.outer_loop`` / ``c.inner_loop`` (each 0: the
+  reference's loop for the IPC, ``objectives.loops_for_ipc``)."""
+  ref_outer, ref_inner = jd.objectives.loops_for_ipc(c.ipc)
+  outer, inner = c.get("outer_loop") or ref_outer, c.get("inner_loop") or ref_inner
   return jd.objectives.gradient_matching(model_of(c, data), data.num_classes, outer, inner,
                                          augment=dsa(c, data, True) if use_dsa else None,
                                          train_augment=dsa(c, data, False) if use_dsa else None)
@@ -357,7 +357,7 @@ def run_identity(c) -> dict:
 NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optimizer_kwargs",
                 "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
                 "distill_augment", "combined_augment", "evals", "checkpoint_every", "image_every",
-                "progress", "results", "workdir", "data_dir", "eval_protocol", "eval_protocol_ratio")
+                "progress", "results", "workdir", "eval_protocol", "eval_protocol_ratio")
 
 
 def baseline_identity(c, evaluator: str) -> dict:

@@ -126,6 +126,8 @@ def mtt_distill(c, key, syn0, mask, model, data, traj, workdir):
   identity = {k: v for k, v in c.mtt.to_dict().items() if k not in ("steps", "checkpoint_every")}
   identity.update(model=c.model, model_kwargs=c.model_kwargs.to_dict(), per_class=c.per_class,
                   holdout_per_class=c.holdout_per_class, seed=c.seed)
+  if mask is not None:  # SelMatch starts from a window chosen by the study's settings: name it
+    identity["initial_set"] = _digest(syn0)
   state, _ = jd.distill.run(key, syn0, d, c.mtt.steps, checkpoint_dir=os.path.join(workdir, "ckpt"),
                             checkpoint_every=c.mtt.checkpoint_every, config=identity,
                             logger=jd.logs.MetricLogger(os.path.join(workdir, "logs")))
@@ -335,7 +337,7 @@ def run(c) -> dict:
 
     for i, alpha in enumerate(alphas):
       mask = jd.partial_updates.selmatch_mask(np.asarray(win.labels), data.num_classes, alpha)
-      sel_dir = os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}")
+      sel_dir = os.path.join(root, f"selmatch_ipc{ipc}_alpha{alpha:g}_beta{best['holdout']:g}")
       sel = mtt_distill(c, jax.random.fold_in(run_key, ipc), win, mask, model, data, traj, sel_dir)
       frozen_same = bool(np.array_equal(np.asarray(sel.images)[~mask],
                                         np.asarray(win.images)[~mask]))

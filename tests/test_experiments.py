@@ -452,8 +452,26 @@ def test_baseline_identity_fails_closed():
   assert _baseline_id(c2, "protocol") == base
   assert _baseline_id(c, "krr") != base
   for change in ({"kip_depth": 2}, {"eval_epochs": 5}, {"ipc": 1}, {"model_kwargs.width": 3},
-                 {"a_new_field": 1}):
+                 {"a_new_field": 1}, {"data_dir": "/other/fashion_mnist.npz"}):
     assert _baseline_id(override(load_config("kip_fmnist.py"), change), "protocol") != base, change
+
+
+def test_loop_fields_each_fall_back_to_the_reference_alone_and_experts_train_at_mtts_rate(monkeypatch):
+  """``inner_loop`` set alone is used (it was dropped unless ``outer_loop`` was set too); the paper
+  configs' experts train at MTT's buffer rate 0.01 whatever the synthetic step size starts at."""
+  from experiments import registry
+  from experiments.configs import mtt_cifar10, selmatch_cifar10
+  seen = []
+  monkeypatch.setattr(jd.objectives, "gradient_matching",
+                      lambda net, k, outer, inner, **kw: seen.append((outer, inner)))
+  data = jd.types.Dataset("fashion_mnist", np.zeros((1, 28, 28, 1), np.float32), np.zeros(1, np.int32),
+                          np.zeros((1, 28, 28, 1), np.float32), np.zeros(1, np.int32), 10,
+                          tuple("abcdefghij"), (0.0,), (1.0,))
+  for change in ({}, {"inner_loop": 5}, {"outer_loop": 3}, {"outer_loop": 3, "inner_loop": 5}):
+    registry.gradient_matching(override(load_config("dc_fmnist.py"), change), data, use_dsa=False)
+  assert seen == [(10, 50), (10, 5), (3, 50), (3, 5)]
+  for c in (mtt_cifar10.get_config("10"), mtt_cifar10.get_config("50"), selmatch_cifar10.get_config("500")):
+    assert c.experts.lr == 0.01 and c.mtt.lr_teacher == 0.001
 
 
 def test_cache_names_ignore_rounding_only_fields():

@@ -3,7 +3,8 @@
 Command:
   .venv/bin/python -m experiments.baselines --config experiments/configs/baselines_fmnist.py
 
-What it does: trains a width-64 ConvNet on the full training set for 2 epochs (the sanity check: >= 85%
+What it does: trains a width-64 ConvNet on the full training set for 3 epochs (``feature_epochs`` 2
+under the protocol's E + 1 schedule; the sanity check: >= 85%
 test accuracy; its features drive herding and k-center), then evaluates random, herding, k-center,
 k-means (centroid images) and class-average images at IPC 1 and 10 by training fresh width-64 ConvNets
 (instance norm, avg pool) with the DSA protocol for 300 epochs (the papers: 1000), 3 seeds each.

@@ -22,8 +22,8 @@ def base(method: str, ipc: int) -> ml_collections.ConfigDict:
   c.batch_real = 64  # real images per class per step (reference: 256)
   c.optimizer = "sgd"
   c.optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": 1.0, "momentum": 0.5})
-  c.outer_loop = 0  # 0: the reference's (outer, inner) for the IPC (DC/DSA)
-  c.inner_loop = 0
+  c.outer_loop = 0  # 0: the reference's outer loop for the IPC (DC/DSA)
+  c.inner_loop = 0  # 0: the reference's inner loop for the IPC (DC/DSA)
   c.evals = ("protocol",)
   c.eval_protocol = ""  # a paper's protocol by name (with_protocol); "": the fields below
   c.eval_models = ("convnet",)
@@ -39,10 +39,14 @@ def base(method: str, ipc: int) -> ml_collections.ConfigDict:
 
 
 def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher=0.01,
-               batch_syn=0, min_start_epoch=0, initial_max_start_epoch=0, expansion_steps=0):
+               batch_syn=0, min_start_epoch=0, initial_max_start_epoch=0, expansion_steps=0,
+               expert_lr=0.01):
   """Adds MTT's hyperparameters (the papers' names) to ``c``: images SGD ``lr_img`` momentum 0.5, the
-  step size SGD ``lr_lr`` momentum 0.5 in step-size space, initialized to ``lr_teacher``; experts trained
-  with ``lr_teacher`` for at least the epochs the segments need (``c.experts``)."""
+  step size SGD ``lr_lr`` momentum 0.5 in step-size space, initialized to ``lr_teacher`` (the
+  ``--lr_teacher`` of MTT's ``distill.py``); experts trained with ``expert_lr`` (``buffer.py``'s
+  ``--lr_teacher``, 0.01 for every published setting: the MTT README's "default learning rate for all
+  of our experts", DATM's and SelMatch's buffers alike) for at least the epochs the segments need
+  (``c.experts``)."""
   c.optimizer = "sgd"
   c.optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_img, "momentum": 0.5})
   c.lr_optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_lr, "momentum": 0.5})
@@ -51,7 +55,7 @@ def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_t
       "min_start_epoch": min_start_epoch, "batch_syn": batch_syn, "lr_teacher": lr_teacher,
       "initial_max_start_epoch": initial_max_start_epoch, "expansion_steps": expansion_steps})
   c.experts = ml_collections.ConfigDict({
-      "dir": "", "num": 100, "epochs": 50, "lr": lr_teacher, "batch_size": 256, "seed": 0,
+      "dir": "", "num": 100, "epochs": 50, "lr": expert_lr, "batch_size": 256, "seed": 0,
       "progress": True})
   return c
 

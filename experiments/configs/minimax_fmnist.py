@@ -9,8 +9,9 @@ lambda_neg 0.008, memory 64) and, as a control, with lambdas 0 (DiffFit alone); 
 (DDPM, 50 steps, classifier-free guidance 4, as the authors' sampler); evaluate them, random real images
 and DM (its ``experiments.distill`` runs' images, ``dm_dir``) with the library's CPU protocol (ConvNet
 width 32, 300 epochs with DSA, 3 seeds) and an MLP; coverage of the test set in the features of a
-ConvNet trained one epoch on the training set; the quality report (class agreement and an FID-style
-distance by a width-64 ConvNet trained 8 epochs on every training image, refused below 90% test
+ConvNet trained 2 epochs on the training set (``coverage_epochs`` 1 under the protocol's E + 1
+schedule); the quality report (class agreement and an FID-style distance by a width-64 ConvNet
+trained 9 epochs on every training image (``judge.epochs`` 8, likewise), refused below 90% test
 accuracy; the nearest-real distance ratio), in the run file and `minimax_fashion_mnist.json`; image grids.
 
 Expected (seed 0; evaluated 2026-11-26 under the current defaults): generated sets are far below random
