@@ -137,7 +137,8 @@ def learned_leaves(d: "Distiller") -> tuple:
   """The names of the leaves a ``Distiller`` learns (``LEARNABLE_LEAVES`` order): the images, and
   each optional leaf its optimizer declares (``optimizer()``). An explicit flag that contradicts the
   optimizer is refused (a leaf with an optimizer but marked fixed would silently never move; a
-  learnable leaf without an optimizer would fail)."""
+  learnable leaf without an optimizer would fail), and so is a leaf the objective never reads
+  (``Objective.reads``: DM, DC and IDC read the images only, KIP and FRePo no step size)."""
   declared = getattr(d.tx, "leaves", None)
   out = []
   for leaf in LEARNABLE_LEAVES:
@@ -157,6 +158,12 @@ def learned_leaves(d: "Distiller") -> tuple:
         raise ValueError(f"{leaf.flag}=True but the optimizer has no {leaf.name}= optimizer; pass "
                          f"distill.optimizer(..., {leaf.name}=...).")
     if has:
+      reads = getattr(d.objective, "reads", None)
+      if reads is not None and leaf.name not in reads:
+        raise ValueError(f"The {leaf.name} have an optimizer, but the objective "
+                         f"{getattr(d.objective, 'name', '')!r} never reads them (it reads "
+                         f"{', '.join(reads)}): they would never move. Drop the {leaf.name}= "
+                         f"optimizer.")
       out.append(leaf.name)
   return tuple(out)
 
@@ -195,7 +202,7 @@ class Distiller(NamedTuple):
   learn_labels: Optional[bool] = None  # None: derived from the optimizer (``optimizer(labels=...)``)
   learn_lr: Optional[bool] = None  # None: derived from the optimizer (``optimizer(log_lr=...)``)
   # project(syn, steps_done) -> syn: applied to the stored parameters after every update (e.g.
-  # ``clamp_every``); None: none.
+  # ``clamp_every``), on the distilled rows only (a mask's frozen rows stay bit-identical); None: none.
   project: Optional[Callable[[SyntheticSet, jax.Array], SyntheticSet]] = None
 
 
@@ -214,6 +221,16 @@ def clamp_every(lo, hi, every: int = 1) -> Callable[[SyntheticSet, jax.Array], S
     return syn._replace(images=jnp.where(steps % every == 0, clipped, syn.images))
 
   return project
+
+
+def _project(d: Distiller, syn: SyntheticSet, steps: jax.Array) -> SyntheticSet:
+  """``d.project`` applied to the distilled rows only: a masked run's frozen rows stay bit-identical."""
+  out = d.project(syn, steps)
+  if d.mask is None:
+    return out
+  mask = jnp.asarray(d.mask)
+  keep = lambda new, old: jnp.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new, old)
+  return out._replace(**{n: keep(getattr(out, n), getattr(syn, n)) for n in ROW_LEAVES})
 
 
 def init_state(key: jax.Array, syn: SyntheticSet, d: Distiller, mesh=None) -> DistillState:
@@ -289,7 +306,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
     updates, opt_state = tx.update(grads, state.opt_state, params)
     syn = _with(state.syn, optax.apply_updates(params, updates))
     if d.project is not None:
-      syn = d.project(syn, state.step + 1)
+      syn = _project(d, syn, state.step + 1)
     obj_state = d.objective.update(obj_state, _training_view(syn, d), update_key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     if "log_lr" in leaves:

@@ -366,6 +366,16 @@ def test_idc_clamp_and_refusals(key):
   assert np.abs(np.asarray(state.syn.images)).max() > 0.5  # step 1: not clamped
   state, _ = step(state, sample(state))
   assert np.abs(np.asarray(state.syn.images)).max() <= 0.5  # after step 2
+  # With a mask the clamp acts on the distilled rows only: frozen rows stay bit-identical.
+  mask = np.arange(syn.images.shape[0]) % 2 == 0
+  masked = d._replace(mask=jnp.asarray(mask))
+  state = distill.init_state(key, syn, masked)
+  step = distill.make_step(masked)
+  for _ in range(2):
+    state, _ = step(state, sample(state))
+  np.testing.assert_array_equal(np.asarray(state.syn.images)[~mask], np.asarray(syn.images)[~mask])
+  assert np.abs(np.asarray(syn.images)[~mask]).max() > 0.5  # the clamp would have changed them
+  assert np.abs(np.asarray(state.syn.images)[mask]).max() <= 0.5
   with pytest.raises(ValueError, match="lo < hi"):
     distill.clamp_every(1.0, 0.0)
   with pytest.raises(ValueError, match="mix_p"):

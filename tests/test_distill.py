@@ -115,8 +115,11 @@ def test_step_compiles_once(key):
 
 
 def test_weakly_typed_log_lr_does_not_recompile(key):
-  # jnp.log(0.01) is weakly typed; the updated value is not: init_state must make it strong.
-  d = make("dm")._replace(learn_lr=True, tx=distill.optimizer(optax.sgd(0.1), log_lr=optax.sgd(0.1)))
+  # jnp.log(0.01) is weakly typed; the updated value is not: init_state must make it strong. (DM never
+  # reads a step size; the stand-in objective below declares that it does, so one may be learned.)
+  dm = make("dm")
+  d = dm._replace(learn_lr=True, tx=distill.optimizer(optax.sgd(0.1), log_lr=optax.sgd(0.1)),
+                  objective=dm.objective._replace(reads=("images", "labels", "log_lr")))
   state = distill.init_state(key, toy_syn()._replace(log_lr=jnp.log(0.01)), d)
   step, sample = distill.make_step(d), distill.make_sample(d)
   for _ in range(3):

@@ -49,7 +49,13 @@ def test_per_class_objectives_refuse_rows_that_are_not_class_major(method, key):
 
 def test_learnable_leaves_come_from_the_optimizer_and_contradictions_are_refused(key):
   syn = toy_syn()._replace(log_lr=jnp.log(jnp.float32(0.01)))
-  d = make(log_lr=optax.sgd(1e-5))
+  dm = make(log_lr=optax.sgd(1e-5))
+  # DM and DC read only the images: a step size or labels optimizer would leave them as they are.
+  with pytest.raises(ValueError, match="log_lr have an optimizer, but the objective 'dm' never reads"):
+    distill.init_state(key, syn, dm)
+  with pytest.raises(ValueError, match="labels have an optimizer, but the objective 'dc' never reads"):
+    distill.learned_leaves(make("dc", labels=optax.sgd(1.0)))
+  d = dm._replace(objective=dm.objective._replace(reads=("images", "labels", "log_lr")))
   assert distill.learned_leaves(d) == ("images", "log_lr")  # derived: the step size learns
   with pytest.raises(ValueError, match="log_lr= optimizer but learn_lr=False"):
     distill.init_state(key, syn, d._replace(learn_lr=False))

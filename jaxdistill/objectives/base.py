@@ -18,7 +18,8 @@ An ``Objective`` is a NamedTuple of pure functions:
   (identity for stateless methods).
 
 ``batch_axis`` is the batch arrays' data-parallel axis: the loop splits every array of the batch along that
-axis over the devices.
+axis over the devices. ``reads`` names the synthetic set's leaves the loss depends on (the loop refuses
+to learn a leaf the objective never reads: it would silently never move).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Objective(NamedTuple):
   batch_axis: int = 0
   name: str = "objective"
   prepare: Callable[..., Any] = no_prepare
+  reads: tuple = ("images", "labels", "log_lr")
 
 
 def no_state(key: jax.Array, syn) -> tuple:

@@ -93,4 +93,4 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     value = jnp.sum(jnp.square(real_means - syn_means))
     return value, {}
 
-  return Objective(init, loss, keep_state, batch_axis=1, name="dm")
+  return Objective(init, loss, keep_state, batch_axis=1, name="dm", reads=("images",))

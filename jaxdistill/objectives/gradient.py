@@ -181,7 +181,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
                              lambda: train_net(state.variables, syn, key))
     return DCState(variables, jnp.where(new_iteration, 0, outer).astype(jnp.int32))
 
-  return Objective(init, loss, update, batch_axis=1, name="dc", prepare=prepare)
+  return Objective(init, loss, update, batch_axis=1, name="dc", prepare=prepare, reads=("images",))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,4 +344,4 @@ def idc_matching(net, num_classes: int, inner_loop: int = 100, augment: Optional
     return jax.lax.cond(inner >= inner_loop, renew,
                         lambda s: s._replace(inner=inner, key=next_key), state)
 
-  return Objective(init, loss, update, batch_axis=1, name="idc", prepare=prepare)
+  return Objective(init, loss, update, batch_axis=1, name="idc", prepare=prepare, reads=("images",))

@@ -124,7 +124,7 @@ def kip(kernel_fn: Callable, num_classes: int, reg: float = 1e-6, keyed_kernel: 
     k_ts = kern(x_t, syn.images, key)
     return _krr_loss(k_ss, k_ts, y_s, y_t, ids, reg, axis_name)
 
-  return Objective(no_state, loss, keep_state, batch_axis=0, name="kip")
+  return Objective(no_state, loss, keep_state, batch_axis=0, name="kip", reads=("images", "labels"))
 
 
 def krr_test_accuracy(kernel_fn: Callable, syn: SyntheticSet, x_test, y_test, reg: float = 1e-6,
@@ -312,4 +312,4 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
                       state.age.at[i].set(age),
                       jax.random.randint(pick_key, (), 0, pool_size, dtype=jnp.int32))
 
-  return Objective(init, loss, update, batch_axis=0, name="frepo")
+  return Objective(init, loss, update, batch_axis=0, name="frepo", reads=("images", "labels"))
