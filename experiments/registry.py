@@ -109,7 +109,8 @@ def class_sampler(c, data):
 
 
 def flat_sampler(c, data):
-  return jd.distill.random_sampler(data.x_train, data.y_train, c.batch_real * data.num_classes)
+  return jd.distill.random_sampler(data.x_train, data.y_train, c.batch_real * data.num_classes,
+                                   num_classes=data.num_classes)
 
 
 # ----------------------------------------------------------------------------------------------------

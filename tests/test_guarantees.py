@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdistill import distill, evaluate, objectives
+from jaxdistill import distill, evaluate, kernels, objectives
 from jaxdistill.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
 from jaxdistill.types import Dataset, SyntheticSet
 import toys
@@ -61,6 +61,30 @@ def test_learnable_leaves_come_from_the_optimizer_and_contradictions_are_refused
     distill.init_state(key, syn, d._replace(learn_lr=False))
   with pytest.raises(ValueError, match="learn_labels=True but the optimizer has no labels="):
     distill.init_state(key, syn, d._replace(learn_labels=True))
+
+
+def test_labels_and_class_counts_that_do_not_fit_the_objective_are_refused(key):
+  """Out-of-range synthetic hard labels (a finite but meaningless loss), real labels beyond the
+  objective's classes (all-zero KIP targets, DD's NaN read as divergence) and a per-class batch of
+  another class count (an unreadable scan error) are refused, each naming the counts."""
+  x, y = toys.toy_data()
+  x5, y5 = toys.toy_data(num_classes=5)
+  bad = toy_syn()._replace(labels=jnp.array([0, 0, 1, 1, 2, 5], jnp.int32))
+  stateless = {"kip": objectives.kip(kernels.fc_kernel_fn("ntk", depth=1), K),
+               "mtt": objectives.trajectory_matching(toys.TinyConv(), K, syn_steps=1),
+               "dd": objectives.dataset_distillation(toys.TinyConv(), K, unroll_steps=2)}
+  for name, obj in stateless.items():
+    with pytest.raises(ValueError, match=r"Synthetic hard labels must lie in \[0, 3\).*\[0, 5\]"):
+      obj.init(key, bad)
+    assert obj.init(key, toy_syn()) == ()
+  with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=3\); got range \[0, 4\]"):
+    distill.random_sampler(x5, y5, 6, num_classes=K)
+  batch5 = distill.class_balanced_sampler(x5, y5, 5, P)
+  for name in ("dm", "dc"):
+    d = make(name)._replace(sampler=batch5)
+    state = distill.init_state(key, toy_syn(), d)
+    with pytest.raises(ValueError, match="real batch holds 5 classes .* num_classes=3"):
+      distill.make_step(d)(state, distill.make_sample(d)(state))
 
 
 @pytest.mark.parametrize("tx", [optax.sgd(-0.1), optax.adam(-0.01)])

@@ -2,7 +2,7 @@
 distillation loop (``Sampler``: a pure ``fn(key, arrays[, step]) -> batch`` with its arrays)."""
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,12 @@ class Sampler(NamedTuple):
 # Samplers
 # ----------------------------------------------------------------------------------------------------
 
+def _check_range(labels: np.ndarray, num_classes: int) -> None:
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
+                     f"[{labels.min()}, {labels.max()}].")
+
+
 def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: int,
                            per_class: int, train_batches: tuple = (0, 0)) -> Sampler:
   """Batches ``{"images": [K, per_class, H, W, C]}``: per class, ``per_class`` distinct random images
@@ -76,9 +82,7 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
       raise ValueError(f"train_batches={tuple(train_batches)} needs {steps * size} distinct images; the "
                        f"training set has {len(labels)}.")
   images, labels = check_images_labels(images, labels, "real", hard=True)
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
-                     f"[{labels.min()}, {labels.max()}].")
+  _check_range(labels, num_classes)
   counts = np.bincount(labels, minlength=num_classes)
   if counts.min() < per_class:
     c = int(counts.argmin())
@@ -107,10 +111,15 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
   return Sampler(fn, arrays)
 
 
-def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Sampler:
-  """Batches ``{"images": [B, H, W, C], "labels": [B]}`` drawn uniformly without replacement."""
+def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                   num_classes: Optional[int] = None) -> Sampler:
+  """Batches ``{"images": [B, H, W, C], "labels": [B]}`` drawn uniformly without replacement. With
+  ``num_classes`` (the objective's), labels outside ``[0, num_classes)`` are refused: KIP, FRePo and
+  DD would otherwise encode them as all-zero targets or a NaN loss."""
   check_positive_int("batch_size", batch_size)
   images, labels = check_images_labels(images, labels, "real", hard=True)
+  if num_classes is not None:
+    _check_range(labels, num_classes)
   if batch_size > len(labels):
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(labels)}).")
   arrays = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}

@@ -15,6 +15,33 @@ def class_major(images: jax.Array, num_classes: int) -> jax.Array:
   return images.reshape(num_classes, n // num_classes, *images.shape[1:])
 
 
+def check_label_range(labels, num_classes: int) -> None:
+  """Raises unless hard (``[N]`` int) synthetic ``labels`` lie in ``[0, num_classes)``: a label out of
+  range would train toward no class (or, negative, silently toward class ``num_classes - 1``)."""
+  labels = np.asarray(labels)
+  if labels.ndim == 1 and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"Synthetic hard labels must lie in [0, {num_classes}) (the objective's "
+                     f"num_classes); got [{labels.min()}, {labels.max()}].")
+
+
+def labels_checked_init(num_classes: int):
+  """``init(key, syn) -> ()`` of a stateless objective, refusing out-of-range synthetic labels."""
+  def init(key, syn):
+    del key
+    check_label_range(syn.labels, num_classes)
+    return ()
+  return init
+
+
+def check_per_class_batch(real, num_classes: int) -> None:
+  """Raises unless the real batch ``[classes, per_class, ...]`` holds ``num_classes`` classes (a
+  sampler of another dataset would otherwise fail deep inside the per-class loop)."""
+  if real.ndim < 2 or real.shape[0] != num_classes:
+    raise ValueError(f"The real batch holds {real.shape[0] if real.ndim else 0} classes (shape "
+                     f"{real.shape}, [classes, per_class, H, W, C]) but the objective was built for "
+                     f"num_classes={num_classes}.")
+
+
 def check_class_major(labels, num_classes: int) -> None:
   """Raises unless hard ``labels`` are ``[0]*ipc + [1]*ipc + ...`` (what the per-class objectives
   and every jaxdistill initializer produce)."""

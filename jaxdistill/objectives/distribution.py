@@ -17,7 +17,8 @@ from jaxdistill.augment import map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.models.layers import prefer_conv
 from jaxdistill.models.nets import as_net
-from jaxdistill.objectives.common import check_class_major, class_major, identity_augment
+from jaxdistill.objectives.common import (check_class_major, check_per_class_batch, class_major,
+                                          identity_augment)
 
 
 def distribution_matching(net, num_classes: int, augment: Optional[Callable] = None,
@@ -70,6 +71,7 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
   def loss(syn, batch, key, state, axis_name=None):
     net_key, aug_key = jax.random.split(key)
     real = batch["images"]
+    check_per_class_batch(real, num_classes)
     num_real = real.shape[1]
     variables = fns.init(net_key, real[0])
     syn_c = class_major(syn.images, num_classes)

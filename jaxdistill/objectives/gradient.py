@@ -24,8 +24,8 @@ from jaxdistill.augment import cutmix, map_groups
 from jaxdistill.checks import check_positive_int
 from jaxdistill.objectives.base import Objective, pmean
 from jaxdistill.models.nets import as_net
-from jaxdistill.objectives.common import (check_class_major, class_major, cross_entropy,
-                                        identity_augment)
+from jaxdistill.objectives.common import (check_class_major, check_per_class_batch, class_major,
+                                          cross_entropy, identity_augment)
 
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
@@ -133,6 +133,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
 
     # One siamese augmentation per class (one DSA op each), then the classes one after the other, as
     # the reference (lax.map: one class's activations and second-order graph in memory at a time).
+    check_per_class_batch(batch["images"], num_classes)
     real_aug = map_groups(aug, keys, batch["images"])
     syn_aug = map_groups(aug, keys, syn_c)
     dists = jax.lax.map(lambda a: per_class(*a), (real_aug, syn_aug, jnp.arange(num_classes)))
@@ -328,6 +329,7 @@ def idc_matching(net, num_classes: int, inner_loop: int = 100, augment: Optional
       return idc_gradient_distance(jax.lax.stop_gradient(g_real), g_syn, metric, match_bias,
                                    match_fc)
 
+    check_per_class_batch(batch["images"], num_classes)
     real_aug = map_groups(aug, aug_keys, batch["images"])
     syn_aug = map_groups(aug, aug_keys, syn_c)
     dists = jax.lax.map(lambda a: per_class(*a), (real_aug, syn_aug, jnp.arange(num_classes)))

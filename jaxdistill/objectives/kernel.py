@@ -41,7 +41,8 @@ import numpy as np
 import optax
 
 from jaxdistill import kernels
-from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
+from jaxdistill.objectives.base import Objective, keep_state, pmean
+from jaxdistill.objectives.common import check_label_range, labels_checked_init
 from jaxdistill.models import get_model
 from jaxdistill.models.nets import as_net
 from jaxdistill.types import SyntheticSet
@@ -124,7 +125,8 @@ def kip(kernel_fn: Callable, num_classes: int, reg: float = 1e-6, keyed_kernel: 
     k_ts = kern(x_t, syn.images, key)
     return _krr_loss(k_ss, k_ts, y_s, y_t, ids, reg, axis_name)
 
-  return Objective(no_state, loss, keep_state, batch_axis=0, name="kip", reads=("images", "labels"))
+  return Objective(labels_checked_init(num_classes), loss, keep_state, batch_axis=0, name="kip",
+                   reads=("images", "labels"))
 
 
 def krr_test_accuracy(kernel_fn: Callable, syn: SyntheticSet, x_test, y_test, reg: float = 1e-6,
@@ -254,6 +256,7 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
     return FRePoState(variables, opt_state, age, current)
 
   def init(key, syn):
+    check_label_range(syn.labels, num_classes)
     return init_pool(key, syn.images[:1])
 
   def support(syn):

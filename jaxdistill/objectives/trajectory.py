@@ -47,9 +47,9 @@ from jax.flatten_util import ravel_pytree
 from jaxdistill import training
 from jaxdistill.checks import check_positive_int
 from jaxdistill.data.sampling import Sampler
-from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
+from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.models.nets import as_net
-from jaxdistill.objectives.common import cross_entropy, identity_augment
+from jaxdistill.objectives.common import cross_entropy, identity_augment, labels_checked_init
 from jaxdistill.partial_updates import route_augment
 
 
@@ -249,7 +249,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
       aux["start_epoch"] = pmean(jnp.mean(batch["start_epoch"].astype(jnp.float32)), axis_name)
     return pmean(jnp.mean(losses), axis_name), aux
 
-  return Objective(no_state, loss, keep_state, batch_axis=0, name="mtt")
+  return Objective(labels_checked_init(num_classes), loss, keep_state, batch_axis=0, name="mtt")
 
 
 def start_epoch_upper(step, max_start_epoch: int, initial_max_start_epoch: Optional[int] = None,

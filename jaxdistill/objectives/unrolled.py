@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxdistill.objectives.base import Objective, keep_state, no_state, pmean
+from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.models.nets import as_net
-from jaxdistill.objectives.common import cross_entropy, identity_augment
+from jaxdistill.objectives.common import cross_entropy, identity_augment, labels_checked_init
 from jaxdistill.objectives.trajectory import step_sizes, unroll
 
 
@@ -134,4 +134,4 @@ def dataset_distillation(net, num_classes: int, unroll_steps: int, epochs: int =
     syn_loss = cross_entropy(fns.apply(frozen, syn.images[last]), syn.labels[last])
     return value, {"syn_loss": jax.lax.stop_gradient(syn_loss)}
 
-  return Objective(no_state, loss, keep_state, batch_axis=0, name="dd")
+  return Objective(labels_checked_init(num_classes), loss, keep_state, batch_axis=0, name="dd")
