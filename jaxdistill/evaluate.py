@@ -530,6 +530,12 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
   _check_set(images, labels, data)
   _check_soft_labels(labels, cfg.loss, soft_labels)
   check_config(cfg)
+  for name, mask in (test_groups or {}).items():
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (len(data.y_test),):
+      raise ValueError(f"test_groups[{name!r}] must be a bool mask over the {len(data.y_test)} test "
+                       f"images; got {mask.dtype} {mask.shape} (an index array would be read as a "
+                       f"mask).")
   if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
     raise ValueError(f"num_seeds must be an int >= 1; got {num_seeds!r}.")
   if isinstance(model, str):
@@ -576,7 +582,7 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
   accs = correct.mean(axis=1)
   group_accs = None
   if test_groups:
-    group_accs = {name: correct[:, np.asarray(mask, bool)].mean(axis=1)
+    group_accs = {name: correct[:, np.asarray(mask)].mean(axis=1)
                   for name, mask in test_groups.items()}
   return EvalResult(float(accs.mean()), float(accs.std()), accs, group_accs)
 

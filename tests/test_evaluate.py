@@ -254,6 +254,8 @@ def test_misused_arguments_are_refused_by_name(data):
     run(cfg=routed, groups=np.full(len(y), 2))
   with pytest.raises(ValueError, match="would be ignored"):
     run(groups=np.zeros(len(y), np.int32))
+  with pytest.raises(ValueError, match=r"test_groups\['odd'\] must be a bool mask over the 150"):
+    run(test_groups={"odd": np.arange(1, 150, 2)})
   dd = SyntheticSet(jnp.asarray(x), jnp.asarray(y), jnp.log(jnp.array([0.05, 1e-6, 1e-6])))
   with pytest.raises(ValueError, match="3 learned step sizes"):
     run(syn=dd)
