@@ -16,6 +16,9 @@
 #    experiments/results/ and benchmarks/results/ that the command wrote or changed) and runs.tar.gz
 #    (runs/, cut into 15 MiB parts runs.tar.gz.part-aa, -ab, ... where larger). Unpack results.tar.gz in
 #    the checkout; pass runs.tar.gz to scripts/pack_offline.sh --resume to continue there.
+# RUNS_EXCLUDE (space-separated tar patterns, e.g. '*/experts') leaves large, cheaply rebuilt parts of
+# runs/ out of runs.tar.gz (expert trajectories are retrained with the same key when missing); a
+# warning names runs/ largest folders when the archive passes 45 MiB.
 # Exits with the command's status (124 when SECONDS ran out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +69,14 @@ if [[ -n "$changed" ]]; then
   tar czf "$out/results.tar.gz" $changed && echo "offline_job: results.tar.gz:" $changed
 fi
 if [[ -d runs ]]; then
-  tar czf "$out/runs.tar.gz" runs
+  excludes=()
+  for p in ${RUNS_EXCLUDE:-}; do excludes+=(--exclude="$p"); done
+  tar czf "$out/runs.tar.gz" "${excludes[@]}" runs
+  if [[ $(stat -c %s "$out/runs.tar.gz") -gt $((45 * 1024 * 1024)) ]]; then
+    echo "offline_job: warning: runs.tar.gz is $(du -h "$out/runs.tar.gz" | cut -f1); the largest" \
+         "folders under runs/ (leave rebuildable ones out with RUNS_EXCLUDE):"
+    du -sh runs/*/* 2>/dev/null | sort -rh | head -5
+  fi
   if [[ $(stat -c %s "$out/runs.tar.gz") -gt $((15 * 1024 * 1024)) ]]; then
     split -b 15M "$out/runs.tar.gz" "$out/runs.tar.gz.part-" && rm "$out/runs.tar.gz"
   fi

@@ -52,7 +52,7 @@ open('experiments/results/new.md', 'w').write(str(offline_probe.VALUE))
 """
 
 
-def test_offline_job_installs_wheels_packs_what_the_command_wrote_and_resumes(tmp_path):
+def test_offline_job_installs_wheels_packs_what_the_command_wrote_and_resumes(tmp_path, monkeypatch):
   root = _checkout(tmp_path)
   out = str(tmp_path / "out")
   done = _job(root, out, 120, sys.executable, "-c", WRITE)
@@ -64,6 +64,14 @@ def test_offline_job_installs_wheels_packs_what_the_command_wrote_and_resumes(tm
     assert t.extractfile("experiments/results/new.md").read() == b"42"
   with tarfile.open(os.path.join(out, "runs.tar.gz")) as t:
     assert "runs/r/step" in t.getnames()
+  env_out = str(tmp_path / "out_excluded")
+  os.makedirs(os.path.join(root, "runs", "experts"))
+  open(os.path.join(root, "runs", "experts", "big"), "w").write("x")
+  with monkeypatch.context() as m:
+    m.setenv("RUNS_EXCLUDE", "*/experts")
+    assert _job(root, env_out, 60, "true").returncode == 0
+  with tarfile.open(os.path.join(env_out, "runs.tar.gz")) as t:
+    assert "runs/r/step" in t.getnames() and not any("experts" in n for n in t.getnames())
   # The next job, in a fresh checkout with the runs archive as .offline/resume.tar.gz, starts from it.
   again = _checkout(tmp_path / "second")
   shutil.copy(os.path.join(out, "runs.tar.gz"), os.path.join(again, ".offline", "resume.tar.gz"))

@@ -20,7 +20,9 @@ about 1.5-3 hours of one H100, so it does not fit one 10-minute job: run it as a
 resume one another (every stage checkpoints or caches under ``workdir``), one ratio at a time, e.g.
 ``bash scripts/offline_job.sh OUT 540 python3 -m experiments.selmatch --config <this file>
 --config.ratios="(0.01,)" --config.alphas="((0.8,),)"`` and then 5% and 10%, carrying ``runs.tar.gz``
-from one job to the next (``scripts/pack_offline.sh --resume``). ``--config.eval_model=convnet
+from one job to the next (``scripts/pack_offline.sh --resume``; the 5 experts' trajectories take
+about 100 MB on disk at width 32, more than one transfer carries: ``RUNS_EXCLUDE='*/experts'`` leaves
+them out, and each job retrains them with the same key, a minute or two). ``--config.eval_model=convnet
 --config.eval_model_kwargs="{'conv_impl': 'lax', 'depth': 3, 'width': 32}"`` evaluates with the
 ConvNet instead (about 4x fewer evaluation seconds; the ConvNet rule of the CPU study).
 """
