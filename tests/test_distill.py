@@ -187,7 +187,7 @@ MULTI = textwrap.dedent("""
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   sys.path.insert(0, {tests!r})
   import jax, numpy as np
-  from test_distill import make, toy_syn
+  from test_distill import K, make, toy_data, toy_syn
   from jaxdistill import distill, parallel
   assert jax.device_count() == 4
   out = {{}}
@@ -198,6 +198,17 @@ MULTI = textwrap.dedent("""
       out[(method, n)] = (np.asarray(s.syn.images), [m["loss"] for m in h])
     np.testing.assert_allclose(out[(method, 1)][0], out[(method, 4)][0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out[(method, 1)][1], out[(method, 4)][1], rtol=1e-4)
+  # DC with BatchNorm: the running statistics come from the first bn_per_class real images per class
+  # of the whole batch on any device count (each device's shard held only P / 4 of them).
+  from jaxdistill import models, objectives
+  import optax
+  x, y = toy_data()
+  net = models.get_model("convnet", K, width=4, depth=1, norm="batchnorm")
+  obj = objectives.gradient_matching(net, K, outer_loop=2, inner_loop=1, bn_per_class=2)
+  d = distill.Distiller(obj, distill.optimizer(optax.sgd(0.1)), distill.class_balanced_sampler(x, y, K, 4))
+  bn = [distill.run(jax.random.key(0), toy_syn(), d, 2, progress=False, mesh=parallel.data_mesh(n))
+        for n in (1, 4)]
+  np.testing.assert_allclose(*[[m["loss"] for m in h] for _, h in bn], rtol=1e-5)
   print("MATCH")
 """)
 

@@ -107,7 +107,10 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     # because a few synthetic images give unstable batch statistics).
     if "batch_stats" not in state.variables:
       return state
-    real = batch["images"][:, :bn_per_class]
+    real = batch["images"]
+    if axis_name is not None:  # the first bn_per_class of the whole batch, whatever the device count
+      real = jax.lax.all_gather(real, axis_name, axis=1, tiled=True)
+    real = real[:, :bn_per_class]
     _, variables = train_apply(state.variables, real.reshape(-1, *real.shape[2:]))
     stats = pmean(variables["batch_stats"], axis_name)
     return state._replace(variables={**state.variables, "batch_stats": stats})
