@@ -39,6 +39,8 @@ def _pretrain_config(c) -> dict:
     out["model_kind"] = c.model_kind
   if c.holdout:
     out["holdout"] = c.holdout
+  if c.get("max_per_class"):
+    out["max_per_class"] = c.max_per_class
   return out
 
 
@@ -273,7 +275,7 @@ def _evaluate(c, data, syn, keys, cov_state):
                                num_seeds=c.num_seeds, cfg=cfg)
       return {"mean": r.mean, "std": r.std, "accuracies": np.asarray(r.accuracies).tolist(),
               "seconds": time.time() - t0}
-    ident = _ident(digest, mname, sorted(kw.items()), cfg, c.num_seeds)
+    ident = _ident(digest, mname, sorted(kw.items()), cfg, c.num_seeds, c.seed)
     row[pname] = _json_cache(os.path.join(c.workdir, "eval", f"{ident}.json"), ev)
 
   def cov():
@@ -282,7 +284,8 @@ def _evaluate(c, data, syn, keys, cov_state):
     embed, variables = cov_state
     return jd.metrics.coverage_report(embed, variables, np.asarray(syn.images), data.x_test,
                                       train_images=data.x_train, sample_size=2000, key=cov_key)
-  row["coverage"] = _json_cache(os.path.join(c.workdir, "eval", f"cov_{digest}.json"), cov)
+  cov_ident = _ident(digest, c.coverage_epochs, c.eval_model, sorted(c.eval_model_kwargs.items()), c.seed)
+  row["coverage"] = _json_cache(os.path.join(c.workdir, "eval", f"cov_{cov_ident}.json"), cov)
   return row
 
 
@@ -344,8 +347,10 @@ def run(c) -> dict:
 
   def sample_and_evaluate(name, params):
     for ipc in c.ipcs:
-      # a sampler other than c.sample (the sweep's choice) names its own files
-      fname = name if info["sampler"].to_dict() == c.sample.to_dict() else f"{name}_{_ident(info['sampler'].to_dict())}"
+      # the file is named by everything the images depend on (the sampler, the pretraining, the
+      # fine-tuning): a rerun with other settings samples anew instead of reading another set
+      fname = f"{name}_" + _ident(info["sampler"].to_dict(), _pretrain_config(c),
+                                  None if name == "vanilla" else c.finetune.to_dict())
       syn, sec = generate(c, fname, model, params, schedule, data, ipc,
                           jax.random.fold_in(sample_key, ipc), sampler=info["sampler"])
       info["sample_seconds"][(name, ipc)] = sec

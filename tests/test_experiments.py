@@ -825,6 +825,12 @@ def test_minimax_runs_every_stage_at_test_size_with_its_quality_report(tmp_path)
   with jax.numpy_dtype_promotion("standard"):
     again = minimax.run(c)
     assert {k: v["quality"] for k, v in again.items()} == {k: v["quality"] for k, v in table.items()}
+    # Another sampler samples anew (the sets were read back under the old one's name before).
+    samples = lambda: sorted(f for f in os.listdir(str(tmp_path / "runs")) if f.endswith(".npz"))
+    before = samples()
+    c.sample.cfg_scale = 1.0
+    minimax.run(c)
+    assert len(samples()) == len(before) + 2 and set(before) < set(samples())  # vanilla and minimax
     c.judge.min_accuracy = 0.99
     with pytest.raises(ValueError, match="min_accuracy"):
       minimax.run(c)

@@ -17,8 +17,12 @@ def class_major(images: jax.Array, num_classes: int) -> jax.Array:
 
 def check_label_range(labels, num_classes: int) -> None:
   """Raises unless hard (``[N]`` int) synthetic ``labels`` lie in ``[0, num_classes)``: a label out of
-  range would train toward no class (or, negative, silently toward class ``num_classes - 1``)."""
-  labels = np.asarray(labels)
+  range would train toward no class (or, negative, silently toward class ``num_classes - 1``).
+  Traced labels (``init`` under ``jax.eval_shape`` or ``jit``) are not checked."""
+  try:
+    labels = np.asarray(labels)
+  except jax.errors.TracerArrayConversionError:
+    return
   if labels.ndim == 1 and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"Synthetic hard labels must lie in [0, {num_classes}) (the objective's "
                      f"num_classes); got [{labels.min()}, {labels.max()}].")
