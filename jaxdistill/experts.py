@@ -63,7 +63,8 @@ class ExpertConfig(NamedTuple):
     momentum: SGD momentum (0 in the reference).
     weight_decay: L2 added to the gradient, PyTorch-style (0 in the reference).
     batch_size: training batch (``batch_train``).
-    augment: "dsa" (per-image DSA, the strategy by dataset), "crop_flip", "none", or ``(key, x) -> x``.
+    augment: "dsa" (per-image DSA, the reference strategy, flip included), "crop_flip", "none", or
+      ``(key, x) -> x``.
     record_correct: record per-example correctness after every epoch (one eval-mode pass over the
       training set per epoch) and write the forgetting / first-learned scores.
     eval_batch_size: batch of those passes.
@@ -159,7 +160,8 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
     directory: where ``expert_{i}/`` directories are written (created if missing).
     num_experts: trains experts ``0..num_experts - 1`` (unless ``experts`` is given).
     cfg: the protocol; ``cfg.epochs`` is the total (epochs already saved are kept).
-    dataset_name: picks the DSA strategy (no flip for MNIST/SVHN); defaults to ``data.name``.
+    dataset_name: the dataset the augmentation is named for (the reference's DSA strategy is the same
+      for every dataset, flip included, as MTT's ``buffer.py``); defaults to ``data.name``.
     experts: explicit expert indices to train (e.g. one per job on a cluster).
     progress: print one line per epoch.
 

@@ -75,7 +75,8 @@ def selmatch_mask(labels, num_classes: int, alpha: float) -> np.ndarray:
   distilled and the first ``n - floor(alpha * n)`` (the harder ones) stay frozen real images, as in the
   SelMatch reference (``cpc = int(ipc * alpha)`` distilled, ``spc = ipc - cpc`` selected; the selected
   part is the first ``spc`` of the hardest-first window, the distilled part the ``cpc`` after it). The
-  floor tolerates float error just below an integer (``0.29 * 100`` -> 29, where ``int`` gives 28).
+  count is the reference's ``int(alpha * n)`` exactly, float rounding included (``0.29 * 100`` ->
+  28).
   ``jaxdistill.selection.window`` returns rows in this order.
 
   Args:
@@ -105,7 +106,7 @@ def selmatch_mask(labels, num_classes: int, alpha: float) -> np.ndarray:
   mask = np.zeros(labels.shape, bool)
   for c in range(num_classes):
     rows = np.flatnonzero(labels == c)
-    num_distilled = int(np.floor(alpha * rows.size + 1e-9))
+    num_distilled = int(alpha * rows.size)  # the reference's int(ipc * alpha), rounding included
     if num_distilled:
       mask[rows[rows.size - num_distilled:]] = True
   return mask

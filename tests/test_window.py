@@ -126,9 +126,14 @@ def test_selmatch_mask_freezes_the_hardest_rows_of_each_class():
   # Floor, as the reference's int(ipc * alpha): 0.6 * 4 = 2.4 -> 2, 0.6 * 2 = 1.2 -> 1.
   np.testing.assert_array_equal(partial_updates.selmatch_mask(labels, 3, 0.6),
                                 [0, 0, 1, 1, 0, 0, 1, 1, 0, 1])
-  # Float error just below an integer is not floored away: 0.29 * 100 = 28.999...
-  assert partial_updates.selmatch_mask(np.zeros(100, np.int32), 1, 0.29).sum() == 29
+  # The reference's int(ipc * alpha), float rounding included: 0.29 * 100 = 28.999... -> 28.
+  assert partial_updates.selmatch_mask(np.zeros(100, np.int32), 1, 0.29).sum() == 28
   assert partial_updates.check_mask(partial_updates.selmatch_mask(labels, 3, 0.5), 10) is not None
+  # The window's start in the reference's unit is its int(ipc * beta) exactly (0.7 * 90 = 62.99...);
+  # in the paper's percent unit, which the reference never computes, float error is not floored away.
+  from jaxdistill.selection import window
+  assert window.window_start(0.7, 90, 300, unit="code") == 62 == int(90 * 0.7)
+  assert window.window_start(0.7, 90, 300, unit="percent") == 210
 
 
 def test_selmatch_mask_errors():

@@ -35,11 +35,11 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
   """An augmentation ``(key, x) -> x`` by name.
 
   Args:
-    name: ``"dsa"``, ``"idc"`` (IDC's evaluation augmentation: ``dsa`` with ``idc_strategy`` in mode
-      ``"idc"``), ``"crop_flip"`` or ``"none"``.
+    name: ``"dsa"``, ``"idc"`` (``dsa`` with ``idc_strategy`` in mode ``"idc"``; IDC's evaluation draws
+      per image: pass ``siamese=False``, as the evaluation protocol does), ``"crop_flip"`` or ``"none"``.
     dataset_name: the dataset (the reference DSA strategy is the same for all, flip included).
-    siamese: DSA only: one parameter set per call derived from the key (DC/DSA/DM matching), or per-image
-      parameters (False; MTT, evaluation). ``crop_flip`` is always per image.
+    siamese: DSA and IDC: one parameter set per call derived from the key (the default: DC/DSA/DM/IDC
+      matching), or per-image parameters (False; MTT, evaluation). ``crop_flip`` is always per image.
     strategy: DSA strategy string; default ``strategy_for(dataset_name)``.
     params: DSA magnitudes.
     mode: DSA ``"single"`` (one op per call), ``"multiple"`` (all ops in sequence) or ``"idc"``.

@@ -18,8 +18,9 @@ Units of ``beta`` (the window's start, counted from the hardest image of each cl
   exactly where a window in this unit would run past the class end (CIFAR-10, IPC 1000: beta <= 0.8; IPC
   1500: <= 0.7), although the code computes the start in the "code" unit.
 
-Both products are floored with a 1e-9 tolerance, so ``0.29 * 100`` gives 29 where Python's ``int`` gives
-28; for every one-decimal beta the result equals the reference's ``int(...)``.
+The "code" unit is the reference's ``int(beta * ipc)`` exactly, float rounding included (``0.7 * 90``
+gives 62, as there). The "percent" unit, which the reference does not compute, floors with a 1e-9
+tolerance, so ``0.7 * 300 = 209.99...`` starts at 210.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def window_start(beta: float, ipc: int, class_size: int, unit: str = "code") -> 
   beta = float(beta)
   if not math.isfinite(beta) or beta < 0:
     raise ValueError(f"beta must be a finite number >= 0; got {beta}.")
-  return _floor(beta * (ipc if unit == "code" else class_size))
+  return int(beta * ipc) if unit == "code" else _floor(beta * class_size)
 
 
 def _window_per_class(order: list, ipc: int, beta: float, unit: str) -> list:
