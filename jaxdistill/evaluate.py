@@ -12,7 +12,8 @@ Seeds are trained by one jitted program: all at once (``seed_parallel="vmap"``) 
 (``"map"``, the default: the same compiled program for each seed, so progress can be reported; on a
 CPU with 2 or more cores two such calls run at a time, from two threads: ``parallel_networks``); the
 whole training run is a ``lax.scan`` over steps, and the last partial batch of an epoch is
-kept (masked), as a PyTorch ``DataLoader`` without ``drop_last`` would.
+kept (masked; BatchNorm networks run it at its real size, so the padding never enters their batch
+statistics), as a PyTorch ``DataLoader`` without ``drop_last`` would.
 """
 from __future__ import annotations
 
@@ -311,7 +312,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
     return (params, new_stats, opt_state, t + 1), None
 
   def epoch(carry, k):
-    return training.scan_epoch(step, carry, k, n, cfg.batch_size)[0], None
+    return training.scan_epoch(step, carry, k, n, cfg.batch_size, exact_last=stats is not None)[0], None
 
   carry = (params, stats, tx.init(params), jnp.zeros((), jnp.int32))
   (params, stats, _, _), _ = jax.lax.scan(epoch, carry,

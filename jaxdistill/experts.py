@@ -108,7 +108,8 @@ def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) 
   """``epoch(variables, opt_state, images, labels, key) -> (variables, opt_state, mean_loss)``, jitted.
 
   One pass over ``images`` ``[N, H, W, C]`` / ``labels`` ``[N]`` in a random order (``lax.scan`` over
-  ``ceil(N / batch_size)`` batches; the last partial batch is kept, padded and masked), augmenting each
+  ``ceil(N / batch_size)`` batches; the last partial batch is kept, padded and masked, or run at its
+  real size for BatchNorm networks), augmenting each
   batch with ``cfg.augment`` (one key per batch), SGD per ``cfg``. The data are arguments, not constants.
   """
   aug = training.resolve_augment(cfg.augment, dataset_name)
@@ -125,7 +126,8 @@ def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) 
 
     carry = (variables["params"], variables.get("batch_stats"), opt_state)
     n = images.shape[0]
-    (params, stats, opt_state), losses = training.scan_epoch(step, carry, key, n, cfg.batch_size)
+    (params, stats, opt_state), losses = training.scan_epoch(step, carry, key, n, cfg.batch_size,
+                                                             exact_last="batch_stats" in variables)
     out = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
     return out, opt_state, jnp.sum(losses) / n
 

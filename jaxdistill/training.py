@@ -140,12 +140,25 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple:
   return rows, weights
 
 
-def scan_epoch(step: Callable, carry, key: jax.Array, n: int, batch_size: int):
+def scan_epoch(step: Callable, carry, key: jax.Array, n: int, batch_size: int,
+               exact_last: bool = False):
   """Runs ``step(carry, (rows [B], weights [B], key)) -> (carry, out)`` over one shuffled epoch of
-  ``n`` rows; returns ``(carry, outs)``. The key splits into the order's key and one per batch."""
+  ``n`` rows; returns ``(carry, outs)``. The key splits into the order's key and one per batch.
+
+  The last partial batch is padded with weight-0 rows (one shape for the whole scan), exact for losses
+  summed over rows. ``exact_last`` (BatchNorm networks, whose batch statistics the padding rows would
+  enter) runs it at its real size instead, after the scan over the full batches: the same rows, order
+  and keys, as a PyTorch ``DataLoader`` without ``drop_last``."""
   order_key, aug_key = jax.random.split(key)
   rows, weights = epoch_batches(order_key, n, batch_size)
-  return jax.lax.scan(step, carry, (rows, weights, jax.random.split(aug_key, rows.shape[0])))
+  keys = jax.random.split(aug_key, rows.shape[0])
+  last = n - (rows.shape[0] - 1) * rows.shape[1]
+  if not exact_last or last == rows.shape[1]:
+    return jax.lax.scan(step, carry, (rows, weights, keys))
+  carry, outs = jax.lax.scan(step, carry, (rows[:-1], weights[:-1], keys[:-1]))
+  carry, out = step(carry, (rows[-1, :last], weights[-1, :last], keys[-1]))
+  return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, jnp.asarray(b, a.dtype)[None]]),
+                             outs, out)
 
 
 def batched_apply(fn: Callable, x: jax.Array, y: jax.Array, batch_size: int) -> np.ndarray:

@@ -262,6 +262,22 @@ def test_misused_arguments_are_refused_by_name(data):
   assert run(syn=dd, use_learned_lr=False).mean > 0.5
 
 
+def test_the_last_partial_batch_runs_at_its_real_size_when_asked():
+  """``exact_last`` (BatchNorm networks) gives the last batch only its real rows, in the same order
+  with the same key, so batch statistics never see the weight-0 padding; otherwise it is padded."""
+  x = jnp.arange(10.0)
+  step = lambda carry, inp: (carry + 1, (jnp.mean(x[inp[0]]), jnp.sum(inp[1]), inp[0].shape[0]))
+  key = jax.random.key(3)
+  n_pad, (m_pad, w_pad, b_pad) = training.scan_epoch(step, 0, key, 10, 8)
+  n_ex, (m_ex, w_ex, b_ex) = training.scan_epoch(step, 0, key, 10, 8, exact_last=True)
+  assert int(n_pad) == int(n_ex) == 2 and list(w_pad) == list(w_ex) == [8.0, 2.0]
+  assert list(b_pad) == [8, 8] and list(b_ex) == [8, 2]
+  rows, _ = training.epoch_batches(jax.random.split(key)[0], 10, 8)
+  np.testing.assert_allclose(m_ex, [x[rows[0]].mean(), x[rows[1, :2]].mean()], rtol=1e-6)
+  assert abs(float(m_pad[1]) - float(x[rows[1, :2]].mean())) > 0  # the padding entered the mean
+  np.testing.assert_array_equal(m_pad[0], m_ex[0])
+
+
 def test_a_network_trained_to_nan_is_refused_not_reported(data):
   with pytest.raises(ValueError, match="trained to NaN or inf"):
     evaluate.accuracy(jax.random.key(0), (data.x_train, data.y_train), data, TinyNet(), 1,
