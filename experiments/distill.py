@@ -86,8 +86,9 @@ def run(c) -> dict:
   grid = lambda step, syn: jd.logs.save_grid(os.path.join(workdir, f"images_{step:06d}.png"),
                                              np.asarray(syn.images), data.mean, data.std,
                                              nrow=nrow(syn))
-  print(f"{name}: {c.steps} steps, model {c.model} {dict(c.model_kwargs)}, "
-        f"{jax.device_count()} device(s)", flush=True)
+  model = ("" if "model" in registry.unused_fields(c)
+           else f", model {c.model} {dict(c.model_kwargs)}")
+  print(f"{name}: {c.steps} steps{model}, {jax.device_count()} device(s)", flush=True)
   t0 = time.time()
   try:
     state, history = jd.distill.run(run_key, m.init, d, c.steps,

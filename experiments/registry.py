@@ -342,9 +342,17 @@ NOT_IDENTITY = ("steps", "evals", "eval_protocol", "eval_protocol_ratio", "eval_
                 "data_dir", "progress")
 
 
+def unused_fields(c) -> tuple:
+  """The config fields method ``c.method`` never reads (its module's ``UNUSED_FIELDS``, e.g. KIP's and
+  FRePo's ``model``: they bring their own kernel or network)."""
+  return tuple(getattr(method_module(c.method), "UNUSED_FIELDS", ()))
+
+
 def run_identity(c) -> dict:
-  """The config without ``NOT_IDENTITY`` (nor the experts' location and progress output)."""
-  d = {k: v for k, v in c.to_dict().items() if k not in NOT_IDENTITY}
+  """The config without ``NOT_IDENTITY`` and the method's ``unused_fields`` (nor the experts' location
+  and progress output): a change of a field the method never reads does not block a resume."""
+  skip = set(NOT_IDENTITY) | set(unused_fields(c))
+  d = {k: v for k, v in c.to_dict().items() if k not in skip}
   if "experts" in d:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
   return d

@@ -456,6 +456,20 @@ def test_baseline_identity_fails_closed():
     assert _baseline_id(override(load_config("kip_fmnist.py"), change), "protocol") != base, change
 
 
+def test_fields_a_method_never_reads_leave_its_run_identity():
+  """KIP and FRePo bring their own kernel / network: the shared ``model`` fields neither enter their
+  run identity (a change would block a resume and change nothing) nor describe them; DM's do."""
+  from experiments import registry
+  for name in ("kip_fmnist.py", "frepo_fmnist.py"):
+    c = load_config(name)
+    other = override(load_config(name), {"model_kwargs.width": 3})
+    ident = registry.run_identity(c)
+    assert ident == registry.run_identity(other) and "model" not in ident
+  dm = load_config("dm_fmnist.py")
+  assert registry.run_identity(dm) != registry.run_identity(override(load_config("dm_fmnist.py"),
+                                                                     {"model_kwargs.width": 3}))
+
+
 def test_loop_fields_each_fall_back_to_the_reference_alone_and_experts_train_at_mtts_rate(monkeypatch):
   """``inner_loop`` set alone is used (it was dropped unless ``outer_loop`` was set too); the paper
   configs' experts train at MTT's buffer rate 0.01 whatever the synthetic step size starts at."""

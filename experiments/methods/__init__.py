@@ -10,6 +10,8 @@ A method module defines:
 - ``DISTILL_FIELDS`` (optional): config fields only its distillation reads, so that runs differing
   in them share the random-real baseline's cached evaluation (any other field is part of the
   baseline's identity);
+- ``UNUSED_FIELDS`` (optional): shared config fields it never reads (KIP's and FRePo's ``model``): left
+  out of the run's identity and its header, so they neither block a resume nor describe the run;
 - ``smoke(c) -> {"dotted.field": value}`` (optional): overrides that make the smallest run still
   going through every piece the method has (used by the tests).
 """

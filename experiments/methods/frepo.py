@@ -5,6 +5,7 @@ import jaxdistill as jd
 from experiments import registry as r
 
 DISTILL_FIELDS = ("frepo_pool", "frepo_max_online", "frepo_net_kwargs", "frepo_reg")
+UNUSED_FIELDS = ("model", "model_kwargs")  # its pool's network is convnet_frepo (c.frepo_net_kwargs)
 
 
 def build(c, data):

@@ -5,6 +5,8 @@ kernel predictor's own test accuracy."""
 import jaxdistill as jd
 from experiments import registry as r
 
+UNUSED_FIELDS = ("model", "model_kwargs")  # the kernel is c.kip_depth's NTK, not c.model
+
 
 def krr(c, data, kernel):
   """The ``"krr"`` evaluator: test accuracy of kernel ridge regression from the set."""
