@@ -22,10 +22,12 @@ def run(c) -> None:
   t0 = time.time()
   feat_key, sel_key, eval_key = jax.random.split(key, 3)
   variables, full_acc = train_on_all(feat_key, data, model, c.feature_epochs)
-  print(f"full-data {c.model} {dict(c.model_kwargs)}, {c.feature_epochs} epochs: test acc "
+  trained = jd.evaluate.EvalConfig(epochs=c.feature_epochs, augment="none").trained_epochs()
+  print(f"full-data {c.model} {dict(c.model_kwargs)}, {trained} epochs: test acc "
         f"{100 * full_acc:.2f}% ({time.time() - t0:.0f} s)", flush=True)
   lines += [f"Sanity: {c.model} {dict(c.model_kwargs)} trained on all {len(data.y_train)} training "
-            f"images for {c.feature_epochs} epochs (SGD lr 0.01 momentum 0.9, batch 256, no aug): "
+            f"images for {trained} epochs (feature_epochs {c.feature_epochs} under the protocol's "
+            f"E + 1 schedule; SGD lr 0.01 momentum 0.9, batch 256, no aug): "
             f"**{100 * full_acc:.2f}%** test accuracy ({time.time() - t0:.0f} s).", ""]
   embed = lambda p, x: model.apply({"params": p}, x, train=False, return_features=True)[1]
   feats = jd.selection.embed(embed, variables["params"], data.x_train)
@@ -45,8 +47,9 @@ def run(c) -> None:
       print(f"{method:10s} IPC {ipc:3d}: {res}  ({time.time() - t:.0f} s)", flush=True)
     rows.append(f"| {method} | " + " | ".join(cells) + " |")
   lines += [f"Test accuracy (%), mean ± std over {c.num_seeds} networks trained from scratch on the "
-            f"selected images: {c.model} {dict(c.model_kwargs)}, {cfg.num_epochs()} epochs, "
-            f"augmentation {c.eval_augment}, SGD lr 0.01 (x0.1 at half) momentum 0.9 wd 5e-4, "
+            f"selected images: {c.model} {dict(c.model_kwargs)}, {cfg.trained_epochs()} epochs "
+            f"(E = {cfg.num_epochs()}, the reference's E + 1), augmentation {c.eval_augment}, SGD lr "
+            f"0.01 (x0.1 and momentum restarted from epoch {cfg.restart_epoch()}) momentum 0.9 wd 5e-4, "
             f"batch 256. Herding and k-center use the features of the network above; k-means rows "
             f"are cluster-mean images; average rows are means of random equal splits of each class.",
             "", *rows, "", f"Total run time: {time.time() - t0:.0f} s.", ""]

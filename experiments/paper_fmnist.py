@@ -11,8 +11,8 @@ under ``<workdir>/paper_table``, and every network of an unfinished one under ``
 (a stopped 20-network evaluation resumes at its next network). The table accumulates: a command
 writes its rows into the rows ``<results>.json`` already records (a recorded row of the same method, IPC and steps is replaced, the
 others are kept with the command and date that recorded them). Writes ``<results>.md`` (command,
-date, machine, one line per row with its budget, protocol, networks, wall time and how the run was
-split into sessions), ``<results>.json`` (one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
+date, machine, one line per row with its budget, protocol, networks, wall time and the segments its
+distillation ran in: one per ``distill.run`` call), ``<results>.json`` (one object per row) and ``<results>.png`` (accuracy against steps). A hand-written
 ``<results>_notes.md`` (how runs were split across sessions, ...) is appended to the markdown, its
 title line left out.
 """
@@ -122,7 +122,9 @@ def row_result(c, method: str, ipc: int, steps: int) -> dict:
   curve.append({"steps": steps, "iterations": steps / outer, "mean": 100 * final["distilled"].mean,
                 "std": 100 * final["distilled"].std, "networks": rc.num_seeds})
   logs = os.path.join(c.workdir, distill.run_name(rc), "logs")
-  split = jd.logs.sessions(jd.logs.read_metrics(logs)) if os.path.exists(logs) else []
+  # Only the row's own steps: a run extended later (another row, more steps) logged more.
+  logged = [r for r in jd.logs.read_metrics(logs) if r["step"] <= steps] if os.path.exists(logs) else []
+  split = jd.logs.sessions(logged)
   pub = paper_fmnist.PUBLISHED.get((method, ipc))
   return {
       "method": method, "ipc": ipc,
@@ -164,7 +166,7 @@ def write(c, results: list) -> str:
            "the papers is `outer loop` steps: 1 at IPC 1, 10 at IPC 10); IDC's steps are its inner steps "
            "(an iteration is 100).", "",
            "| method | IPC | budget | iterations | protocol (networks) | ours | random real | published "
-           "(source) | gap | distillation time (sessions) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "(source) | gap | distillation time (segments) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     pub = "—" if r["published_mean"] is None else f"{r['published_mean']:.1f}" + (
         "" if r["published_std"] is None else f" ± {r['published_std']:.1f}") + f" ({r['source']})"
@@ -178,7 +180,9 @@ def write(c, results: list) -> str:
     pts = ", ".join(f"{p['iterations']:g}: {p['mean']:.2f} ± {p['std']:.2f} ({p['networks']})"
                     for p in r["curve"])
     lines.append(f"- {r['method'].upper()} IPC {r['ipc']}: {pts}")
-  lines += ["", "Sessions (first step, last step, seconds) of each row's distillation:", ""]
+  lines += ["", "Segments (first step, last step, seconds) of each row's distillation: one per "
+            "distill.run call, so each curve point and each resume starts one (how the work was split "
+            "across machine sessions is in the notes):", ""]
   lines += [f"- {r['method'].upper()} IPC {r['ipc']}: " +
             "; ".join(f"{s['first_step']}-{s['last_step']}, {s['seconds']:.0f} s" for s in r["sessions"])
             for r in results]

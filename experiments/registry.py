@@ -377,4 +377,6 @@ def baseline_identity(c, evaluator: str) -> dict:
   d = {k: v for k, v in c.to_dict().items() if k not in skip}
   if "experts" in d:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
+  if evaluator == "coverage" and "selmatch" in c:  # its easy / hard halves follow the difficulty score
+    d["selmatch.difficulty"] = c.selmatch.get("difficulty", "first_learned")
   return {"evaluator": evaluator, **d}

@@ -211,6 +211,8 @@ def run(c) -> dict:
     seeds = seeds or c.num_seeds
     parts = (_digest(syn), cfg, None if groups is None else np.asarray(groups).tobytes(), search, seeds,
              c.eval_model, c.eval_model_kwargs.to_dict()) + (() if learned else ("no learned lr",))
+    if not search:  # the easy / hard columns come from the experts' EL2N of the test images
+      parts += (ident(np.asarray(easy_t).tobytes()),)
     return decode_result(json_cache(os.path.join(cache, f"eval_{ident(*parts)}.json"),
                                     lambda: encode_result(jd.evaluate.accuracy(
         eval_key if not search else search_key, syn, search_data if search else data,
@@ -218,8 +220,12 @@ def run(c) -> dict:
         groups=groups, test_groups=search_groups if search else test_groups,
         use_learned_lr=learned, cache_dir=os.path.join(cache, "networks")))))
 
+  # Coverage is measured in expert 0's final feature space, its halves by the difficulty scores.
+  cov_space = ident(np.asarray(scores).tobytes(),
+                    *[np.asarray(x).tobytes() for x in jax.tree.leaves(final[0])])
+
   def cov(syn):
-    rep = cached_results(os.path.join(cache, f"coverage_{_digest(syn)}.json"),
+    rep = cached_results(os.path.join(cache, f"coverage_{ident(_digest(syn), cov_space)}.json"),
                          lambda: coverage(None, syn))
     return " / ".join(f"{100 * rep[f'coverage ({part})']:.1f}" for part in ("all", "easy half",
                                                                            "hard half"))

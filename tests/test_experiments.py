@@ -456,6 +456,14 @@ def test_baseline_identity_fails_closed():
     assert _baseline_id(override(load_config("kip_fmnist.py"), change), "protocol") != base, change
 
 
+def test_the_random_baselines_coverage_halves_follow_selmatchs_difficulty():
+  from experiments.distill import _baseline_id
+  c = load_config("selmatch_fmnist.py")
+  other = override(load_config("selmatch_fmnist.py"), {"selmatch.difficulty": "forgetting"})
+  assert _baseline_id(c, "coverage") != _baseline_id(other, "coverage")
+  assert _baseline_id(c, "protocol") == _baseline_id(other, "protocol")  # accuracy: no halves
+
+
 def test_fields_a_method_never_reads_leave_its_run_identity():
   """KIP and FRePo bring their own kernel / network: the shared ``model`` fields neither enter their
   run identity (a change would block a resume and change nothing) nor describe them; DM's do."""
