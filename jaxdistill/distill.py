@@ -311,17 +311,20 @@ def make_step(d: Distiller, mesh=None) -> Callable:
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     if "log_lr" in leaves:
       metrics["lr"] = jnp.exp(jnp.mean(syn.log_lr))
-    metrics.update(health(syn, loss))
+    metrics.update(health(syn, loss, opt_state, obj_state))
     return DistillState(state.step + 1, syn, opt_state, obj_state, state.key), metrics
 
   return jax.jit(step, donate_argnums=0)
 
 
-def health(syn: SyntheticSet, loss: jax.Array) -> dict:
+def health(syn: SyntheticSet, loss: jax.Array, *states) -> dict:
   """Metrics the run checks to stop a diverging or broken run, computed inside the jitted step:
-  ``finite`` (1.0 when the loss, images, float labels and log step size are all finite) and
-  ``max_abs_image`` (the largest image magnitude)."""
-  leaves = [loss] + [x for x in syn if x is not None and jnp.issubdtype(x.dtype, jnp.floating)]
+  ``finite`` (1.0 when the loss, images, float labels, log step size and the float leaves of
+  ``states`` (the optimizer's and the objective's state) are all finite: an overflowed Adam moment
+  or a diverged inner network would otherwise be checkpointed as good) and ``max_abs_image`` (the
+  largest image magnitude)."""
+  leaves = [loss] + [x for x in (*syn, *jax.tree.leaves(states))
+                     if x is not None and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
   return {"finite": finite.astype(jnp.float32), "max_abs_image": jnp.max(jnp.abs(syn.images))}
 
@@ -438,12 +441,17 @@ def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
   if checkpoint_dir is not None:
     ckpt = ckpt_lib.Checkpointer(checkpoint_dir, config, save_every=checkpoint_every, keep=keep,
                                  identity=run_identity(key, state, d))
-    if ckpt.latest_step() is not None:
-      state = place(ckpt.restore(state), mesh)
+    try:  # any refusal below releases the directory's writer lock at once
+      if ckpt.latest_step() is not None:
+        state = place(ckpt.restore(state), mesh)
+      if int(state.step) > num_steps:
+        raise ValueError(f"The checkpoint in {ckpt.directory} is at step {int(state.step)}, past "
+                         f"num_steps={num_steps}; pass num_steps >= {int(state.step)} (or another "
+                         f"checkpoint_dir).")
+    except BaseException:
+      ckpt.close()
+      raise
   start = int(state.step)
-  if start > num_steps:
-    raise ValueError(f"The checkpoint in {ckpt.directory} is at step {start}, past num_steps="
-                     f"{num_steps}; pass num_steps >= {start} (or another checkpoint_dir).")
   step_fn = make_step(d, mesh)
   sample = make_sample(d, mesh)
   history, pending = [], []
@@ -464,7 +472,9 @@ def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
             f"Stopped at step {step}: {problem}. " +
             (f"The last checkpoint, step {last} in {ckpt.directory} (written before step {step}, "
              f"after its own steps passed these checks, and verified by checksum on restore), is "
-             f"intact; resume from it with a smaller learning rate." if last is not None
+             f"intact. The learning rate is part of this run's identity: to go on with a smaller "
+             f"one, restore that step's synthetic set (Checkpointer(...).restore) and start a new run "
+             f"from it in another checkpoint_dir." if last is not None
              else "No checkpoint was written."))
       best[0] = min(best[0], m["loss"])
       m["step"] = step
@@ -503,8 +513,8 @@ def run(key: jax.Array, syn: SyntheticSet, d: Distiller, num_steps: int, *,
 def _problem(m: dict, image_bound: float, loss_factor: Optional[float], best: float) -> str:
   """Which check a step's metrics fail ("" when none)."""
   if m["finite"] < 1.0:
-    return (f"the loss ({m['loss']}), the synthetic images, labels or step size are not finite "
-            f"(NaN or inf)")
+    return (f"the loss ({m['loss']}), the synthetic images, labels or step size, or the optimizer's "
+            f"or objective's state are not finite (NaN or inf)")
   if m["max_abs_image"] > image_bound:
     return (f"an image value reached magnitude {m['max_abs_image']:.3g}, above the bound "
             f"{image_bound:.3g} (Guard.image_bound; the images are diverging)")

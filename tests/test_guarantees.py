@@ -87,6 +87,51 @@ def test_labels_and_class_counts_that_do_not_fit_the_objective_are_refused(key):
       distill.make_step(d)(state, distill.make_sample(d)(state))
 
 
+def test_a_non_finite_optimizer_or_objective_state_stops_the_run_before_it_is_saved(tmp_path, key):
+  """A state that overflows (an Adam moment, a diverged inner network) is not checkpointed as good:
+  the run stops at that step, and the checkpoint before it holds finite values."""
+  d = make()
+  bad = d.objective._replace(init=lambda k, syn: jnp.zeros(()),
+                             update=lambda st, syn, k: jnp.where(st >= 1, jnp.inf, st + 1.0))
+  ck = str(tmp_path / "ck")
+  with pytest.raises(distill.DivergenceError, match="Stopped at step 2: .*objective's state are not "
+                                                    "finite.*step 1 .*smaller one"):
+    distill.run(key, toy_syn(), d._replace(objective=bad), 4, checkpoint_dir=ck, checkpoint_every=1,
+                progress=False)
+  state = distill.init_state(key, toy_syn(), d._replace(objective=bad))
+  got = Checkpointer(ck, None).restore(state)
+  assert int(got.step) == 1 and float(got.obj_state) == 1.0
+
+
+_REFUSED_THEN_HELD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import jax, test_guarantees as tg
+    from jaxdistill import distill
+    try:
+      distill.run(jax.random.key(0), tg.toy_syn(), tg.make(), 1, checkpoint_dir={d!r}, progress=False)
+    except ValueError as e:
+      err = e  # kept alive, as a notebook keeps the last exception
+      print("refused", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_a_refused_resume_releases_the_writer_lock(tmp_path, key):
+  """``run`` refusing a directory (here: its checkpoint is past num_steps) releases the writer lock
+  at once, even while the exception is still referenced."""
+  d = str(tmp_path / "run")
+  distill.run(key, toy_syn(), make(), 2, checkpoint_dir=d, progress=False)
+  p = subprocess.Popen([sys.executable, "-c", _REFUSED_THEN_HELD.format(
+      tests=os.path.dirname(__file__), d=d)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert p.stdout.readline().strip() == "refused"
+    Checkpointer(d, None).close()  # not "being written by process ..."
+  finally:
+    p.kill()
+    p.wait()
+
+
 @pytest.mark.parametrize("tx", [optax.sgd(-0.1), optax.adam(-0.01)])
 def test_negative_learning_rate_is_refused(tx, key):
   d = make()._replace(tx=distill.optimizer(tx))
