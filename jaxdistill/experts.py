@@ -28,6 +28,7 @@ stores ``parameters()``) into a ``Trajectories`` of flat vectors ``[num_experts,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
@@ -87,7 +88,13 @@ class ExpertConfig(NamedTuple):
     d = self._asdict()
     del d["epochs"], d["microbatch"]
     aug = d["augment"]
-    d["augment"] = aug if isinstance(aug, str) else getattr(aug, "__qualname__", type(aug).__name__)
+    if not isinstance(aug, str):
+      name = getattr(aug, "__qualname__", "")
+      if not name or "<lambda>" in name or "<locals>" in name:
+        raise ValueError(f"augment={aug!r} has no stable name to record with the experts (two lambdas "
+                         f"would look alike and one directory could mix them): pass a name ('dsa', "
+                         f"'crop_flip', 'none') or a module-level function.")
+      d["augment"] = f"{getattr(aug, '__module__', '')}.{name}"
     return d
 
 
@@ -181,6 +188,9 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
     raise ValueError(f"cfg.epochs must be >= 1; got {cfg.epochs}.")
   experts = list(range(num_experts)) if experts is None else list(experts)
   os.makedirs(directory, exist_ok=True)
+  # The training images' and labels' content: an expert extended on other data of the same shape
+  # would mix two trajectories (directories written before this was recorded adopt it).
+  train_digest = hashlib.sha256(images.tobytes() + np.asarray(labels).tobytes()).hexdigest()[:16]
   x, y = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
   epoch_fn = make_epoch_fn(model, cfg, dataset_name)
   tx = optimizer(cfg)
@@ -201,7 +211,7 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
     init_key, data_key = jax.random.split(ekey)
     path = os.path.join(directory, EXPERT_DIR.format(i))
     ckpt = Checkpointer(path, _expert_config(cfg, model, key, images, dataset_name), save_every=1,
-                        keep=None)
+                        keep=None, identity={"train_data": train_digest})
     try:
       variables = evaluate.init_variables(init_key, model, images.shape[1:])
       opt_state = tx.init(variables["params"])

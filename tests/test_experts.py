@@ -83,6 +83,20 @@ def test_train_saves_every_epoch_and_resumes_bit_identically(tmp_path, key):
     experts.load_expert_scores(resumed_dir, 0, max_epoch=4)
 
 
+def test_an_expert_is_never_extended_on_other_data_or_an_unnamed_augmentation(tmp_path, key):
+  """Extending a directory's experts with other images of the same shape would mix two trajectories:
+  refused; so is a lambda augmentation, which two runs could not tell apart."""
+  x, y = toy_data()
+  d = str(tmp_path / "e")
+  experts.train(key, (x, y), TinyConv(), d, cfg=CFG._replace(epochs=1), progress=False)
+  with pytest.raises(ValueError, match="train_data"):
+    experts.train(key, (x + 1.0, y), TinyConv(), d, cfg=CFG, progress=False)
+  assert experts.load_trajectories(d).num_epochs == 1  # nothing written
+  with pytest.raises(ValueError, match="no stable name"):
+    experts.train(key, (x, y), TinyConv(), str(tmp_path / "l"),
+                  cfg=CFG._replace(augment=lambda k, v: v), progress=False)
+
+
 def test_errors_for_missing_or_short_trajectories(tmp_path, key):
   with pytest.raises(FileNotFoundError, match="No expert directory"):
     experts.load_trajectories(str(tmp_path / "nothing"))
