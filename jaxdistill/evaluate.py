@@ -45,7 +45,8 @@ class EvalConfig(NamedTuple):
   ``epochs=None`` means the reference's budget: 1000 epochs with DSA, 300 otherwise.
   ``augment`` is a name ("dsa", "crop_flip", "none") or a function ``(key, x) -> x``; a tuple of them
   routes each row by ``groups`` (SelMatch's combined augmentation).
-  ``loss``: "ce" (hard labels or soft target distributions) or "mse" (regression to the label rows, KIP).
+  ``loss``: "ce" (hard labels, or soft labels read as ``accuracy``'s / ``train``'s ``soft_labels`` says:
+  logits by default) or "mse" (regression to the label rows, KIP).
   """
   epochs: Optional[int] = None
   lr: float = 0.01
