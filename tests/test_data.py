@@ -9,6 +9,7 @@ import pytest
 
 from jaxdistill import data
 from jaxdistill.data import datasets
+from jaxdistill.types import Dataset
 
 @pytest.fixture(scope="module")
 def fmnist():
@@ -115,6 +116,33 @@ def test_zca_round_trip_and_whitening():
   assert np.linalg.eigvalsh(np.cov(reg, rowvar=False)).max() < 1.0
   with pytest.raises(ValueError, match="NaN"):
     data.fit_zca(np.full((4, 2, 2, 1), np.nan, np.float32))
+  with pytest.raises(ValueError, match="Unknown ZCA mode"):
+    data.fit_zca(x, mode="pca")
+
+
+def test_zca_modes_are_kornias_absolute_floor_and_kips_relative_one():
+  """"kornia" (MTT / DATM): ``(x - mean) U diag(1 / sqrt(S + eps)) U^T`` with the covariance over
+  N - 1, fitted on [0, 1] pixels by whiten_dataset; "relative" (KIP / FRePo): floor eps * mean(S),
+  covariance over N, on the images as given."""
+  rng = np.random.default_rng(1)
+  pix = rng.uniform(size=(300, 3, 3, 1)).astype(np.float64)
+  flat = pix.reshape(300, -1)
+  xc = flat - flat.mean(0)
+  def expected(cov, floor):
+    u, s, _ = np.linalg.svd(cov)
+    return xc @ (u @ np.diag(1.0 / np.sqrt(s + floor)) @ u.T)
+  got = np.asarray(data.apply_zca(data.fit_zca(pix, 0.1), pix)).reshape(300, -1)
+  np.testing.assert_allclose(got, expected(xc.T @ xc / 299, 0.1), rtol=2e-4, atol=2e-5)
+  rel_cov = xc.T @ xc / 300
+  got = np.asarray(data.apply_zca(data.fit_zca(pix, 0.1, "relative"), pix)).reshape(300, -1)
+  np.testing.assert_allclose(got, expected(rel_cov, 0.1 * np.linalg.eigvalsh(rel_cov).mean()),
+                             rtol=2e-4, atol=2e-5)
+  mean, std = (0.3,), (0.2,)
+  d = Dataset("toy", ((pix - 0.3) / 0.2).astype(np.float32), np.zeros(300, np.int32),
+              ((pix[:10] - 0.3) / 0.2).astype(np.float32), np.zeros(10, np.int32), 1, ("a",), mean, std)
+  white, _ = data.whiten_dataset(d)  # the normalized images are whitened as their [0, 1] pixels
+  np.testing.assert_allclose(white.x_train.reshape(300, -1), expected(xc.T @ xc / 299, 0.1),
+                             rtol=2e-4, atol=2e-4)
 
 
 def test_balanced_sampling_keyed():

@@ -1,8 +1,13 @@
-"""ZCA whitening, fitted on the training set and regularized as in the KIP / FRePo / MTT references.
+"""ZCA whitening, fitted on the training set, regularized as the references do.
 
-``W = U diag(1 / sqrt(s + eps * mean(s))) U^T`` with ``(s, U)`` the eigen-decomposition of the training
-images' covariance (flattened, centred); ``eps = 0.1`` as the references (the eigenvalue floor is
-relative to the mean eigenvalue, which keeps it scale-free).
+``W = U diag(1 / sqrt(s + floor)) U^T`` with ``(s, U)`` the eigen-decomposition of the training images'
+covariance (flattened, centred). Two regularizations (``mode``):
+
+- ``"kornia"`` (MTT / DATM: ``kornia.enhance.ZCAWhitening(eps=0.1)`` on ``[0, 1]`` pixels, the data not
+  normalized): the covariance divided by ``N - 1`` and an absolute floor ``eps``;
+  ``whiten_dataset`` fits it on the images mapped back to ``[0, 1]`` pixels.
+- ``"relative"`` (KIP / FRePo): the covariance divided by ``N`` and a floor ``eps * mean(s)``, relative
+  to the mean eigenvalue (scale-free), on the images as given.
 """
 from __future__ import annotations
 
@@ -20,8 +25,14 @@ class ZCA(NamedTuple):
   w_inv: np.ndarray  # [D, D]
 
 
-def fit_zca(x_train, eps: float = 0.1) -> ZCA:
-  """Fits ZCA on ``x_train`` ``[N, H, W, C]`` (float64 on the host for a stable eigh)."""
+ZCA_MODES = ("kornia", "relative")
+
+
+def fit_zca(x_train, eps: float = 0.1, mode: str = "kornia") -> ZCA:
+  """Fits ZCA on ``x_train`` ``[N, H, W, C]`` (float64 on the host for a stable eigh) with ``mode``'s
+  regularization (see the module)."""
+  if mode not in ZCA_MODES:
+    raise ValueError(f"Unknown ZCA mode {mode!r}; known: {ZCA_MODES}.")
   x = np.asarray(x_train, np.float64).reshape(len(x_train), -1)
   if not np.isfinite(x).all():
     raise ValueError("x_train contains NaN or inf; cannot fit ZCA.")
@@ -29,9 +40,9 @@ def fit_zca(x_train, eps: float = 0.1) -> ZCA:
     raise ValueError(f"eps must be > 0 (regularization); got {eps}.")
   mean = x.mean(0)
   xc = x - mean
-  cov = xc.T @ xc / x.shape[0]
+  cov = xc.T @ xc / (x.shape[0] - 1 if mode == "kornia" else x.shape[0])
   s, u = np.linalg.eigh(cov)
-  s = np.clip(s, 0.0, None) + eps * s.mean()
+  s = np.clip(s, 0.0, None) + (eps if mode == "kornia" else eps * s.mean())
   w = (u * (1.0 / np.sqrt(s))) @ u.T
   w_inv = (u * np.sqrt(s)) @ u.T
   return ZCA(mean.astype(np.float32), w.astype(np.float32), w_inv.astype(np.float32))
@@ -51,8 +62,12 @@ def invert_zca(z: ZCA, x):
   return (flat @ z.w_inv + z.mean).reshape(shape)
 
 
-def whiten_dataset(data, eps: float = 0.1):
-  """Returns ``(data with whitened train/test images, ZCA)``, fitted on the training images."""
-  z = fit_zca(data.x_train, eps)
-  f = lambda x: np.asarray(apply_zca(z, x))
+def whiten_dataset(data, eps: float = 0.1, mode: str = "kornia"):
+  """Returns ``(data with whitened train/test images, ZCA)``, fitted on the training images: with
+  ``"kornia"`` (MTT / DATM) on them mapped back to ``[0, 1]`` pixels (``data.mean`` / ``data.std``), as
+  the references whiten unnormalized images; with ``"relative"`` on the images as they are."""
+  to_pixels = (lambda x: np.asarray(x, np.float32) * np.asarray(data.std, np.float32)
+               + np.asarray(data.mean, np.float32)) if mode == "kornia" else np.asarray
+  z = fit_zca(to_pixels(data.x_train), eps, mode)
+  f = lambda x: np.asarray(apply_zca(z, to_pixels(x)))
   return dataclasses.replace(data, x_train=f(data.x_train), x_test=f(data.x_test)), z
