@@ -7,8 +7,9 @@ Command:
 The subset, experts and MTT settings of ``mtt_fmnist.py``, plus DATM's pieces: start epochs drawn below
 a bound growing from 3 to 5 over the first 20 iterations (DATM: ``current_max_start_epoch`` to
 ``max_start_epoch`` over ``expansion_end_epoch``), initialization with real images the expert
-classifies correctly, soft labels = the experts' logits at epoch 5 (averaged over the experts that
-classify the image correctly), learned with SGD lr 2 momentum 0.9 (DATM's ``lr_y``, ``Momentum_y``).
+classifies correctly, soft labels = the experts' logits at their last epoch, 10 (DATM's
+``Label_Model_Timestamp = -1``; averaged over the experts that classify the image correctly),
+learned with SGD lr 2 momentum 0.9 (DATM's ``lr_y``, ``Momentum_y``).
 Run time on the 2-core CPU: ~10 minutes (less with the experts already trained).
 """
 import ml_collections
@@ -25,6 +26,6 @@ def get_config():
              initial_max_start_epoch=3, expansion_steps=20)
   c.experts.update({"num": 3, "epochs": 10, "batch_size": 64})
   c.label_optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": 2.0, "momentum": 0.9})
-  c.datm = ml_collections.ConfigDict({"label_epoch": 5})
+  c.datm = ml_collections.ConfigDict({"label_epoch": 10})  # the experts' last (DATM: timestamp -1)
   c.results = "experiments/results/trajectory_fashion_mnist.md"
   return c

@@ -117,16 +117,18 @@ DATM = {
 
 
 def datm(dataset: str, ipc):
-  """DATM at its repository's setting: soft labels from the experts at ``max_start_epoch``."""
+  """DATM at its repository's setting: soft labels from the experts' last epoch (its
+  ``Label_Model_Timestamp = -1``, the last checkpoint of the buffer)."""
   c = paper_base("datm", dataset, ipc)
   (steps, m, lo, grow, start, expand, bs, lr_img, lr_lr, lr_y) = _setting(DATM[dataset], c.ipc, "DATM")
   c.zca = True
   trajectory(c, steps, m, start, lr_img, lr_lr, lr_teacher=0.01, batch_syn=bs, min_start_epoch=lo,
              initial_max_start_epoch=grow, expansion_steps=expand)
   c.label_optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_y, "momentum": 0.9})
-  c.datm = ml_collections.ConfigDict({"label_epoch": start})
   c.steps = 10000
-  return _experts(c)
+  c = _experts(c)
+  c.datm = ml_collections.ConfigDict({"label_epoch": c.experts.epochs})
+  return c
 
 
 # SelMatch (Lee & Chung, ICML 2024): (alpha, beta) by IPC, beta in the reference code's unit (the window
