@@ -187,7 +187,8 @@ def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[floa
       raise ValueError(f"SelMatch's protocol trains round(50 / ratio) epochs: pass the set's share of "
                        f"the training set, 0 < ratio <= 1; got ratio={ratio!r}.")
     return Protocol(name, EvalConfig(epochs=round(50 / ratio), lr=0.1, batch_size=128,
-                                     schedule="cosine_epoch", augment="dsa"), 5, "resnet18bn", (),
+                                     schedule="cosine_epoch", augment="dsa"), 5,
+                    "resnet18bn_tiny" if "tiny_imagenet" in ds else "resnet18bn", (),
                     False, "SelMatch eval.py, utils.evaluate_synset and scripts/eval")
   kwargs = (("width", 128), ("depth", 4 if "tiny_imagenet" in ds else 3))
   if name == "dc":

@@ -281,3 +281,19 @@ def test_convnet_conv_impls_give_the_same_network(getkey):
     assert jax.tree.map(jnp.shape, jax.eval_shape(lambda: nets[impl].init(jax.random.key(0), x))) == \
         jax.tree.map(jnp.shape, variables)
     np.testing.assert_allclose(jax.jit(nets[impl].apply)(variables, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet18bn_tiny_strides_its_stem_as_the_references_64px_resnet():
+  """``resnet18bn_tiny`` (the references' ResNet18BN_Tiny, SelMatch's Tiny-ImageNet evaluator) reaches
+  a 4x4 final map on 64x64 images, as ``resnet18bn`` does on 32x32; ``resnet18bn`` would end at 8x8."""
+  import jax
+  import jax.numpy as jnp
+  from jaxdistill import evaluate, models
+  for name, size, final in (("resnet18bn_tiny", 64, 4), ("resnet18bn", 64, 8), ("resnet18bn", 32, 4)):
+    m = models.get_model(name, 10, width=8)
+    x = jnp.zeros((1, size, size, 3))
+    v = m.init(jax.random.key(0), x, train=False)
+    _, inter = m.apply(v, x, train=False, capture_intermediates=True)
+    assert inter["intermediates"]["BasicBlock_7"]["__call__"][0].shape == (1, final, final, 8 * 8), name
+  assert evaluate.protocol("selmatch", "custom_tiny_imagenet", ratio=0.1).model == "resnet18bn_tiny"
+  assert evaluate.protocol("selmatch", "cifar10", ratio=0.1).model == "resnet18bn"

@@ -148,8 +148,8 @@ def selmatch(dataset: str, ipc):
   from 0.001 with lr_lr 1e-5, 10,000 iterations; the window / partial update of the table; evaluated by
   SelMatch's protocol (ResNet-18 BN, lr 0.1 cosine, batch 128, round(50 / ratio) epochs, 5 networks)
   with combined augmentation, and coverage. What differs: the difficulty comes from this run's experts
-  (first-learned epochs; forgetting events on Tiny, as its script), not the reference's C-score files,
-  and Tiny's ResNet-18 keeps a stride-1 stem (the reference's ResNet18BN_Tiny strides by 2)."""
+  (first-learned epochs; forgetting events on Tiny, as its script), not the reference's C-score files
+  (Tiny is evaluated on ``resnet18bn_tiny``, its ResNet18BN_Tiny)."""
   c = paper_base("selmatch", dataset, ipc)
   alpha, beta = _setting(SELMATCH[dataset], c.ipc, "SelMatch")
   c.model = "convnet_bn"

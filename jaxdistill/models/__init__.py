@@ -47,6 +47,7 @@ _REGISTRY = {
     "vgg11bn": (VGG, {"norm": "batchnorm"}),
     "resnet18": (ResNet, {}),
     "resnet18bn": (ResNet, {}),
+    "resnet18bn_tiny": (ResNet, {"stem_stride": 2}),  # the references' ResNet18BN_Tiny (64x64)
     "resnet18_in": (ResNet, {"norm": "instancenorm"}),
     "resnet18bn_ap": (ResNet, {"avg_pool_down": True}),
     "resnet18_ap": (ResNet, {"avg_pool_down": True, "norm": "instancenorm"}),

@@ -64,6 +64,8 @@ class ResNet(nn.Module):
     width: stem / first-stage channels (64 in the reference).
     norm: "batchnorm" (default, ResNet18BN), "instancenorm" (the reference's ``ResNet18``) or "none".
     avg_pool_down: the ``ResNet_AP`` variant.
+    stem_stride: the first convolution's stride: 1 (32x32 images), 2 for the references' 64x64
+      ``ResNet18BN_Tiny`` (``res=64``), which reaches the same 4x4 final map.
     conv_impl: ``Conv`` implementation.
   """
   num_classes: int
@@ -71,13 +73,14 @@ class ResNet(nn.Module):
   width: int = 64
   norm: str = "batchnorm"
   avg_pool_down: bool = False
+  stem_stride: int = 1
   conv_impl: str = DEFAULT_CONV_IMPL
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True, return_features: bool = False):
     """Logits ``[N, K]`` of images ``[N, H, W, C]``; with ``return_features`` also ``[N, D]``."""
     x = check_images(x, "ResNet")
-    x = Conv(self.width, 3, 1, first_pad(x), use_bias=False, impl=self.conv_impl)(x)
+    x = Conv(self.width, 3, self.stem_stride, first_pad(x), use_bias=False, impl=self.conv_impl)(x)
     x = nn.relu(make_norm(self.norm, train)(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
