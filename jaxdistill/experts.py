@@ -221,8 +221,10 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
         ckpt.save(0, item(variables, opt_state, correct_of(variables), np.float32(np.nan)), force=True)
         last = 0
       elif last < cfg.epochs:
-        state = ckpt.restore(like, last)
+        # The newest verified epoch: a corrupt newest one is reported, moved aside and trained again.
+        state = ckpt.restore(like)
         variables, opt_state = state["variables"], state["opt_state"]
+        last = ckpt.latest_step()
       for e in range(last + 1, cfg.epochs + 1):
         variables, opt_state, loss = epoch_fn(variables, opt_state, x, y,
                                               jax.random.fold_in(data_key, e))

@@ -346,6 +346,26 @@ def test_a_corrupt_expert_epoch_is_refused_by_the_trajectory_reader(tmp_path):
     experts.load_trajectory(str(tmp_path / "experts"), 0)
 
 
+def test_extending_an_expert_whose_last_epoch_is_corrupt_retrains_it(tmp_path, key):
+  """The corrupt newest epoch is reported, moved aside and trained again from the one before, so the
+  extended expert equals one trained straight through."""
+  from jaxdistill import experts
+  x, y = toys.toy_data()
+  cfg = experts.ExpertConfig(epochs=2, batch_size=8, augment="none", record_correct=False)
+  straight = experts.train(key, (x, y), toys.TinyConv(), str(tmp_path / "a"),
+                           cfg=cfg._replace(epochs=3), progress=False)
+  d = str(tmp_path / "b")
+  experts.train(key, (x, y), toys.TinyConv(), d, cfg=cfg, progress=False)
+  biggest = _array_files(os.path.join(d, "expert_0"), 2)[-1]
+  raw = bytearray(open(biggest, "rb").read())
+  raw[len(raw) // 2] ^= 0x10
+  open(biggest, "wb").write(bytes(raw))
+  with pytest.warns(RuntimeWarning, match="step 2 .*Trying the previous checkpoint"):
+    again = experts.train(key, (x, y), toys.TinyConv(), d, cfg=cfg._replace(epochs=3), progress=False)
+  np.testing.assert_array_equal(again.params, straight.params)
+  assert glob.glob(os.path.join(d, "expert_0", "2.corrupt*"))
+
+
 def test_identity_measurements_tolerate_another_devices_rounding_only(tmp_path):
   """The optimizer probe as a GPU measured it (a std of 7.45e-9 where the CPU gets 0) resumes on the
   CPU; another optimizer, another key or another shape is still refused."""
