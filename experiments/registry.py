@@ -21,6 +21,7 @@ Evaluators (``c.evals``), each ``fn(key, syn, mask) -> {column: value}``:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -372,11 +373,13 @@ NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optim
 def baseline_identity(c, evaluator: str) -> dict:
   """What the random-real baseline of ``evaluator`` may depend on: the config without
   ``NOT_BASELINE`` and the method's ``DISTILL_FIELDS`` (nor the experts' location and progress
-  output)."""
-  skip = set(NOT_BASELINE) | set(getattr(method_module(c.method), "DISTILL_FIELDS", ()))
+  output), plus the method's ``BASELINE_FIELDS`` of ``evaluator``."""
+  mod = method_module(c.method)
+  skip = set(NOT_BASELINE) | set(getattr(mod, "DISTILL_FIELDS", ()))
   d = {k: v for k, v in c.to_dict().items() if k not in skip}
   if "experts" in d:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
-  if evaluator == "coverage" and "selmatch" in c:  # its easy / hard halves follow the difficulty score
-    d["selmatch.difficulty"] = c.selmatch.get("difficulty", "first_learned")
+  for dotted in getattr(mod, "BASELINE_FIELDS", {}).get(evaluator, ()):  # back from DISTILL_FIELDS
+    d[dotted] = functools.reduce(lambda node, k: node.get(k) if node is not None else None,
+                                 dotted.split("."), c)
   return {"evaluator": evaluator, **d}

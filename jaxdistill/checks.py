@@ -1,6 +1,7 @@
 """Argument checks shared by the modules where inputs enter, with messages that name the argument."""
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 
@@ -26,3 +27,18 @@ def check_positive_int(name: str, value) -> None:
   """Raises ``ValueError`` unless ``value`` is an integer >= 1 (bools refused)."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+
+
+def check_label_range(labels, num_classes: int, what: str = "") -> None:
+  """Raises unless hard (``[N]`` int) ``labels`` lie in ``[0, num_classes)``: a label out of range
+  would become an all-zero one-hot row, a NaN loss or (negative) silently class ``num_classes - 1``.
+  ``what`` names them in the message ("real", "synthetic"). Traced labels (an objective's ``init``
+  under ``jax.eval_shape`` or ``jit``) are not checked."""
+  try:
+    labels = np.asarray(labels)
+  except jax.errors.TracerArrayConversionError:
+    return
+  if labels.ndim == 1 and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    name = f"{what} labels" if what else "labels"
+    raise ValueError(f"{name[0].upper() + name[1:]} must lie in [0, num_classes={num_classes}); got "
+                     f"range [{labels.min()}, {labels.max()}].")

@@ -8,6 +8,9 @@ import numpy as np
 import jaxdistill as jd
 from experiments import registry as r
 
+# The random baseline's coverage halves follow the difficulty score (the rest of "selmatch" does not
+# touch it).
+BASELINE_FIELDS = {"coverage": ("selmatch.difficulty",)}
 DISTILL_FIELDS = ("mtt", "selmatch")
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.checks import check_images_labels, check_positive_int
+from jaxdistill.checks import check_images_labels, check_label_range, check_positive_int
 
 
 def class_indices(labels, num_classes: int) -> list:
@@ -59,12 +59,6 @@ class Sampler(NamedTuple):
 # Samplers
 # ----------------------------------------------------------------------------------------------------
 
-def _check_range(labels: np.ndarray, num_classes: int) -> None:
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got range "
-                     f"[{labels.min()}, {labels.max()}].")
-
-
 def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: int,
                            per_class: int, train_batches: tuple = (0, 0)) -> Sampler:
   """Batches ``{"images": [K, per_class, H, W, C]}``: per class, ``per_class`` distinct random images
@@ -82,7 +76,7 @@ def class_balanced_sampler(images: np.ndarray, labels: np.ndarray, num_classes: 
       raise ValueError(f"train_batches={tuple(train_batches)} needs {steps * size} distinct images; the "
                        f"training set has {len(labels)}.")
   images, labels = check_images_labels(images, labels, "real", hard=True)
-  _check_range(labels, num_classes)
+  check_label_range(labels, num_classes, "real")
   counts = np.bincount(labels, minlength=num_classes)
   if counts.min() < per_class:
     c = int(counts.argmin())
@@ -119,7 +113,7 @@ def random_sampler(images: np.ndarray, labels: np.ndarray, batch_size: int,
   check_positive_int("batch_size", batch_size)
   images, labels = check_images_labels(images, labels, "real", hard=True)
   if num_classes is not None:
-    _check_range(labels, num_classes)
+    check_label_range(labels, num_classes, "real")
   if batch_size > len(labels):
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(labels)}).")
   arrays = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.int32)}

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdistill.checks import check_label_range
+
 
 def class_major(images: jax.Array, num_classes: int) -> jax.Array:
   """``[N, ...]`` rows ordered class-major with equal counts -> ``[K, N // K, ...]``."""
@@ -15,24 +17,11 @@ def class_major(images: jax.Array, num_classes: int) -> jax.Array:
   return images.reshape(num_classes, n // num_classes, *images.shape[1:])
 
 
-def check_label_range(labels, num_classes: int) -> None:
-  """Raises unless hard (``[N]`` int) synthetic ``labels`` lie in ``[0, num_classes)``: a label out of
-  range would train toward no class (or, negative, silently toward class ``num_classes - 1``).
-  Traced labels (``init`` under ``jax.eval_shape`` or ``jit``) are not checked."""
-  try:
-    labels = np.asarray(labels)
-  except jax.errors.TracerArrayConversionError:
-    return
-  if labels.ndim == 1 and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"Synthetic hard labels must lie in [0, {num_classes}) (the objective's "
-                     f"num_classes); got [{labels.min()}, {labels.max()}].")
-
-
 def labels_checked_init(num_classes: int):
   """``init(key, syn) -> ()`` of a stateless objective, refusing out-of-range synthetic labels."""
   def init(key, syn):
     del key
-    check_label_range(syn.labels, num_classes)
+    check_label_range(syn.labels, num_classes, "synthetic")
     return ()
   return init
 

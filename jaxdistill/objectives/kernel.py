@@ -42,7 +42,8 @@ import optax
 
 from jaxdistill import kernels
 from jaxdistill.objectives.base import Objective, keep_state, pmean
-from jaxdistill.objectives.common import check_label_range, labels_checked_init
+from jaxdistill.checks import check_label_range
+from jaxdistill.objectives.common import labels_checked_init
 from jaxdistill.models import get_model
 from jaxdistill.models.nets import as_net
 from jaxdistill.types import SyntheticSet
@@ -256,7 +257,7 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
     return FRePoState(variables, opt_state, age, current)
 
   def init(key, syn):
-    check_label_range(syn.labels, num_classes)
+    check_label_range(syn.labels, num_classes, "synthetic")
     return init_pool(key, syn.images[:1])
 
   def support(syn):
