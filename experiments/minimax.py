@@ -309,6 +309,12 @@ def check_config(c) -> None:
     raise ValueError(f"sweep_ipc must be an integer >= 1; got {c.sweep_ipc!r}.")
 
 
+def load_data(c):
+  """The run's dataset: every image, or ``c.max_per_class`` of each class (a fixed subset)."""
+  kw = ({"max_per_class": c.max_per_class, "key": jax.random.key(0)} if c.get("max_per_class") else {})
+  return jd.data.load(c.dataset, **kw)
+
+
 def run(c) -> dict:
   """Every stage of config ``c`` (resuming); returns ``{(set, ipc): row}`` (accuracies, coverage,
   quality report)."""
@@ -316,8 +322,7 @@ def run(c) -> dict:
   key = jax.random.key(c.seed)
   train_key, sample_key, eval_key, cov_key, rnd_key = jax.random.split(key, 5)
   judge_key = jax.random.fold_in(key, 7)
-  kw = ({"max_per_class": c.max_per_class, "key": jax.random.key(0)} if c.get("max_per_class") else {})
-  data = jd.data.load(c.dataset, **kw)
+  data = load_data(c)
   os.makedirs(c.workdir, exist_ok=True)
   model = dfn.get_model(c.model_kind, data.num_classes, **c.model)
   schedule = dfn.make_schedule(c.num_timesteps, c.schedule)

@@ -97,6 +97,50 @@ def save_grid(path: str, images: np.ndarray, mean=(0.0,), std=(1.0,), nrow: Opti
   return path
 
 
+def read_grid(path: str, image_shape: Sequence[int], nrow: int, num: Optional[int] = None,
+              mean=(0.0,), std=(1.0,), scale: int = 2, pad: int = 2) -> np.ndarray:
+  """The images of a grid written by ``save_grid`` (same ``nrow``, ``scale`` and ``pad``), normalized
+  again with ``mean`` / ``std``: ``[num, H, W, C]`` float32, ``num`` default every cell of the grid.
+
+  The PNG holds 8-bit pixels clipped to [0, 1], so values come back to within 1/255 of the written
+  ones (clipped ones at the bound). Refuses a file whose size is not such a grid's, and a grid whose
+  padding is not white (another layout was given)."""
+  from PIL import Image
+  h, w, c = (int(s) for s in image_shape)
+  try:
+    with Image.open(path) as im:
+      grid = np.asarray(im)
+  except FileNotFoundError:
+    raise
+  except OSError as e:
+    raise ValueError(f"{path} is not a readable PNG: {e}") from e
+  if grid.ndim == 2:
+    grid = grid[..., None]
+  if grid.shape[-1] != c:
+    raise ValueError(f"{path} has {grid.shape[-1]} channel(s); image_shape {tuple(image_shape)} "
+                     f"asks for {c}.")
+  rows_px, cols_px = grid.shape[0] / scale, grid.shape[1] / scale
+  ncol = (rows_px - pad) / (h + pad)
+  if cols_px != nrow * (w + pad) + pad or ncol != int(ncol) or ncol < 1:
+    raise ValueError(f"{path} ({grid.shape[1]} x {grid.shape[0]} pixels) is not a grid of {h} x {w} "
+                     f"images, {nrow} per row, pad {pad}, scale {scale}.")
+  grid = grid[::scale, ::scale].astype(np.float32) / 255.0
+  ncol = int(ncol)
+  num = nrow * ncol if num is None else int(num)
+  if not 0 < num <= nrow * ncol:
+    raise ValueError(f"num={num}: the grid in {path} holds {nrow * ncol} cells.")
+  border = np.ones(grid.shape[:2], bool)
+  for r in range(ncol):
+    border[pad + r * (h + pad):pad + r * (h + pad) + h] = False
+  if not np.all(grid[border] == 1.0):
+    raise ValueError(f"{path}: the rows between images are not the white padding of a grid of {h}-"
+                     f"pixel images with pad {pad} and scale {scale}.")
+  x = np.stack([grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+                     pad + q * (w + pad):pad + q * (w + pad) + w]
+                for r, q in (divmod(i, nrow) for i in range(num))])
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
 def sessions(rows: Sequence[dict]) -> list:
   """The sessions a resumed run's logged rows came from: ``[(first step, last step, seconds)]``.
 

@@ -847,6 +847,21 @@ def test_minimax_runs_every_stage_at_test_size_with_its_quality_report(tmp_path)
   with jax.numpy_dtype_promotion("standard"):
     again = minimax.run(c)
     assert {k: v["quality"] for k, v in again.items()} == {k: v["quality"] for k, v in table.items()}
+    # The sets scored again from their 8-bit grids (here the whole set: 1 image per class): the
+    # same report within the quantization, the run's own random set (same key: read from its cache).
+    from experiments import minimax_grids
+    grids = minimax_grids.run(c)
+    q_run = {(k[0].replace(" ", "_"), k[1]): v["quality"] for k, v in table.items()}
+    assert grids["quality"]["random_real"]["1"]["fid_like"] == q_run[("random_real", 1)]["fid_like"]
+    for name in ("vanilla", "minimax"):
+      g, r = grids["quality"][name]["1"], q_run[(name, 1)]
+      assert g["images_scored"] == 10 and abs(g["class_agreement"] - r["class_agreement"]) <= 0.1
+      np.testing.assert_allclose(g["fid_like"], r["fid_like"], rtol=0.05)
+    assert {(a["set"], a["ipc"]) for a in grids["accuracy"]} == set(q_run)
+    for a in grids["accuracy"]:
+      assert abs(a["mean"] - next(x for x in record["accuracy"]
+                                  if x["set"] == a["set"])["mean"]) <= 0.005
+    assert json.load(open(str(tmp_path / "minimax.json"))) == grids
     # Another sampler samples anew (the sets were read back under the old one's name before).
     samples = lambda: sorted(f for f in os.listdir(str(tmp_path / "runs")) if f.endswith(".npz"))
     before = samples()

@@ -61,3 +61,25 @@ def test_metric_logger_rows_name_their_session(tmp_path):
                  else 1, {"loss": 1.0, "sec": 0.1})
     logger.close()
   assert len(logs.sessions(logs.read_metrics(str(tmp_path)))) == 2
+
+
+def test_read_grid_gives_back_the_images_save_grid_wrote(tmp_path):
+  rng = np.random.default_rng(0)
+  mean, std = (0.286,), (0.353,)
+  pix = rng.uniform(-0.1, 1.1, (7, 5, 4, 1)).astype(np.float32)  # some clipped at 0 / 1
+  images = (pix - mean[0]) / std[0]
+  path = logs.save_grid(str(tmp_path / "g.png"), images, mean, std, nrow=3)
+  back = logs.read_grid(path, (5, 4, 1), nrow=3, num=7, mean=mean, std=std)
+  assert back.shape == images.shape
+  np.testing.assert_allclose(back * std[0] + mean[0], np.clip(pix, 0, 1), atol=0.5 / 255 + 1e-6)
+  assert logs.read_grid(path, (5, 4, 1), nrow=3).shape == (9, 5, 4, 1)  # every cell (two blank)
+  with pytest.raises(ValueError, match="not a grid"):
+    logs.read_grid(path, (5, 4, 1), nrow=4)
+  with pytest.raises(ValueError, match="padding"):
+    logs.read_grid(path, (1, 4, 1), nrow=3)  # 7 rows of 1-pixel images: the size fits by chance
+  with pytest.raises(ValueError, match="holds 9 cells"):
+    logs.read_grid(path, (5, 4, 1), nrow=3, num=10)
+  bad = tmp_path / "bad.png"
+  bad.write_bytes(b"\x89PNG not really")
+  with pytest.raises(ValueError, match="not a readable PNG"):
+    logs.read_grid(str(bad), (5, 4, 1), nrow=3)
