@@ -23,6 +23,16 @@ def check_images_labels(images, labels, what: str = "", hard: bool = False) -> t
   return images, labels
 
 
+def check_class_ids(labels, num_classes: int, what: str = "labels") -> np.ndarray:
+  """``labels`` as a NumPy array after checking that they are integer class ids ``[N]`` in
+  ``[0, num_classes)`` (one-hot rows or float labels would index or group the wrong images)."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{what} must be int [N] class ids; got {labels.dtype} {labels.shape}.")
+  check_label_range(labels, num_classes, "" if what == "labels" else what.removesuffix(" labels"))
+  return labels
+
+
 def check_positive_int(name: str, value) -> None:
   """Raises ``ValueError`` unless ``value`` is an integer >= 1 (bools refused)."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -34,6 +34,7 @@ from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
 from jaxdistill import partial_updates
 from jaxdistill import training
+from jaxdistill.checks import check_label_range
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -621,9 +622,7 @@ def _check_set(images, labels, data: Dataset) -> None:
   if labels.ndim == 1:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
       raise ValueError(f"Hard labels must be integers; got {labels.dtype}.")
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= data.num_classes):
-      raise ValueError(f"Labels must lie in [0, {data.num_classes}); got range "
-                       f"[{int(labels.min())}, {int(labels.max())}].")
+    check_label_range(labels, data.num_classes)
   elif labels.ndim != 2 or labels.shape[1] != data.num_classes:
     raise ValueError(f"Soft labels must be [N, {data.num_classes}]; got {labels.shape}.")
   elif not bool(jnp.all(jnp.isfinite(labels))):

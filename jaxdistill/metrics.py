@@ -96,6 +96,10 @@ def nearest_distance(queries, refs, query_ids=None, query_chunk: int = 1024,
   ids = np.full((m,), -1, np.int32) if query_ids is None else np.asarray(query_ids, np.int32)
   if ids.shape != (m,):
     raise ValueError(f"query_ids must be [{m}]; got shape {ids.shape}.")
+  # Distances are searched as |q|^2 - 2 q.r + |r|^2 in float32: centred on the references' mean, so
+  # that features far from the origin (all-positive ReLU features) do not cancel their differences.
+  center = np.mean(np.asarray(r, np.float64), axis=0).astype(np.float32)
+  q, r = q - center, r - center
   cq = max(1, min(int(query_chunk), m))
   cr = max(1, min(int(ref_chunk), r.shape[0]))
   qp = _pad_rows(q, cq).reshape(-1, cq, q.shape[1])

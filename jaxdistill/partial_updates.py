@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdistill.checks import check_label_range
 from jaxdistill.types import ROW_LEAVES
 
 
@@ -97,8 +98,7 @@ def selmatch_mask(labels, num_classes: int, alpha: float) -> np.ndarray:
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be [N] integer class ids (use SyntheticSet.hard_labels() for soft "
                      f"labels); got shape {labels.shape}, dtype {labels.dtype}.")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"Labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}].")
+  check_label_range(labels, num_classes)
   if labels.size > 1 and np.any(np.diff(labels) < 0):
     i = int(np.flatnonzero(np.diff(labels) < 0)[0])
     raise ValueError(f"labels must be class-major (all rows of class 0, then class 1, ...); row {i + 1} "

@@ -132,3 +132,13 @@ def test_quality_report_judges_by_the_classifier_and_the_real_images():
   assert rep["real_nearest_real"] == pytest.approx(metrics.coverage_radius(train.reshape(200, -1)))
   with pytest.raises(ValueError, match="syn_labels"):
     metrics.quality_report(logits_fn, feats_fn, None, syn, labels[:3], train, train)
+
+
+def test_nearest_distance_finds_the_nearest_far_from_the_origin():
+  rng = np.random.default_rng(0)
+  offset = np.full(48, 300.0)  # |x|^2 ~ 4e6: the float32 expansion cancels the 0.01-scale gaps
+  refs = offset + 0.01 * rng.standard_normal((300, 48))
+  q = offset + 0.01 * rng.standard_normal((200, 48))
+  exact = np.sqrt(((q[:, None, :] - refs[None]) ** 2).sum(-1)).min(1)
+  got = metrics.nearest_distance(q.astype(np.float32), refs.astype(np.float32))
+  np.testing.assert_allclose(got, exact, rtol=1e-3, atol=1e-5)

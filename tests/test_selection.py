@@ -115,3 +115,57 @@ def test_bad_inputs(toy):
                        features=images.reshape(len(labels), -1)[:10])
   with pytest.raises(ValueError, match="features contain NaN"):
     selection.herding(images, labels, K, 2, features=np.full((len(labels), 3), np.nan, np.float32))
+
+
+def test_difficulty_ranks_a_never_correct_image_above_one_learned_and_forgotten():
+  from jaxdistill.selection import scores
+  # E = 6: image 0 forgotten 3 times, image 1 never correct, image 2 right 5 times then wrong.
+  h = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 0]], bool)
+  d = scores.difficulty(scores.first_learned_epoch(h), scores.forgetting_counts(h), 6)
+  assert list(np.argsort(-d)) == [1, 0, 2]  # the forgetting ranking's order within epoch E + 1
+  assert list(np.argsort(-scores.forgetting_score(h))) == [1, 0, 2]
+  assert np.all(np.floor(d) == 7)  # the tie-break stays below one epoch
+
+
+def test_k_center_and_k_means_pick_distinct_images_when_a_class_repeats_itself():
+  f = jnp.array([[0.0], [0.0], [1.0], [-1.0]])
+  labels = np.zeros(4, np.int32)
+  idx = selection.coreset.kcenter_indices(labels, 1, 4, f)
+  assert sorted(idx.tolist()) == [0, 1, 2, 3]
+  # Six images, two distinct: k-means cannot form three clusters of different images.
+  images = np.array([-0.5, -0.5, -0.5, 0.5, 0.5, 0.5], np.float32).reshape(6, 1, 1, 1)
+  y = np.zeros(6, np.int32)
+  for nearest in (False, True):
+    syn = selection.k_means(jax.random.key(0), images, y, 1, 3, nearest=nearest)
+    rows = np.asarray(syn.images).reshape(-1)
+    assert set(rows.tolist()) <= {-0.5, 0.5}, (nearest, rows)  # real images, never a zero 'mean'
+  syn = selection.k_means(jax.random.key(0), images, y, 1, 2)
+  assert sorted(np.asarray(syn.images).reshape(-1).tolist()) == [-0.5, 0.5]
+
+
+def test_selection_refuses_labels_that_are_not_integer_class_ids():
+  f = jnp.ones((6, 2))
+  onehot = np.eye(2, dtype=np.int32)[[0, 0, 0, 1, 1, 1]]
+  with pytest.raises(ValueError, match=r"int \[N\] class ids"):
+    selection.coreset.herding_indices(onehot, 2, 2, f)
+  with pytest.raises(ValueError, match=r"int \[N\] class ids"):
+    selection.window.difficulty_order(np.arange(6.0), np.array([0, 0, 0.5, 1, 1, 1]), 2)
+
+
+def test_el2n_and_score_files_refuse_labels_they_cannot_pair():
+  from jaxdistill.selection import scores
+  apply = lambda p, x: x.reshape(x.shape[0], -1)[:, :3] * p
+  x = np.ones((3, 1, 1, 3), np.float32)
+  assert scores.el2n_scores(apply, [1.0], x, np.array([0, 1, 2])).shape == (3,)
+  with pytest.raises(ValueError, match="must lie in"):
+    scores.el2n_scores(apply, [1.0], x, np.array([0, 3, 1]))
+
+
+def test_load_scores_checks_stored_labels_against_the_training_labels(tmp_path):
+  from jaxdistill.selection import scores
+  path = str(tmp_path / "c.npz")
+  np.savez(path, scores=np.arange(4.0), labels=np.array([0, 1, 1, 0]))
+  np.testing.assert_array_equal(scores.load_scores(path, 4, labels=[0, 1, 1, 0]), np.arange(4.0))
+  with pytest.raises(ValueError, match="first at row 2"):
+    scores.load_scores(path, 4, labels=[0, 1, 0, 1])
+  assert scores.load_scores(path, 4).shape == (4,)  # no labels given: not checked

@@ -143,7 +143,7 @@ def test_selmatch_mask_errors():
       partial_updates.selmatch_mask(labels, 2, alpha)
   with pytest.raises(ValueError, match="class-major"):
     partial_updates.selmatch_mask(np.array([0, 1, 0, 1], np.int32), 2, 0.5)
-  with pytest.raises(ValueError, match=r"\[0, 2\)"):
+  with pytest.raises(ValueError, match=r"\[0, num_classes=2\)"):
     partial_updates.selmatch_mask(np.array([0, 2], np.int32), 2, 0.5)
 
 

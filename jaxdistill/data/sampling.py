@@ -14,9 +14,7 @@ from jaxdistill.checks import check_images_labels, check_label_range, check_posi
 def class_indices(labels, num_classes: int) -> list:
   """``num_classes`` int arrays: the positions of each class in ``labels`` (ascending)."""
   labels = np.asarray(labels)
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, {num_classes}); got range [{labels.min()}, "
-                     f"{labels.max()}].")
+  check_label_range(labels, num_classes)
   return [np.flatnonzero(labels == c) for c in range(num_classes)]
 
 

@@ -14,17 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.checks import check_images_labels
+from jaxdistill.checks import check_class_ids, check_images_labels
 from jaxdistill.types import SyntheticSet
 
 
 def _per_class(labels: np.ndarray, num_classes: int, ipc: int) -> list:
   """Per-class index arrays, checking that every class has at least ``ipc`` members."""
-  labels = np.asarray(labels)
+  labels = check_class_ids(labels, num_classes)
   if ipc < 1:
     raise ValueError(f"ipc must be >= 1; got {ipc}.")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"Labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}].")
   out = []
   for c in range(num_classes):
     idx = np.flatnonzero(labels == c)
@@ -84,15 +82,18 @@ def herding_indices(labels: np.ndarray, num_classes: int, ipc: int,
 
 @functools.partial(jax.jit, static_argnums=1)
 def _kcenter_order(f: jax.Array, k: int) -> jax.Array:
-  """Greedy k-center on ``f`` ``[n, D]``, starting from the point nearest the mean."""
+  """Greedy k-center on ``f`` ``[n, D]``, starting from the point nearest the mean; never the same
+  point twice (once every distance left is 0, duplicates of chosen points are taken in order)."""
   first = jnp.argmin(jnp.sum(jnp.square(f - f.mean(0)), axis=1))
   dist = jnp.sum(jnp.square(f - f[first]), axis=1)
+  chosen = jnp.zeros(f.shape[0], bool).at[first].set(True)
 
-  def body(dist, _):
-    i = jnp.argmax(dist)
-    return jnp.minimum(dist, jnp.sum(jnp.square(f - f[i]), axis=1)), i
+  def body(carry, _):
+    dist, chosen = carry
+    i = jnp.argmax(jnp.where(chosen, -jnp.inf, dist))
+    return (jnp.minimum(dist, jnp.sum(jnp.square(f - f[i]), axis=1)), chosen.at[i].set(True)), i
 
-  _, rest = jax.lax.scan(body, dist, None, length=k - 1)
+  _, rest = jax.lax.scan(body, (dist, chosen), None, length=k - 1)
   return jnp.concatenate([first[None], rest])
 
 
@@ -131,15 +132,19 @@ def _kmeans(key, points, k, iters):
   first = jax.random.randint(k0, (), 0, n)
   cents = jnp.zeros((k, points.shape[1]), points.dtype).at[0].set(points[first])
   d2 = jnp.sum(jnp.square(points - points[first]), axis=1)
+  chosen = jnp.zeros(n, bool).at[first].set(True)
 
   def seed(i, carry):  # k-means++: sample proportional to squared distance
-    cents, d2, key = carry
+    cents, d2, chosen, key = carry
     key, sub = jax.random.split(key)
-    j = jax.random.choice(sub, n, p=d2 / jnp.maximum(d2.sum(), 1e-12))
+    # Every point left coincides with a centroid: any point not yet taken, uniformly.
+    w = jnp.where(d2.sum() > 0, d2, jnp.where(chosen, 0.0, 1.0))
+    j = jax.random.choice(sub, n, p=w / jnp.maximum(w.sum(), 1e-12))
     cents = cents.at[i].set(points[j])
-    return cents, jnp.minimum(d2, jnp.sum(jnp.square(points - points[j]), axis=1)), key
+    return (cents, jnp.minimum(d2, jnp.sum(jnp.square(points - points[j]), axis=1)),
+            chosen.at[j].set(True), key)
 
-  cents, _, _ = jax.lax.fori_loop(1, k, seed, (cents, d2, key))
+  cents, _, _, _ = jax.lax.fori_loop(1, k, seed, (cents, d2, chosen, key))
 
   def assign(c):
     return jnp.argmin(_sq_dists(points, c), axis=1)
@@ -179,24 +184,40 @@ def k_center(images, labels, num_classes: int, ipc: int, features=None) -> Synth
   return _from_indices(images, labels, kcenter_indices(labels, num_classes, ipc, f))
 
 
+def _distinct_nearest(f: jax.Array, cents: jax.Array) -> np.ndarray:
+  """For each centroid in order, the row of ``f`` nearest it among those not taken by an earlier one
+  (``[k]`` distinct indices)."""
+  d = np.array(_sq_dists(f, cents))
+  out = []
+  for j in range(d.shape[1]):
+    i = int(np.argmin(d[:, j]))
+    out.append(i)
+    d[i, :] = np.inf
+  return np.asarray(out)
+
+
 def k_means(key: jax.Array, images, labels, num_classes: int, ipc: int, features=None,
             nearest: bool = False, iters: int = 50) -> SyntheticSet:
   """Per class, ``ipc`` k-means clusters (in ``features``, default pixels); each row is the mean image
-  of a cluster, or with ``nearest=True`` the real image nearest the cluster's centroid."""
+  of a cluster, or with ``nearest=True`` the real image nearest the cluster's centroid, ``ipc``
+  distinct images (a centroid whose nearest image an earlier one took gets its next nearest). A
+  cluster left empty (a class with fewer distinct images than ``ipc``) gets that nearest image
+  instead of a mean of nothing."""
   images, labels = check_images_labels(images, labels, hard=True)
   per = _per_class(labels, num_classes, ipc)
   f = _flat(images if features is None else features, len(labels))
   rows = []
   for k, idx in zip(jax.random.split(key, num_classes), per):
     cents, assign = kmeans(k, f[idx], ipc, iters)
+    near = images[idx[_distinct_nearest(f[idx], cents)]].astype(np.float32)
     if nearest:
-      d = _sq_dists(f[idx], cents)
-      rows.append(jnp.asarray(images[idx[np.asarray(jnp.argmin(d, axis=0))]], jnp.float32))
+      rows.append(jnp.asarray(near))
     else:
       onehot = jax.nn.one_hot(assign, ipc, dtype=jnp.float32)
       x = jnp.asarray(images[idx], jnp.float32).reshape(idx.size, -1)
-      means = (onehot.T @ x) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
-      rows.append(means.reshape(ipc, *images.shape[1:]))
+      counts = onehot.sum(0)
+      means = ((onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]).reshape(ipc, *images.shape[1:])
+      rows.append(jnp.where((counts > 0)[:, None, None, None], means, near))
   return SyntheticSet(jnp.concatenate(rows), jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc))
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import training
+from jaxdistill.checks import check_images_labels, check_label_range
 
 
 def _check_history(history) -> np.ndarray:
@@ -93,10 +94,11 @@ def el2n_scores(apply_fn: Callable, params_list: Sequence[Any], images, labels,
   params_list = list(params_list)
   if not params_list:
     raise ValueError("el2n_scores needs at least one network.")
+  images, labels = check_images_labels(images, labels, hard=True)
   images = jnp.asarray(images, jnp.float32)
+  num_classes = jax.eval_shape(apply_fn, params_list[0], images[:1]).shape[-1]
+  check_label_range(labels, num_classes)  # out of range: an all-zero one-hot, a plausible score
   labels = jnp.asarray(labels, jnp.int32)
-  if images.shape[0] != labels.shape[0]:
-    raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
 
   @jax.jit
   def err(params, x, y):
@@ -109,7 +111,7 @@ def el2n_scores(apply_fn: Callable, params_list: Sequence[Any], images, labels,
   return (total / len(params_list)).astype(np.float32)
 
 
-def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:
+def load_scores(path: str, n: int, key: Optional[str] = None, labels=None) -> np.ndarray:
   """Per-example scores from a file: C-scores (Jiang et al.) or anything saved with ``np.save``.
 
   Args:
@@ -118,12 +120,16 @@ def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:
       ``scores``, else its only array.
     n: the number of training examples the scores must cover.
     key: the array to read from an ``.npz``.
+    labels: optional ``[n]`` labels of the training set the scores are for: an ``.npz`` that holds a
+      ``labels`` array must agree with them row for row (scores of another ordering of the same
+      images would be paired with the wrong ones).
 
   Returns:
     ``[n]`` float32.
 
   Raises:
-    FileNotFoundError: no such file. ValueError: not 1-D, wrong length, NaN/inf, unknown ``.npz`` key.
+    FileNotFoundError: no such file. ValueError: not 1-D, wrong length, NaN/inf, unknown ``.npz`` key,
+    labels that disagree.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"No score file at {path}.")
@@ -136,6 +142,14 @@ def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:
       if key not in names:
         raise ValueError(f"{path} holds arrays {names}; say which one with key=.")
       scores = loaded[key]
+      if labels is not None and "labels" in names and key != "labels":
+        stored, labels = np.asarray(loaded["labels"]).reshape(-1), np.asarray(labels).reshape(-1)
+        if stored.shape != labels.shape or np.any(stored != labels):
+          where = (f"first at row {int(np.flatnonzero(stored != labels)[0])}"
+                   if stored.shape == labels.shape
+                   else f"{stored.shape[0]} stored, {labels.shape[0]} given")
+          raise ValueError(f"The labels stored in {path} disagree with the training labels given "
+                           f"({where}): the scores are for another ordering of the images.")
   else:
     scores = loaded
   scores = np.asarray(scores)
@@ -156,7 +170,10 @@ def load_scores(path: str, n: int, key: Optional[str] = None) -> np.ndarray:
 
 def difficulty(first_learned, forgetting, num_epochs: int) -> np.ndarray:
   """SelMatch-style difficulty of each example from one expert: first-learned epoch + forgetting
-  events / (E + 1) (higher = harder; the forgetting term only breaks ties within an epoch).
+  events / (E + 1) (higher = harder; the forgetting term only breaks ties within an epoch). Among
+  the examples not learned for good (first-learned E + 1), one never classified correctly counts E
+  events, as in ``forgetting_score`` (Toneva et al. rank it most forgotten): with its 0 events it
+  would rank easier than one learned and forgotten.
 
   Args:
     first_learned: ``[N]`` from ``first_learned_epoch``; forgetting: ``[N]`` from ``forgetting_counts``.
@@ -169,4 +186,6 @@ def difficulty(first_learned, forgetting, num_epochs: int) -> np.ndarray:
   if first_learned.shape != forgetting.shape or first_learned.ndim != 1:
     raise ValueError(f"first_learned and forgetting must both be [N]; got {first_learned.shape} and "
                      f"{forgetting.shape}.")
-  return first_learned.astype(np.float64) + forgetting / (num_epochs + 1.0)
+  # Wrong after the last epoch with no correct -> wrong transition: never correct at all.
+  never = (first_learned == num_epochs + 1) & (forgetting == 0)
+  return first_learned.astype(np.float64) + np.where(never, num_epochs, forgetting) / (num_epochs + 1.0)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import evaluate
-from jaxdistill.checks import check_images_labels
+from jaxdistill.checks import check_class_ids, check_images_labels
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 UNITS = ("code", "percent")
@@ -47,9 +47,7 @@ def _floor(x: float) -> int:
 
 def _check_scores(scores, labels, num_classes: int) -> tuple:
   scores = np.asarray(scores)
-  labels = np.asarray(labels)
-  if labels.ndim != 1:
-    raise ValueError(f"labels must be [N] class ids; got shape {labels.shape}.")
+  labels = check_class_ids(labels, num_classes)
   if scores.shape != labels.shape:
     raise ValueError(f"scores must have one entry per image, shape {labels.shape}; got shape "
                      f"{scores.shape}.")
@@ -58,8 +56,6 @@ def _check_scores(scores, labels, num_classes: int) -> tuple:
   if np.any(np.isnan(scores)):
     raise ValueError(f"scores contain {int(np.isnan(scores).sum())} NaN value(s), e.g. at index "
                      f"{int(np.flatnonzero(np.isnan(scores))[0])}; difficulty order is undefined.")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"Labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}].")
   return scores, labels
 
 
