@@ -83,9 +83,10 @@ def run(c) -> dict:
   workdir = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(workdir, "logs"))
   nrow = lambda syn: syn.images.shape[0] // data.num_classes
-  grid = lambda step, syn: jd.logs.save_grid(os.path.join(workdir, f"images_{step:06d}.png"),
-                                             np.asarray(syn.images), data.mean, data.std,
-                                             nrow=nrow(syn))
+  # Pixels for the grids: data.zca's whitening (c.zca) undone, then the normalization.
+  save_grid = lambda path, syn: jd.logs.save_grid(path, jd.data.denormalize(syn.images, data),
+                                                  nrow=nrow(syn))
+  grid = lambda step, syn: save_grid(os.path.join(workdir, f"images_{step:06d}.png"), syn)
   model = ("" if "model" in registry.unused_fields(c)
            else f", model {c.model} {dict(c.model_kwargs)}")
   print(f"{name}: {c.steps} steps{model}, {jax.device_count()} device(s)", flush=True)
@@ -101,8 +102,7 @@ def run(c) -> dict:
     logger.close()
   distill_s = time.time() - t0
   syn = jd.distill.decoded(state, d)
-  jd.logs.save_grid(os.path.join(workdir, "images.png"), np.asarray(syn.images), data.mean, data.std,
-                    nrow=nrow(syn))
+  save_grid(os.path.join(workdir, "images.png"), syn)
   np.savez(os.path.join(workdir, "synthetic.npz"), images=np.asarray(syn.images),
            labels=np.asarray(syn.labels))
   t1 = time.time()
@@ -116,7 +116,7 @@ def run(c) -> dict:
   print(f"{timing}, evaluation {eval_s:.0f} s. Images: {os.path.join(workdir, 'images.png')}")
   if c.results:
     grid_path = os.path.join(os.path.dirname(c.results), f"{name}.png")
-    jd.logs.save_grid(grid_path, np.asarray(syn.images), data.mean, data.std, nrow=nrow(syn))
+    save_grid(grid_path, syn)
     write_results(c.results, c, name, rows,
                   f"Stored images: {m.init.images.shape[0]}; training images after decoding: "
                   f"{syn.images.shape[0]}; {c.num_seeds} seed(s), {c.eval_epochs} epochs.\n\n"

@@ -363,9 +363,8 @@ def run(c) -> dict:
                        f"the window after distillation: {frozen_same}; "
                        f"{run_summary(sel_dir, c.mtt.steps)}.")
       jd.logs.save_grid(f"{grids}_selmatch_ipc{ipc}_alpha{alpha:g}.png",
-                        np.asarray(sel.images), data.mean, data.std, nrow=ipc)
-    jd.logs.save_grid(f"{grids}_mtt_ipc{ipc}.png",
-                      np.asarray(mtt.images), data.mean, data.std, nrow=ipc)
+                        jd.data.denormalize(sel.images, data), nrow=ipc)
+    jd.logs.save_grid(f"{grids}_mtt_ipc{ipc}.png", jd.data.denormalize(mtt.images, data), nrow=ipc)
     write(done=False)
   write(done=True)
   print("\n".join(rows))

@@ -21,14 +21,13 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                process_id: Optional[int] = None) -> None:
   """Joins a multi-host run through ``jax.distributed.initialize``.
 
-  With no arguments JAX reads the cluster from its environment (SLURM, Cloud TPU, or the
-  ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` variables). Call it before
-  any other JAX work; single-host runs never need it.
+  Arguments left out come from the environment: ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` where set
+  (read here), ``JAX_COORDINATOR_ADDRESS`` (read by JAX), else JAX detects the cluster (SLURM, Cloud
+  TPU, ...). Call it before any other JAX work; single-host runs never need it.
   """
-  if coordinator_address is None and "JAX_COORDINATOR_ADDRESS" in os.environ:
-    coordinator_address = os.environ["JAX_COORDINATOR_ADDRESS"]
-    num_processes = num_processes or int(os.environ["JAX_NUM_PROCESSES"])
-    process_id = process_id if process_id is not None else int(os.environ["JAX_PROCESS_ID"])
+  env = lambda name: int(os.environ[name]) if os.environ.get(name) else None
+  num_processes = env("JAX_NUM_PROCESSES") if num_processes is None else num_processes
+  process_id = env("JAX_PROCESS_ID") if process_id is None else process_id
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 

@@ -221,3 +221,81 @@ def test_layout_mistakes_are_refused_not_guessed(tmp_path):
   np.testing.assert_array_equal(counts, [8, 5])
   with pytest.raises(ValueError, match="max_per_class must be an integer >= 1; got 0"):
     data.load("custom", data_dir=uneven, max_per_class=0, key=jax.random.key(0))
+
+
+def _rgb_npz(path, k=3, per=4, classes_in_train=None):
+  rng = np.random.default_rng(0)
+  y_train = np.repeat(np.asarray(classes_in_train if classes_in_train is not None else range(k)), per)
+  x_train = rng.integers(0, 256, (len(y_train), 4, 4, 3)).astype(np.uint8)
+  x_train[0] = 0  # black pixels: de-normalized, float rounding puts them just below 0
+  x_test = rng.integers(0, 256, (k * 2, 4, 4, 3)).astype(np.uint8)
+  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=np.arange(k * 2) % k)
+  return x_train
+
+
+def test_rgb_npz_round_trip_with_black_pixels_and_tiny_imagenets_statistics(tmp_path):
+  for name in ("cifar10", "tiny_imagenet"):
+    raw = _rgb_npz(str(tmp_path / "in.npz"), k=10)
+    d = data.load(name, data_dir=str(tmp_path / "in.npz"))
+    data.save_npz(str(tmp_path / "out.npz"), d)
+    back = data.load(name, data_dir=str(tmp_path / "out.npz"))
+    np.testing.assert_allclose(back.x_train, d.x_train, atol=1e-5)
+    np.testing.assert_allclose(data.denormalize(back.x_train, back), raw / 255.0, atol=1e-5)
+  np.testing.assert_allclose(d.mean + d.std, (0.485, 0.456, 0.406, 0.229, 0.224, 0.225), rtol=1e-6)
+  for source in ("local", "auto"):
+    with pytest.raises(data.DataError, match="tiny_imagenet.npz"):
+      data.load("tiny_imagenet", source=source)
+
+
+def test_a_corrupt_gzip_stream_is_a_data_error(tmp_path):
+  _fake_idx_dir(tmp_path)
+  p = tmp_path / "t10k-labels-idx1-ubyte.gz"
+  raw = bytearray(p.read_bytes())
+  hit = 0
+  for offset in range(12, len(raw) - 8):  # flip bytes of the deflate stream until zlib objects
+    bad = bytearray(raw)
+    bad[offset] ^= 0xFF
+    bad[offset + 1] ^= 0xFF
+    p.write_bytes(bytes(bad))
+    try:
+      data.load("fashion_mnist", data_dir=str(tmp_path))
+    except data.DataError:
+      hit += 1
+    except Exception as e:  # anything else (zlib.error) is the bug
+      raise AssertionError(f"offset {offset}: {type(e).__name__}: {e}") from e
+  assert hit > 0
+
+
+def test_max_per_class_keeps_a_class_with_no_training_images_empty(tmp_path):
+  _rgb_npz(str(tmp_path / "d.npz"), k=5, classes_in_train=[0, 1, 2, 3])  # class 4: test only
+  d = data.load("custom", data_dir=str(tmp_path / "d.npz"), max_per_class=2, key=jax.random.key(0))
+  assert d.num_classes == 5 and np.bincount(d.y_train, minlength=5).tolist() == [2, 2, 2, 2, 0]
+
+
+def test_whitened_data_records_its_zca_and_maps_back_to_pixels(tmp_path):
+  raw = _rgb_npz(str(tmp_path / "d.npz"), k=10, per=20)
+  d = data.load("cifar10", data_dir=str(tmp_path / "d.npz"))
+  for mode in ("kornia", "relative"):
+    w, z = data.whiten_dataset(d, mode=mode)
+    assert w.zca[0] is z and w.zca[1] == mode and w.mean == d.mean
+    np.testing.assert_allclose(data.denormalize(w.x_train, w), raw / 255.0, atol=2e-3)
+    with pytest.raises(ValueError, match="whitened already"):
+      data.whiten_dataset(w)
+  data.save_npz(str(tmp_path / "w.npz"), w)  # the pixels, not the whitened values
+  np.testing.assert_allclose(data.load("cifar10", data_dir=str(tmp_path / "w.npz")).x_train,
+                             d.x_train, atol=2e-3 / min(d.std))
+
+
+def test_initialize_leaves_the_cluster_to_jax_where_no_count_is_set(monkeypatch):
+  from jaxdistill import parallel
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  parallel.initialize()  # SLURM-style: JAX reads the address and detects the rest
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "2")
+  parallel.initialize()
+  parallel.initialize("h:1", 8, 0)
+  assert calls == [(None, None, None), (None, 4, 2), ("h:1", 8, 0)]

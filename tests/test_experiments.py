@@ -67,7 +67,7 @@ def shrink(c, workdir: str, tiny_npz: str, mlp: bool = False):
   small["zca"] = False  # fitting ZCA on 3072-4096 dimensions takes minutes of a loaded CPU
   if c.dataset == "fashion_mnist":
     small["max_per_class"] = 10
-  if c.dataset.startswith("custom"):
+  if c.dataset.startswith("custom") or c.dataset == "tiny_imagenet":
     small["data_dir"] = tiny_npz
   smoke = getattr(registry.method_module(c.method), "smoke", None)
   if smoke is not None:

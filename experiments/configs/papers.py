@@ -8,8 +8,8 @@ native convolution). Evaluation: the standard protocol, ConvNet, DSA, 1000 epoch
 Tiny-ImageNet is not in the TFDS catalogue: prepare ``tiny_imagenet.npz`` with ``x_train`` [100000, 64,
 64, 3] uint8, ``y_train`` [100000], ``x_test`` / ``y_test`` from the 10,000 validation images (the papers
 test on them), class ids 0..199 in the order of ``wnids.txt``, and pass ``--config.data_dir=<that
-file or its directory>``; it loads under the name ``custom_tiny_imagenet`` (per-channel statistics
-of its training images).
+file or its directory>``; it loads under the name ``tiny_imagenet`` (normalized with ImageNet's
+statistics, as the references do).
 """
 import ml_collections
 
@@ -18,7 +18,7 @@ from experiments.configs.common import base, trajectory, with_protocol
 DATASETS = {
     "cifar10": {"dataset": "cifar10", "depth": 3, "per_class": 5000},
     "cifar100": {"dataset": "cifar100", "depth": 3, "per_class": 500},
-    "tiny": {"dataset": "custom_tiny_imagenet", "depth": 4, "per_class": 500},
+    "tiny": {"dataset": "tiny_imagenet", "depth": 4, "per_class": 500},
 }
 
 

@@ -18,6 +18,7 @@ import gzip
 import importlib.util
 import os
 import struct
+import zlib
 from typing import Optional, Sequence
 
 import jax
@@ -25,6 +26,7 @@ import numpy as np
 
 from jaxdistill.checks import check_positive_int
 from jaxdistill.data import sampling
+from jaxdistill.data import zca as zca_lib
 from jaxdistill.types import Dataset
 
 
@@ -34,6 +36,7 @@ class _Info:
   std: tuple
   class_names: tuple = ()
   default_dir: Optional[str] = None
+  in_tfds: bool = True  # False: read from data_dir= only
 
 
 _FMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -49,6 +52,9 @@ KNOWN = {
     "cifar100": _Info((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn_cropped": _Info((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                           tuple(str(i) for i in range(10))),
+    # Not in the TFDS catalogue: loaded from data_dir= (an npz); ImageNet's statistics, as the
+    # references normalize it.
+    "tiny_imagenet": _Info((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), in_tfds=False),
 }
 
 IDX_FILES = {
@@ -57,6 +63,8 @@ IDX_FILES = {
 }
 _INSTALL_HINT = {
     "fashion_mnist": "install it with 'sudo apt-get install -y dataset-fashion-mnist'",
+    "tiny_imagenet": "prepare tiny_imagenet.npz (x_train [100000, 64, 64, 3] uint8, y_train, and the "
+                     "10,000 validation images as x_test / y_test) and pass data_dir=",
 }
 
 
@@ -125,7 +133,7 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(f"Cannot read IDX file {path}: {e}") from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
     raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4]!r}).")
@@ -197,9 +205,17 @@ def _load_npz(path: str) -> tuple:
 
 def save_npz(path: str, data: Dataset) -> None:
   """Writes ``data`` (de-normalized to [0, 1]) in the npz layout that :func:`load` reads."""
-  mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-  np.savez_compressed(path, x_train=data.x_train * std + mean, y_train=data.y_train,
-                      x_test=data.x_test * std + mean, y_test=data.y_test)
+  pixels = {}
+  for split in ("train", "test"):
+    x = denormalize(getattr(data, f"x_{split}"), data)
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if lo < -1e-3 or hi > 1 + 1e-3:  # normalized with other statistics than data's
+      raise ValueError(f"save_npz: the {split} images de-normalized span [{lo:.4g}, {hi:.4g}], not "
+                       f"[0, 1] pixels: data.mean / data.std are not the statistics they were "
+                       f"normalized with.")
+    pixels[split] = np.clip(x, 0.0, 1.0)  # float rounding puts a 0 pixel at -3e-8
+  np.savez_compressed(path, x_train=pixels["train"], y_train=data.y_train, x_test=pixels["test"],
+                      y_test=data.y_test)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,6 +321,8 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
                     f"{' in ' + info.default_dir if info and info.default_dir else ''}: {hint}.")
 
   class_names = info.class_names if info else ()
+  if arrays is None and info is not None and not info.in_tfds:
+    raise DataError(f"{name!r} is not in TFDS and no data_dir= was given: {_INSTALL_HINT[name]}.")
   if arrays is None:  # TFDS
     if info is None and not _is_tfds_name(name):
       raise ValueError(f"Unknown dataset {name!r}. Known: {', '.join(sorted(KNOWN))}, or any TFDS "
@@ -367,8 +385,15 @@ def _pixel_scale(x_train: np.ndarray, x_test: np.ndarray, name: str) -> float:
 
 
 def denormalize(x, data: Dataset) -> np.ndarray:
-  """Maps normalized images back to [0, 1] (for saving / viewing)."""
-  return np.asarray(x) * np.asarray(data.std, np.float32) + np.asarray(data.mean, np.float32)
+  """Maps images in ``data``'s space back to [0, 1] pixels (for saving / viewing): undoes the
+  whitening first where ``data.zca`` records one, then the normalization."""
+  x = np.asarray(x, np.float32)
+  if data.zca is not None:
+    z, mode = data.zca
+    x = np.asarray(zca_lib.invert_zca(z, x))
+    if mode == "kornia":  # whitened [0, 1] pixels, not normalized ones
+      return x
+  return x * np.asarray(data.std, np.float32) + np.asarray(data.mean, np.float32)
 
 
 def names() -> Sequence[str]:

@@ -20,21 +20,23 @@ def class_indices(labels, num_classes: int) -> list:
 
 def sample_balanced(key: jax.Array, labels, num_classes: int, per_class) -> np.ndarray:
   """Indices of ``per_class`` distinct random images per class, class-major: ``per_class`` an int
-  (``[num_classes * per_class]`` indices) or one count per class.
+  (``[num_classes * per_class]`` indices) or one count per class (0 allowed: none of that class).
 
   Raises:
-    ValueError: if a count is below 1 or larger than its class.
+    ValueError: if an int count is below 1, a per-class count below 0 (or all 0), or a count larger
+    than its class.
   """
+  floor = 1 if np.ndim(per_class) == 0 else 0
   counts = np.broadcast_to(np.asarray(per_class), (num_classes,))
-  if counts.min() < 1:
-    raise ValueError(f"per_class must be >= 1; got {per_class}.")
+  if counts.min() < floor or counts.sum() < 1:
+    raise ValueError(f"per_class must be >= {floor} (and not all 0); got {per_class}.")
   per = class_indices(labels, num_classes)
   for c, idx in enumerate(per):
     if idx.size < counts[c]:
       raise ValueError(f"per_class={counts[c]} is larger than class {c}, which has {idx.size} images.")
   keys = jax.random.split(key, num_classes)
   return np.concatenate([idx[np.asarray(jax.random.choice(k, idx.size, (int(m),), replace=False))]
-                         for k, idx, m in zip(keys, per, counts)])
+                         if m else idx[:0] for k, idx, m in zip(keys, per, counts)])
 
 
 def subset_per_class(key: jax.Array, images, labels, num_classes: int, per_class: int) -> tuple:

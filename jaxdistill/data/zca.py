@@ -65,9 +65,13 @@ def invert_zca(z: ZCA, x):
 def whiten_dataset(data, eps: float = 0.1, mode: str = "kornia"):
   """Returns ``(data with whitened train/test images, ZCA)``, fitted on the training images: with
   ``"kornia"`` (MTT / DATM) on them mapped back to ``[0, 1]`` pixels (``data.mean`` / ``data.std``), as
-  the references whiten unnormalized images; with ``"relative"`` on the images as they are."""
+  the references whiten unnormalized images; with ``"relative"`` on the images as they are. The
+  returned data records the whitening (``data.zca``) for ``jaxdistill.data.denormalize``; data
+  whitened already is refused."""
+  if getattr(data, "zca", None) is not None:
+    raise ValueError(f"{data.name}: the images are whitened already (data.zca is set).")
   to_pixels = (lambda x: np.asarray(x, np.float32) * np.asarray(data.std, np.float32)
                + np.asarray(data.mean, np.float32)) if mode == "kornia" else np.asarray
   z = fit_zca(to_pixels(data.x_train), eps, mode)
   f = lambda x: np.asarray(apply_zca(z, to_pixels(x)))
-  return dataclasses.replace(data, x_train=f(data.x_train), x_test=f(data.x_test)), z
+  return dataclasses.replace(data, x_train=f(data.x_train), x_test=f(data.x_test), zca=(z, mode)), z

@@ -25,7 +25,11 @@ def _check_history(history) -> np.ndarray:
 
 
 def forgetting_counts(history) -> np.ndarray:
-  """Forgetting events per example (Toneva et al., ICLR 2019).
+  """Forgetting events per example (Toneva et al., ICLR 2019), from a history sampled once per epoch.
+
+  Toneva et al. count transitions between the predictions made on the example's (augmented)
+  mini-batch during training; the experts here record eval-mode predictions on the un-augmented
+  images after each epoch, which sees fewer transitions (at most one per epoch).
 
   Args:
     history: ``[E, N]`` bool, ``history[e, n]`` = example ``n`` classified correctly after epoch
