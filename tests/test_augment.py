@@ -319,3 +319,17 @@ def test_idc_augment_flips_and_colors_every_call_and_draws_one_other_op():
   assert aug.keywords["strategy"] == "color_crop_flip_scale_rotate" and aug.keywords["mode"] == "idc"
   assert A.get_augment("idc", "mnist").keywords["strategy"] == "color_crop_scale_rotate"
   assert A.get_augment("idc")(key, x).shape == x.shape
+
+
+def test_matching_objectives_refuse_a_per_image_augmentation():
+  from jaxdistill import models, objectives
+  net = models.get_model("mlp", 3, width=4)
+  siamese = A.get_augment("dsa", siamese=True)
+  dc = lambda net, k, **kw: objectives.gradient_matching(net, k, outer_loop=1, inner_loop=1, **kw)
+  for make in (objectives.distribution_matching, dc, objectives.idc_matching):
+    make(net, 3, augment=siamese)  # the references' kind
+    make(net, 3)  # none
+    for per_image in (A.get_augment("dsa", siamese=False), A.get_augment("crop_flip"),
+                      A.get_augment("idc", siamese=False)):
+      with pytest.raises(ValueError, match="augment must be siamese"):
+        make(net, 3, augment=per_image)

@@ -66,6 +66,17 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
   raise ValueError(f"Unknown augmentation {name!r}; known: {list(AUGMENTATIONS)}.")
 
 
+def check_siamese(aug: Optional[AugmentFn], what: str) -> None:
+  """Refuses an augmentation known to draw per image (``crop_flip``, DSA / IDC with ``siamese=False``)
+  where ``what`` (a matching objective) applies one transform per class to the real and synthetic
+  batches alike, as the references do: per-image draws would transform the two batches differently,
+  and under data parallelism repeat on every device's shard. Other callables pass unchecked."""
+  keywords = getattr(aug, "keywords", None) or {}
+  if aug is crop_flip or (getattr(aug, "func", None) is dsa and keywords.get("siamese") is False):
+    raise ValueError(f"{what}: augment must be siamese (one transform per class for the real and the "
+                     f"synthetic images), e.g. get_augment('dsa', siamese=True); got a per-image one.")
+
+
 def map_groups(aug: AugmentFn, keys: jax.Array, x: jax.Array) -> jax.Array:
   """``aug(keys[g], x[g])`` for every group ``g`` of ``x`` ``[G, B, H, W, C]`` (e.g. one class each,
   siamese DSA with one key per class), one group after another (``lax.map``).
@@ -77,7 +88,7 @@ def map_groups(aug: AugmentFn, keys: jax.Array, x: jax.Array) -> jax.Array:
 
 
 __all__ = [
-    "AUGMENTATIONS", "AugmentFn", "DEFAULT_STRATEGY", "DSAParams", "MODES", "NO_FLIP_STRATEGY", "OPS",
+    "AUGMENTATIONS", "AugmentFn", "check_siamese", "DEFAULT_STRATEGY", "DSAParams", "MODES", "NO_FLIP_STRATEGY", "OPS",
     "affine", "brightness", "color", "contrast", "crop", "crop_flip", "cutmix", "cutout", "cutout_at",
     "dsa", "flip", "flip_where", "get_augment", "idc_strategy", "identity", "map_groups", "parse_strategy", "rotate", "rotate_by", "saturation", "scale",
     "scale_by", "strategy_for", "translate",

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill import training
-from jaxdistill.augment import map_groups
+from jaxdistill.augment import check_siamese, map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.models.layers import prefer_conv
 from jaxdistill.models.nets import as_net
@@ -51,6 +51,7 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
   # No gradient flows through a loop here: XLA's own convolution is faster and leaner than the
   # "patches" one that "auto" picks on CPU for unrolled training.
   fns = as_net(prefer_conv(net, "lax"))
+  check_siamese(augment, "distribution_matching")
   aug = augment or identity_augment
 
   def init(key, syn):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdistill import training
-from jaxdistill.augment import cutmix, map_groups
+from jaxdistill.augment import check_siamese, cutmix, map_groups
 from jaxdistill.checks import check_positive_int
 from jaxdistill.objectives.base import Objective, pmean
 from jaxdistill.models.nets import as_net
@@ -91,6 +91,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
   The batch is ``{"images": [K, P, H, W, C]}``, split over devices along P.
   """
   fns = as_net(net)
+  check_siamese(augment, "gradient_matching")
   aug = augment or identity_augment
   train_aug = train_augment or identity_augment
 
@@ -259,6 +260,7 @@ def idc_matching(net, num_classes: int, inner_loop: int = 100, augment: Optional
   over the devices' shards of each batch, and CutMix permutes rows within a device's shard.
   """
   fns = as_net(net)
+  check_siamese(augment, "idc_matching")
   aug = augment or identity_augment
   train_aug = train_augment or identity_augment
   check_positive_int("inner_loop", inner_loop)
