@@ -779,6 +779,10 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
     override(bad, changes)
     with pytest.raises(ValueError, match=match):
       minimax.check_config(bad)
+  cpu = load_config("minimax_unet_cpu_fmnist.py")  # the CPU-sized UNet run: same design, smaller
+  minimax.check_config(cpu)
+  assert cpu.holdout > 0 and cpu.pretrain.quality_every and len(cpu.sweep) == 8
+  assert cpu.workdir != c.workdir and cpu.results != c.results and cpu.grid_prefix != c.grid_prefix
   default = load_config("minimax_fmnist.py")  # the DiT run: no sweep, no held-out images
   minimax.check_config(default)
   assert default.holdout == 0 and not default.sweep and default.model_kind == "dit"
