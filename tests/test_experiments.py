@@ -875,3 +875,28 @@ def test_minimax_runs_every_stage_at_test_size_with_its_quality_report(tmp_path)
     c.judge.min_accuracy = 0.99
     with pytest.raises(ValueError, match="min_accuracy"):
       minimax.run(c)
+
+
+def test_selmatch_merge_joins_ratios_of_one_study_and_refuses_mixed_ones(tmp_path):
+  from experiments import selmatch_merge
+  row = lambda ratio, kind: {"set": kind, "ratio": ratio, "alpha": None, "beta": None,
+                             "evaluator": "convnet, dsa", "mean": 80.0, "std": 0.1}
+  def rec(name, rows, accs=(86.0, 85.0), learned=False):
+    path = str(tmp_path / name)
+    json.dump({"expert_test_acc": list(accs), "eval_learned_lr": learned, "rows": rows},
+              open(path, "w"))
+    return path
+  a = rec("study.json", [row(0.1, "random"), row(0.1, "mtt")])
+  b = rec("study_30pct.json", [row(0.3, "random"), row(0.3, "selmatch")])
+  selmatch_merge.main([a, a, b])  # written over one of its inputs
+  merged = json.load(open(a))
+  assert [(r["ratio"], r["set"], r["source"]) for r in merged["rows"]] == [
+      (0.1, "random", "study.md"), (0.1, "mtt", "study.md"), (0.3, "random", "study_30pct.md"),
+      (0.3, "selmatch", "study_30pct.md")]
+  with pytest.raises(ValueError, match="recorded in both"):
+    selmatch_merge.merge([a, b])
+  with pytest.raises(ValueError, match="other experts"):
+    selmatch_merge.merge([rec("c.json", [row(0.1, "mtt")]), rec("d.json", [row(0.2, "mtt")], (1.0,))])
+  with pytest.raises(ValueError, match="not one protocol"):
+    selmatch_merge.merge([rec("e.json", [row(0.1, "mtt")]),
+                          rec("f.json", [row(0.2, "mtt")], learned=True)])
