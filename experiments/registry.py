@@ -147,7 +147,8 @@ DIFFICULTIES = ("first_learned", "forgetting")
 def difficulty_scores(directory: str, expert_ids, num_epochs: int,
                       kind: str = "first_learned") -> np.ndarray:
   """Per training image, the mean over experts (higher = harder) of: ``"first_learned"``, the
-  first-learned epoch + forgetting / (E + 1); ``"forgetting"``, Toneva et al.'s forgetting events with
+  first-learned epoch + forgetting / (E + 1), an image never classified correctly counting E events
+  (``scores.difficulty``); ``"forgetting"``, Toneva et al.'s forgetting events with
   never-learned images ranked hardest (``scores.forgetting_score``; SelMatch's Tiny-ImageNet setting,
   meant for long expert runs)."""
   if kind not in DIFFICULTIES:

@@ -80,7 +80,8 @@ def check_config(c, num_classes: int) -> None:
       raise ValueError(f"alphas of ratio {ratio} must be non-empty and in [0, 1]; got {alphas}.")
 
 
-DIFFICULTY_TEXT = {"first_learned": "first-learned epoch + forgetting events / (E + 1)",
+DIFFICULTY_TEXT = {"first_learned": "first-learned epoch + forgetting events / (E + 1), an image "
+                                    "never classified correctly counting E events",
                    "forgetting": "forgetting events, never-learned images ranked hardest (Toneva et al.)"}
 
 

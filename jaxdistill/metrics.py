@@ -98,7 +98,7 @@ def nearest_distance(queries, refs, query_ids=None, query_chunk: int = 1024,
     raise ValueError(f"query_ids must be [{m}]; got shape {ids.shape}.")
   # Distances are searched as |q|^2 - 2 q.r + |r|^2 in float32: centred on the references' mean, so
   # that features far from the origin (all-positive ReLU features) do not cancel their differences.
-  center = np.mean(np.asarray(r, np.float64), axis=0).astype(np.float32)
+  center = r.mean(axis=0, dtype=np.float64).astype(np.float32)
   q, r = q - center, r - center
   cq = max(1, min(int(query_chunk), m))
   cr = max(1, min(int(ref_chunk), r.shape[0]))

@@ -67,8 +67,9 @@ class Dataset:
     num_classes: number of classes K.
     class_names: K names.
     mean, std: per-channel statistics used to normalize (of the [0, 1]-scaled training images).
-    zca: ``(ZCA, mode)`` when ``jaxdistill.data.whiten_dataset`` whitened the images (then ``mean`` /
-      ``std`` alone no longer map them to pixels: ``jaxdistill.data.denormalize`` does), else None.
+    zca: a ``jaxdistill.data.Whitening`` (mean, inverse transform, mode) when
+      ``jaxdistill.data.whiten_dataset`` whitened the images (then ``mean`` / ``std`` alone no longer
+      map them to pixels: ``jaxdistill.data.denormalize`` does), else None.
   """
   name: str
   x_train: np.ndarray

@@ -277,7 +277,7 @@ def test_whitened_data_records_its_zca_and_maps_back_to_pixels(tmp_path):
   d = data.load("cifar10", data_dir=str(tmp_path / "d.npz"))
   for mode in ("kornia", "relative"):
     w, z = data.whiten_dataset(d, mode=mode)
-    assert w.zca[0] is z and w.zca[1] == mode and w.mean == d.mean
+    assert w.zca.w_inv is z.w_inv and w.zca.mode == mode and w.mean == d.mean
     np.testing.assert_allclose(data.denormalize(w.x_train, w), raw / 255.0, atol=2e-3)
     with pytest.raises(ValueError, match="whitened already"):
       data.whiten_dataset(w)

@@ -389,9 +389,8 @@ def denormalize(x, data: Dataset) -> np.ndarray:
   whitening first where ``data.zca`` records one, then the normalization."""
   x = np.asarray(x, np.float32)
   if data.zca is not None:
-    z, mode = data.zca
-    x = np.asarray(zca_lib.invert_zca(z, x))
-    if mode == "kornia":  # whitened [0, 1] pixels, not normalized ones
+    x = np.asarray(zca_lib.invert_zca(data.zca, x))
+    if data.zca.mode == "kornia":  # whitened [0, 1] pixels, not normalized ones
       return x
   return x * np.asarray(data.std, np.float32) + np.asarray(data.mean, np.float32)
 

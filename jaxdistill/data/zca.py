@@ -25,6 +25,15 @@ class ZCA(NamedTuple):
   w_inv: np.ndarray  # [D, D]
 
 
+class Whitening(NamedTuple):
+  """What a whitened dataset keeps to map its images back (``Dataset.zca``): the fitted mean, the
+  inverse transform and the mode (``"kornia"``: whitened [0, 1] pixels; ``"relative"``: whitened
+  normalized images)."""
+  mean: np.ndarray   # [D]
+  w_inv: np.ndarray  # [D, D]
+  mode: str
+
+
 ZCA_MODES = ("kornia", "relative")
 
 
@@ -55,8 +64,9 @@ def apply_zca(z: ZCA, x):
   return ((flat - z.mean) @ z.w).reshape(shape)
 
 
-def invert_zca(z: ZCA, x):
-  """Undoes :func:`apply_zca` (for viewing whitened synthetic images)."""
+def invert_zca(z, x):
+  """Undoes :func:`apply_zca` (for viewing whitened synthetic images); ``z`` a ``ZCA`` or a
+  ``Whitening``."""
   shape = x.shape
   flat = jnp.asarray(x, jnp.float32).reshape(shape[0], -1)
   return (flat @ z.w_inv + z.mean).reshape(shape)
@@ -74,4 +84,5 @@ def whiten_dataset(data, eps: float = 0.1, mode: str = "kornia"):
                + np.asarray(data.mean, np.float32)) if mode == "kornia" else np.asarray
   z = fit_zca(to_pixels(data.x_train), eps, mode)
   f = lambda x: np.asarray(apply_zca(z, to_pixels(x)))
-  return dataclasses.replace(data, x_train=f(data.x_train), x_test=f(data.x_test), zca=(z, mode)), z
+  return dataclasses.replace(data, x_train=f(data.x_train), x_test=f(data.x_test),
+                             zca=Whitening(z.mean, z.w_inv, mode)), z

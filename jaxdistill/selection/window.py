@@ -175,9 +175,10 @@ def window_search(key: jax.Array, scores, data: Dataset, ipc: int,
     key: PRNG key passed to every evaluation.
     scores: ``[N]`` difficulty scores of ``data``'s training images.
     data: the dataset (``x_train``, ``y_train`` are selected from; the test split scores the windows,
-      as in SelMatch's scripts: to choose beta without looking at test images, pass a copy whose
-      ``x_test`` / ``y_test`` hold training images kept out of ``x_train``, as
-      ``experiments.selmatch`` does).
+      as in SelMatch's scripts). To choose beta without looking at test images, pass a copy whose
+      ``x_test`` / ``y_test`` hold training images kept out of ``x_train``, or an ``evaluate_fn``
+      that scores held-out images (``experiments.selmatch`` scores held-out and test images in one
+      pass, as groups, and picks beta by the held-out group).
     ipc: images per class.
     betas: window starts to try (in ``unit``); default 0, 0.1, ..., 0.9.
     evaluate_fn: ``(key, syn) -> EvalResult``; default ``jaxdistill.evaluate.accuracy(key, syn, data,
