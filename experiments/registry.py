@@ -250,7 +250,7 @@ def build(c, data) -> Method:
 
 def eval_config(c) -> jd.evaluate.EvalConfig:
   """The protocol of ``c``: ``c.eval_epochs``, ``c.eval_augment`` and any ``c.eval_kwargs``
-  (e.g. SelMatch's ``lr=0.1, schedule="cosine", batch_size=128``). A config that names a paper's
+  (e.g. SelMatch's ``lr=0.1, schedule="cosine_epoch", batch_size=128``). A config that names a paper's
   protocol (``c.eval_protocol``, set by ``configs.common.with_protocol``) must still hold it: a
   field changed since is refused, naming it."""
   cfg = jd.evaluate.EvalConfig(epochs=c.eval_epochs, augment=c.eval_augment,
@@ -273,8 +273,10 @@ def eval_config(c) -> jd.evaluate.EvalConfig:
 
 
 def paper_protocol(c) -> jd.evaluate.Protocol:
-  """``jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=c.eval_protocol_ratio)``."""
-  return jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=c.get("eval_protocol_ratio"))
+  """``jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=c.eval_protocol_ratio, ipc=c.ipc,
+  factor=c.idc_factor)``."""
+  return jd.evaluate.protocol(c.eval_protocol, c.dataset, ratio=c.get("eval_protocol_ratio"),
+                              ipc=c.get("ipc"), factor=c.get("idc_factor"))
 
 
 def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
@@ -287,7 +289,7 @@ def _protocol(c, data, use_learned_lr: bool, soft_label_loss: Optional[str]):
     if syn.labels.ndim == 2 and soft_label_loss is not None:
       run_cfg = run_cfg._replace(loss=soft_label_loss)
     if mask is not None and c.get("combined_augment"):
-      run_cfg, groups = run_cfg._replace(augment=(c.eval_augment, "crop_flip")), \
+      run_cfg, groups = run_cfg._replace(augment=jd.partial_updates.combined_augment(c.eval_augment)), \
           jd.partial_updates.augment_groups(mask)
     out = {}
     for name in c.eval_models:

@@ -291,7 +291,7 @@ def run(c) -> dict:
     ipc = int(round(ratio * c.per_class))
     tag = f"{100 * ratio:g}% ({ipc})"
     final_cfg, learned = eval_rule(c, ratio)
-    combined_cfg = final_cfg._replace(augment=("dsa", "crop_flip"))
+    combined_cfg = final_cfg._replace(augment=jd.partial_updates.combined_augment())
     search_cfg = final_cfg._replace(epochs=c.search.eval_epochs)
     rnd = jd.selection.random(jax.random.fold_in(init_key, ipc), data.x_train, data.y_train,
                               data.num_classes, ipc)

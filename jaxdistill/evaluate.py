@@ -43,9 +43,11 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 class EvalConfig(NamedTuple):
   """Hyperparameters of the evaluation protocol (defaults: the DC/DSA/DM/MTT reference).
 
-  ``epochs=None`` means the reference's budget: 1000 epochs with DSA, 300 otherwise.
-  ``augment`` is a name ("dsa", "crop_flip", "none") or a function ``(key, x) -> x``; a tuple of them
-  routes each row by ``groups`` (SelMatch's combined augmentation).
+  ``epochs=None`` means the reference's budget: 1000 epochs with DSA (any route "dsa", "dsa_image" or
+  IDC's "idc"), 300 otherwise.
+  ``augment`` is a name ("dsa", "dsa_image", "idc", "crop_flip", "none") or a function ``(key, x) -> x``;
+  a tuple of them routes each row by ``groups`` (SelMatch's combined augmentation,
+  ``partial_updates.combined_augment()``).
   ``loss``: "ce" (hard labels, or soft labels read as ``accuracy``'s / ``train``'s ``soft_labels`` says:
   logits by default) or "mse" (regression to the label rows, KIP).
   """
@@ -84,7 +86,7 @@ class EvalConfig(NamedTuple):
     if self.epochs is not None:
       return int(self.epochs)
     augs = self.augment if isinstance(self.augment, tuple) else (self.augment,)
-    return 1000 if any(isinstance(a, str) and a == "dsa" for a in augs) else 300
+    return 1000 if any(isinstance(a, str) and a in ("dsa", "dsa_image", "idc") for a in augs) else 300
 
   def trained_epochs(self) -> int:
     """Epochs actually trained: ``E + 1`` with ``"step"`` (the reference's) and ``"cosine_epoch"``,
@@ -147,7 +149,8 @@ def check_config(cfg: EvalConfig) -> None:
 
 
 
-def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[float] = None) -> Protocol:
+def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[float] = None,
+             ipc: Optional[int] = None, factor: Optional[int] = None) -> Protocol:
   """The evaluation protocol of a paper's code by name (``PROTOCOLS``) for a dataset.
 
   All train the field's ConvNet (width 128, instance norm; depth 3, or 4 on Tiny-ImageNet's 64x64
@@ -163,12 +166,16 @@ def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[floa
   - ``"idc"`` (IDC ``argument.py`` / ``train.py``, datasets other than ImageNet): 1000 epochs, batch 64,
     IDC's DSA (``augment="idc"``), CutMix with probability 0.5 (``mix="cutmix"``), lr 0.01 with
     ``schedule="multistep"`` (x0.2 at 2/3 and 5/6 of the epochs). IDC's ``test.py`` trains one network
-    per run by default (``--repeat``); 5 here.
+    per run by default (``--repeat``); 5 here. Its per-setting changes are followed where they apply:
+    on MNIST with ``factor`` > 1 no CutMix (pass ``factor``); on SVHN at ``ipc`` 1 and ``factor`` 1 it
+    also adds cutout to the strategy, which is refused here (pass ``ipc`` and ``factor`` on SVHN).
   - ``"selmatch"`` (SelMatch ``eval.py``, ``utils.evaluate_synset``, ``scripts/eval``): ResNet-18 with
     BatchNorm, lr 0.1, batch 128, ``schedule="cosine_epoch"``, ``round(50 / ratio)`` epochs for the set's
     share ``ratio`` of the training set (1000 at 5%, 500 at 10%, 250 at 20%, 167 at 30%), DSA, 5
     networks, the learned step size never used. SelMatch's sets train with combined augmentation
-    (``partial_updates.augment_groups``), random and window sets with DSA.
+    (``cfg.augment=partial_updates.combined_augment()`` and ``partial_updates.augment_groups``: DSA
+    with one op per image on the distilled rows, crop + flip on the frozen ones), random and window
+    sets with DSA (one op per batch).
 
   ``accuracy(key, syn, data, model=p.model, num_seeds=p.num_models, cfg=p.cfg,
   model_kwargs=dict(p.model_kwargs), use_learned_lr=p.use_learned_lr)`` evaluates under it.
@@ -183,6 +190,18 @@ def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[floa
     raise ValueError("DC's protocol on MNIST trains 1000 epochs with DC's crop / scale / rotate "
                      "augmentation (utils.get_daparam), which this library does not implement; use "
                      "protocol 'dsa', or an EvalConfig of your own.")
+  if name == "idc" and ds == "mnist":
+    if factor is None:
+      raise ValueError("IDC's evaluation on MNIST depends on the multi-formation factor (test.py: no "
+                       "CutMix when factor > 1): pass factor=.")
+  if name == "idc" and ds.startswith("svhn"):
+    if ipc is None or factor is None:
+      raise ValueError("IDC's evaluation on SVHN depends on the IPC and factor (test.py: IPC 1 with "
+                       "factor 1 trains without CutMix and with cutout): pass ipc= and factor=.")
+    if ipc == 1 and factor == 1:
+      raise ValueError("IDC's evaluation on SVHN at IPC 1, factor 1 uses the strategy "
+                       "'color_crop_cutout_scale_rotate' without CutMix, which protocol('idc') does "
+                       "not express; build an EvalConfig of your own.")
   if name == "selmatch":
     if ratio is None or not 0 < ratio <= 1:
       raise ValueError(f"SelMatch's protocol trains round(50 / ratio) epochs: pass the set's share of "
@@ -202,8 +221,10 @@ def protocol(name: str, dataset_name: Optional[str] = None, ratio: Optional[floa
   if name == "mtt":
     return Protocol(name, EvalConfig(epochs=1000, augment="dsa"), 5, "convnet", kwargs, True,
                     "mtt-distillation distill.py (num_eval 5, epoch_eval_train 1000, learned lr)")
+  no_mix = ds == "mnist" and factor > 1  # test.py: mixup 'vanilla'
   return Protocol(name, EvalConfig(epochs=1000, batch_size=64, schedule="multistep", augment="idc",
-                                   mix="cutmix", mix_p=0.5), 5, "convnet", kwargs, False,
+                                   mix="none" if no_mix else "cutmix", mix_p=0.5), 5, "convnet", kwargs,
+                  False,
                   "Efficient-Dataset-Condensation argument.py and train.py (5 networks here)")
 
 

@@ -112,11 +112,22 @@ def selmatch_mask(labels, num_classes: int, alpha: float) -> np.ndarray:
   return mask
 
 
+def combined_augment(distilled: str = "dsa") -> tuple:
+  """SelMatch's combined augmentation as an ``EvalConfig.augment`` tuple, for ``augment_groups``'
+  routes: distilled rows (route 0) DSA with one op and its parameters drawn for each image
+  (``"dsa_image"``: SelMatch's ``CombinedTensorDataset`` calls ``DiffAugment`` image by image, where
+  its DSA-only evaluation draws one op per batch), frozen real rows (route 1) random crop (pad 4) and
+  horizontal flip. ``distilled``: another augmentation name for route 0 (``"dsa"`` gives
+  ``"dsa_image"``)."""
+  return ("dsa_image" if distilled == "dsa" else distilled, "crop_flip")
+
+
 def augment_groups(mask) -> np.ndarray:
   """Row groups for SelMatch's combined augmentation at evaluation time.
 
-  Use with ``EvalConfig(augment=("dsa", "crop_flip"))`` and ``evaluate.accuracy(..., groups=...)``:
-  group 0 (distilled rows) gets DSA, group 1 (frozen real rows) random crop (pad 4) + horizontal flip.
+  Use with ``EvalConfig(augment=combined_augment())`` and ``evaluate.accuracy(..., groups=...)``:
+  group 0 (distilled rows) gets DSA, one op per image, group 1 (frozen real rows) random crop (pad 4)
+  + horizontal flip.
 
   Args:
     mask: ``[N]`` bool, True = distilled.
@@ -134,7 +145,7 @@ def route_augment(augs, key: jax.Array, x: jax.Array, groups: Optional[jax.Array
   """Applies ``augs[g]`` to the rows of ``x`` ``[B, H, W, C]`` whose group (``groups`` ``[B]`` int) is
   ``g``; one function (or a 1-tuple) applies to every row and needs no groups. Each function gets its
   own key from ``key``. This is SelMatch's combined augmentation, used in evaluation
-  (``EvalConfig(augment=("dsa", "crop_flip"))``) and, optionally, inside trajectory matching."""
+  (``EvalConfig(augment=combined_augment())``) and, optionally, inside trajectory matching."""
   if not isinstance(augs, (tuple, list)):
     return augs(key, x)
   if len(augs) == 1:

@@ -330,6 +330,24 @@ def test_matching_objectives_refuse_a_per_image_augmentation():
     make(net, 3, augment=siamese)  # the references' kind
     make(net, 3)  # none
     for per_image in (A.get_augment("dsa", siamese=False), A.get_augment("crop_flip"),
+                      A.get_augment("dsa_image"),
                       A.get_augment("idc", siamese=False)):
       with pytest.raises(ValueError, match="augment must be siamese"):
         make(net, 3, augment=per_image)
+
+
+def test_dsa_image_mode_draws_an_op_for_each_image():
+  """SelMatch's combined augmentation calls DiffAugment image by image: within one call the images
+  get different ops, where mode "single" applies one op to the whole batch."""
+  x = np.random.default_rng(0).uniform(size=(64, 8, 8, 1)).astype(np.float32)
+  flat = lambda a: np.sort(np.asarray(a).reshape(64, -1), 1)
+
+  def counts(aug, key):  # images a flip drew (it keeps each image's pixel multiset; color does not)
+    out = aug(key, jnp.asarray(x))
+    return int(np.all(np.abs(flat(out) - flat(x)) < 1e-6, 1).sum())
+
+  per_image = A.get_augment("dsa_image", strategy="color_flip")
+  per_batch = A.get_augment("dsa", strategy="color_flip", siamese=False)
+  for i in range(4):
+    assert 16 <= counts(per_image, jax.random.key(i)) <= 48  # about half of each
+    assert counts(per_batch, jax.random.key(i)) in (0, 64)  # one op for the batch

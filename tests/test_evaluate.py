@@ -133,6 +133,15 @@ def test_paper_protocols_are_the_papers_and_refuse_what_they_cannot_run():
     evaluate.protocol("kip")
   with pytest.raises(ValueError, match="crop / scale / rotate"):
     evaluate.protocol("dc", "mnist")
+  # IDC's test.py per setting: MNIST with factor > 1 trains without CutMix; SVHN IPC 1 factor 1 is
+  # another strategy (refused); both need the setting named.
+  assert evaluate.protocol("idc", "mnist", factor=2).cfg.mix == "none"
+  assert evaluate.protocol("idc", "mnist", factor=1).cfg.mix == "cutmix"
+  assert evaluate.protocol("idc", "svhn_cropped", ipc=10, factor=2).cfg.mix == "cutmix"
+  for ds, kw, match in (("mnist", {}, "pass factor"), ("svhn_cropped", {"factor": 2}, "pass ipc"),
+                        ("svhn_cropped", {"ipc": 1, "factor": 1}, "cutout")):
+    with pytest.raises(ValueError, match=match):
+      evaluate.protocol("idc", ds, **kw)
 
 
 @pytest.mark.slow

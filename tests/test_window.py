@@ -210,7 +210,8 @@ def test_combined_augmentation_frozen_rows_crop_flip_distilled_rows_dsa():
   mask = partial_updates.selmatch_mask(labels, 2, 1 / 3)  # one distilled (last) row per class
   np.testing.assert_array_equal(mask, [0, 0, 1, 0, 0, 1])
   groups = partial_updates.augment_groups(mask)
-  cfg = evaluate.EvalConfig(augment=("dsa", "crop_flip"))
+  cfg = evaluate.EvalConfig(augment=partial_updates.combined_augment())
+  assert cfg.augment == ("dsa_image", "crop_flip")
   augs = tuple(training.resolve_augment(a, "cifar10") for a in cfg.augment)
   assert augs[1] is augment.crop_flip
   dsa_not_crop_flip = 0

@@ -62,10 +62,11 @@ def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_t
 
 def with_protocol(c, name: str, ratio=None):
   """Sets ``c``'s evaluation fields to a paper's protocol (``jaxdistill.evaluate.protocol``: "dc",
-  "dsa", "dm", "mtt", "idc", "selmatch" with the set's share ``ratio`` of the training set): its
+  "dsa", "dm", "mtt", "idc", "selmatch" with the set's share ``ratio`` of the training set; IDC's
+  reads ``c.ipc`` and ``c.idc_factor``, so set them first): its
   network, epochs, augmentation, training hyperparameters and number of networks, and names it in
   ``c.eval_protocol`` (a later change of one of these fields is refused)."""
-  p = jd.evaluate.protocol(name, c.dataset, ratio=ratio)
+  p = jd.evaluate.protocol(name, c.dataset, ratio=ratio, ipc=c.get("ipc"), factor=c.get("idc_factor"))
   default = jd.evaluate.EvalConfig()
   c.eval_protocol = name
   if ratio is not None:

@@ -18,7 +18,7 @@ from jaxdistill.augment.simple import crop_flip, cutmix, identity
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-AUGMENTATIONS = ("dsa", "idc", "crop_flip", "none")
+AUGMENTATIONS = ("dsa", "dsa_image", "idc", "crop_flip", "none")
 
 
 def idc_strategy(dataset_name: Optional[str]) -> str:
@@ -36,7 +36,9 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
 
   Args:
     name: ``"dsa"``, ``"idc"`` (``dsa`` with ``idc_strategy`` in mode ``"idc"``; IDC's evaluation draws
-      per image: pass ``siamese=False``, as the evaluation protocol does), ``"crop_flip"`` or ``"none"``.
+      per image: pass ``siamese=False``, as the evaluation protocol does), ``"dsa_image"`` (``dsa`` in
+      mode ``"image"``: one op drawn per image, SelMatch's combined augmentation of distilled rows),
+      ``"crop_flip"`` or ``"none"``.
     dataset_name: the dataset (the reference DSA strategy is the same for all, flip included).
     siamese: DSA and IDC: one parameter set per call derived from the key (the default: DC/DSA/DM/IDC
       matching), or per-image parameters (False; MTT, evaluation). ``crop_flip`` is always per image.
@@ -53,6 +55,8 @@ def get_augment(name: str, dataset_name: Optional[str] = None, siamese: bool = T
   if name == "idc":
     name, mode = "dsa", "idc"
     strategy = idc_strategy(dataset_name) if strategy is None else strategy
+  if name == "dsa_image":
+    name, mode, siamese = "dsa", "image", False
   if name == "dsa":
     strategy = strategy_for(dataset_name) if strategy is None else strategy
     parse_strategy(strategy)  # fail early on unknown ops
@@ -72,7 +76,8 @@ def check_siamese(aug: Optional[AugmentFn], what: str) -> None:
   batches alike, as the references do: per-image draws would transform the two batches differently,
   and under data parallelism repeat on every device's shard. Other callables pass unchecked."""
   keywords = getattr(aug, "keywords", None) or {}
-  if aug is crop_flip or (getattr(aug, "func", None) is dsa and keywords.get("siamese") is False):
+  if aug is crop_flip or (getattr(aug, "func", None) is dsa and (keywords.get("siamese") is False
+                                                               or keywords.get("mode") == "image")):
     raise ValueError(f"{what}: augment must be siamese (one transform per class for the real and the "
                      f"synthetic images), e.g. get_augment('dsa', siamese=True); got a per-image one.")
 

@@ -45,7 +45,7 @@ class DSAParams(NamedTuple):
 
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-MODES = ("single", "multiple", "idc")
+MODES = ("single", "multiple", "idc", "image")
 # A strategy without the flip, for users who want it for digits (MNIST, SVHN): an explicit choice,
 # since the reference code keeps the flip for every dataset.
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
@@ -425,7 +425,9 @@ def dsa(key: Array, x: Array, strategy: str = DEFAULT_STRATEGY, params: DSAParam
     mode: ``"single"``: one op of the strategy drawn uniformly per call by the key (reference ``'S'``, the
       default everywhere in DC/DSA/DM/MTT); ``"multiple"``: every op in sequence (reference ``'M'``);
       ``"idc"``: IDC's ``DiffAug``: flip and color on every call, then one of the other ops drawn per
-      call, then cutout on every call (each only when in the strategy).
+      call, then cutout on every call (each only when in the strategy); ``"image"``: ``"single"``
+      image by image, one op and its parameters drawn for each image (SelMatch's combined
+      augmentation calls ``DiffAugment`` on one image at a time; ``siamese`` is moot).
 
   Returns:
     ``[N, H, W, C]`` augmented images, same dtype as ``x``.
@@ -454,6 +456,9 @@ def _dsa(key: Array, x: Array, names: Tuple[str, ...], params: DSAParams, siames
     if "cutout" in names:
       x = OPS["cutout"](jax.random.fold_in(key, 3), x, params, siamese)
     return x
+  if mode == "image":  # under vmap the op choice is per row: every op runs, each row selects its own
+    keys = jax.random.split(key, x.shape[0])
+    return jax.vmap(lambda k, xi: _dsa(k, xi[None], names, params, False, "single")[0])(keys, x)
   fns = [OPS[n] for n in names]
   if mode == "multiple":
     for i, f in enumerate(fns):
