@@ -187,6 +187,36 @@ def test_frepo_registry_default_net_and_flip(key):
   np.testing.assert_allclose(float(f(flip, syn)), float(f(plain, both)), rtol=1e-5)
 
 
+def test_frepo_kernel_loss_sums_over_classes_as_frepos_code(key):
+  """FRePo's mean_squared_loss: 0.5 * sum over classes, mean over rows (KIP's colab: mean over both):
+  the kernel loss is the KRR prediction's row MSE from the pool member's features."""
+  from jaxdistill.objectives import kernel as kernel_lib
+  syn, batch = toy_syn(), real_batch()
+  obj = objectives.frepo(TinyNet(), K, pool_size=2)
+  state = obj.init(key, syn)
+  _, aux = obj.loss(syn, batch, key, state)
+  variables = jax.tree.map(lambda a: a[state.current], state.variables)
+  feats = lambda x: TinyNet().apply(variables, x, return_features=True)[1]
+  f_s, f_t = feats(syn.images), feats(batch["images"])
+  sol = kernels.krr_fit(f_s @ f_s.T, syn.labels, 1e-6)
+  pred = f_t @ f_s.T @ sol.alpha
+  y_t = objectives.kip_labels(batch["labels"], K)
+  want = 0.5 * jnp.mean(jnp.sum((pred - y_t) ** 2, -1))
+  np.testing.assert_allclose(float(aux["kernel_loss"]), float(want), rtol=1e-4)
+  np.testing.assert_allclose(float(kernel_lib.row_mse(pred, y_t)), K * float(kernel_lib.mse(pred, y_t)),
+                             rtol=1e-6)
+
+
+def test_frepo_convnet_has_flax_default_initialization(key):
+  from jaxdistill import models
+  net = models.get_model("convnet_frepo", K, width=4, depth=2)
+  params = net.init(key, jnp.zeros((1, 8, 8, 1)))["params"]
+  biases = [p["bias"] for p in params.values()]
+  assert all(float(jnp.abs(b).max()) == 0.0 for b in biases)  # zero biases
+  k = params["Conv_1"]["kernel"]  # 3 x 3 x 4 -> 8: LeCun normal, variance 1 / fan_in
+  np.testing.assert_allclose(float(jnp.std(k)), (1 / (3 * 3 * 4)) ** 0.5, rtol=0.25)
+
+
 def test_label_margin():
   y = jnp.asarray([[1.0, 0.0, 0.0], [0.5, 0.4, 0.0]])
   # Row 1: margin 1 capped at 1/3; row 2: margin 0.1.

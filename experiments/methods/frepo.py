@@ -9,12 +9,16 @@ UNUSED_FIELDS = ("model", "model_kwargs")  # its pool's network is convnet_frepo
 
 
 def build(c, data):
+  # FRePo's code: flipped copies of the set on every dataset but (Fashion-)MNIST; synthetic labels
+  # divided by sqrt(K / 10) (init_proto's scale_y).
   obj = jd.objectives.frepo("convnet_frepo", data.num_classes, pool_size=c.frepo_pool,
                             max_online_updates=c.frepo_max_online,
-                            net_options=dict(c.frepo_net_kwargs), use_flip=False,
+                            net_options=dict(c.frepo_net_kwargs),
+                            use_flip=data.name not in ("mnist", "fashion_mnist"),
                             reg=c.get("frepo_reg", 1e-6))
   init = r.random_init(c, data)
-  init = init._replace(labels=jd.objectives.kip_labels(init.labels, data.num_classes))
+  init = init._replace(labels=jd.objectives.kip_labels(init.labels, data.num_classes,
+                                                       scale=(data.num_classes / 10) ** 0.5))
   return r.Method(obj, r.optimizer(c, labels=True), r.flat_sampler(c, data), init,
                   evaluators=r.evaluators(c, data, soft_label_loss="mse"))
 

@@ -1,11 +1,12 @@
-"""KIP (Nguyen et al., ICLR 2021): kernel ridge regression from the synthetic set (images and learned
-soft labels) to real batches under a fully connected NTK (``c.kip_depth``, ridge ``c.kip_reg``). Its
+"""KIP (Nguyen et al., ICLR 2021): kernel ridge regression from the synthetic set (images and, with
+``c.kip_learn_labels``, learned soft labels) to real batches under a fully connected NTK (``c.kip_depth``, ridge ``c.kip_reg``). Its
 protocol evaluation trains with MSE on the learned labels, as KIP does; the ``"krr"`` evaluator is the
 kernel predictor's own test accuracy."""
 import jaxdistill as jd
 from experiments import registry as r
 
 UNUSED_FIELDS = ("model", "model_kwargs")  # the kernel is c.kip_depth's NTK, not c.model
+DISTILL_FIELDS = ("kip_learn_labels",)
 
 
 def krr(c, data, kernel):
@@ -21,6 +22,6 @@ def build(c, data):
   init = r.random_init(c, data)
   init = init._replace(labels=jd.objectives.kip_labels(init.labels, data.num_classes))
   return r.Method(jd.objectives.kip(kernel, data.num_classes, reg=c.kip_reg),
-                  r.optimizer(c, labels=True), r.flat_sampler(c, data), init,
+                  r.optimizer(c, labels=c.get("kip_learn_labels", True)), r.flat_sampler(c, data), init,
                   evaluators=r.evaluators(c, data, own={"krr": krr(c, data, kernel)},
                                           soft_label_loss="mse"))

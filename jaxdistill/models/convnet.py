@@ -50,8 +50,13 @@ class ConvNet(nn.Module):
     return (logits, feats) if return_features else logits
 
 
+# FRePo's ConvNet is a Flax module with Flax's default initialization: LeCun normal weights, zero biases.
+FLAX_KERNEL = nn.initializers.lecun_normal()
+
+
 class ConvNetFRePo(nn.Module):
-  """FRePo's ConvNet (``Conv`` in the FRePo code base): widths double per block, norm before conv.
+  """FRePo's ConvNet (``Conv`` in the FRePo code base): widths double per block, norm before conv,
+  Flax's default initialization (LeCun normal weights, zero biases) as FRePo's code has it.
 
   Block ``i`` (0-based) is [norm (skipped for ``i == 0``), conv 3x3 with ``width * 2**i`` channels and
   bias, ReLU, 2x2 average pool]; then flatten and one Dense. The first conv pads by 3 for one-channel
@@ -87,9 +92,10 @@ class ConvNetFRePo(nn.Module):
       if d > 0:
         x = make_norm(self.norm, train)(x)
       pad = first_pad(x) if d == 0 else 1
-      x = Conv(self.width * 2 ** d, 3, padding=pad, impl=self.conv_impl)(x)
+      x = Conv(self.width * 2 ** d, 3, padding=pad, impl=self.conv_impl, kernel_init=FLAX_KERNEL,
+               bias_init=nn.initializers.zeros)(x)
       x = nn.relu(x)
       x = pool(self.pooling, x)
     feats = flatten(x)
-    logits = Dense(self.num_classes)(feats)
+    logits = Dense(self.num_classes, kernel_init=FLAX_KERNEL, bias_init=nn.initializers.zeros)(feats)
     return (logits, feats) if return_features else logits

@@ -5,20 +5,25 @@ Both fit kernel ridge regression (KRR) from the synthetic set (support: images +
 
     pred = K_ts (K_ss + reg * trace(K_ss) / S * I)^-1 y_s,      loss = 0.5 * mean((pred - y_t)^2)
 
-(the KIP colab's ``0.5 * jnp.mean``; FRePo's code uses the same ridge). Labels are centered one-hot
+(the KIP colab's ``0.5 * jnp.mean`` over rows and classes; FRePo's code uses the same ridge but sums
+over classes, ``0.5 * sum((pred - y_t)^2, -1)`` averaged over rows, which weighs its label-margin
+term K times less; ``frepo`` does so). Labels are centered one-hot
 ``one_hot - 1/K`` (``kip_labels``) on both sides; the synthetic labels ``syn.labels`` ``[N, K]`` float
 are learnable (``Distiller(learn_labels=True)``), hard ``[N]`` int labels are converted (fixed).
 
 - **KIP**: ``K`` is a fixed kernel, e.g. ``kernels.fc_kernel_fn("ntk", depth)`` (the infinite FC NTK) or a
-  keyed random finite-network NTK (``kernels.empirical_ntk_kernel``, ``keyed_kernel=True``). Reference:
-  Adam lr 0.04 on images and labels, reg 1e-6.
+  keyed random finite-network NTK (``kernels.empirical_ntk_kernel``, ``keyed_kernel=True``). Reference
+  (the KIP colab): Adam lr 0.04, reg 1e-6, labels fixed by default (``LEARN_LABELS = False``; the
+  papers also report learned labels), a class-balanced target batch of 5000.
 - **FRePo**: ``K = f(x) f(x')^T`` with ``f`` the last-layer features of one network of a *pool* trained
   online on the synthetic set (the objective's state). Reference code defaults (``script/distill.py``,
   ``lib/datadistillation/frepo.py``): pool of 10 networks (``num_nn_state``), a network is reinitialized
   once it has taken more than ``max_online_updates = 100`` online steps, initial ages staggered
   ``(100 // 10) * i``; online training: Adam lr 3e-4, MSE to the synthetic (learned) labels, one step on
   at most 1000 random synthetic rows per distillation step; features at the model's last layer
-  (``return_features``) of FRePo's ConvNet (``"convnet_frepo"``, width 128, depth 3, no norm);
+  (``return_features``) of FRePo's ConvNet (``"convnet_frepo"``, width 128, depth 3; the code's
+  default normalization is none, its README's commands pass ``--normalization=batch``, which this
+  objective does not reproduce: its networks keep no running statistics);
   images and labels: LAMB lr 3e-4 with cosine decay to 0.1x; real batch 1024; a label-margin term
   ``-min(top1 - top2, 1/K)`` on the learned labels; ``use_flip`` (the synthetic set plus its horizontal
   flips) for CIFAR, not for (Fashion-)MNIST.
@@ -88,10 +93,16 @@ def mse(pred: jax.Array, targets: jax.Array) -> jax.Array:
   return 0.5 * jnp.mean(jnp.square(pred - targets))
 
 
-def _krr_loss(k_ss, k_ts, y_s, y_t, y_ids, reg, axis_name):
+def row_mse(pred: jax.Array, targets: jax.Array) -> jax.Array:
+  """``0.5 * sum((pred - targets)^2, -1)`` averaged over rows (FRePo's ``mean_squared_loss``): K
+  times ``mse``."""
+  return 0.5 * jnp.mean(jnp.sum(jnp.square(pred - targets), axis=-1))
+
+
+def _krr_loss(k_ss, k_ts, y_s, y_t, y_ids, reg, axis_name, loss_fn=mse):
   sol = kernels.krr_fit(k_ss, y_s, reg)
   pred = k_ts @ sol.alpha
-  loss = pmean(mse(pred, y_t), axis_name)
+  loss = pmean(loss_fn(pred, y_t), axis_name)
   acc = pmean(jnp.mean((jnp.argmax(pred, -1) == y_ids).astype(jnp.float32)), axis_name)
   aux = {"krr_acc": acc, "krr_ok": sol.ok.astype(jnp.float32),
          "krr_used_fallback": sol.used_fallback.astype(jnp.float32)}
@@ -228,7 +239,8 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
   Networks run in training mode (``NetFns``): BatchNorm, if any, normalizes with batch statistics.
   The loss uses pool member ``state.current``; ``update`` trains (or reinitializes) that member on the
   updated synthetic set with MSE to its labels, then draws the next member uniformly. Aux metrics:
-  ``kernel_loss``, ``label_loss``, ``krr_acc``, ``krr_ok``, ``krr_used_fallback``.
+  ``kernel_loss``, ``label_loss``, ``krr_acc``, ``krr_ok``, ``krr_used_fallback``. The kernel loss
+  and the online training's MSE are FRePo's ``row_mse`` (summed over classes).
   """
   if isinstance(net, str):
     net = get_model(net, num_classes, **(net_options or {}))
@@ -274,7 +286,8 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
     variables = _take(state.variables, state.current)
     f_s = fns.embed(variables, x_s)
     f_t = jax.lax.stop_gradient(fns.embed(variables, x_t))
-    kernel_loss, aux = _krr_loss(f_s @ f_s.T, f_t @ f_s.T, y_s, y_t, ids, reg, axis_name)
+    kernel_loss, aux = _krr_loss(f_s @ f_s.T, f_t @ f_s.T, y_s, y_t, ids, reg, axis_name,
+                                 loss_fn=row_mse)
     lb = jnp.zeros((), jnp.float32)
     if syn.labels.ndim == 2 and label_margin_weight:
       lb = label_margin(syn.labels)
@@ -287,7 +300,7 @@ def frepo(net: Any = "convnet_frepo", num_classes: int = 10, pool_size: int = 10
     def one(carry, k):
       v, o = carry
       rows = jax.random.choice(k, n, (bs,), replace=False) if bs < n else jnp.arange(n)
-      g = jax.grad(lambda p: mse(fns.apply({**v, "params": p}, x[rows]), y[rows]))(v["params"])
+      g = jax.grad(lambda p: row_mse(fns.apply({**v, "params": p}, x[rows]), y[rows]))(v["params"])
       with jax.numpy_dtype_promotion("standard"):  # optax's Adam bias correction mixes int and float
         updates, o = tx.update(g, o, v["params"])
       return ({**v, "params": optax.apply_updates(v["params"], updates)}, o), None
