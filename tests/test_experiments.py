@@ -900,3 +900,21 @@ def test_selmatch_merge_joins_ratios_of_one_study_and_refuses_mixed_ones(tmp_pat
   with pytest.raises(ValueError, match="not one protocol"):
     selmatch_merge.merge([rec("e.json", [row(0.1, "mtt")]),
                           rec("f.json", [row(0.2, "mtt")], learned=True)])
+
+
+def test_dd_starts_from_noise_as_its_code_unless_told_otherwise(cached_data):
+  from experiments.methods import dd
+  c = load_config("dd_fmnist.py")
+  override(c, {"max_per_class": 10, "ipc": 2})
+  data = registry.load_data(c)
+  noise = dd.initial_images(c, data)
+  real = registry.random_init(c, data)
+  np.testing.assert_array_equal(noise.labels, real.labels)
+  x = np.asarray(noise.images)
+  assert abs(x.mean()) < 0.1 and abs(x.std() - 1) < 0.1  # standard normal, not real images
+  assert not np.allclose(x, np.asarray(real.images))
+  c.dd_init = "real"
+  np.testing.assert_array_equal(dd.initial_images(c, data).images, real.images)
+  c.dd_init = "zeros"
+  with pytest.raises(ValueError, match="Unknown dd_init"):
+    dd.initial_images(c, data)
