@@ -78,7 +78,7 @@ def run(c) -> dict:
   m = registry.build(c, data)
   d = jd.distill.Distiller(m.objective, m.optimizer, m.sampler,
                            mask=None if m.mask is None else jnp.asarray(m.mask), decode=m.decode,
-                           project=m.project)
+                           project=m.project, loss_threshold=m.loss_threshold)
   name = run_name(c, data.name)
   workdir = os.path.join(c.workdir, name)
   logger = jd.logs.MetricLogger(os.path.join(workdir, "logs"))

@@ -46,6 +46,7 @@ class Method(NamedTuple):
   decode: Optional[Callable] = None
   evaluators: dict = {}
   project: Optional[Callable] = None  # jd.distill.Distiller(project=...)
+  loss_threshold: Optional[float] = None  # jd.distill.Distiller(loss_threshold=...): DATM's
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -61,6 +61,54 @@ def make_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
   return fn(**kwargs)
 
 
+def class_sequential_sgd(learning_rate: float, momentum: float, row_classes,
+                         num_classes: Optional[int] = None) -> optax.GradientTransformation:
+  """SGD with momentum stepped once per class, class 0 first, within every update: IDC's
+  ``condense.py`` calls ``optim_img.step()`` inside ``for c in range(nclass)`` (one PyTorch SGD over
+  the whole set), so the momentum moves every row ``K`` times per iteration while each class's
+  gradient enters once. Equivalent in closed form, per row of class ``p``, with ``m = momentum``:
+
+      update = -lr * (m (1 - m^K) / (1 - m) * buf + (1 - m^(K - p)) / (1 - m) * g)
+      buf'   = m^K * buf + m^(K - 1 - p) * g
+
+  The one difference: IDC evaluates class ``p``'s gradient after the momentum moves of the classes
+  before it; here every gradient comes from the iteration's start (the summed loss's). Leaves are
+  ``[N, ...]`` with one class per row (``row_classes`` ``[N]``).
+  """
+  cls = np.asarray(row_classes)
+  if cls.ndim != 1 or not np.issubdtype(cls.dtype, np.integer) or cls.size == 0:
+    raise ValueError(f"row_classes must be [N] int class ids; got {cls.dtype} {cls.shape}.")
+  k = int(num_classes if num_classes is not None else cls.max() + 1)
+  if cls.min() < 0 or cls.max() >= k:
+    raise ValueError(f"row_classes must lie in [0, {k}); got [{cls.min()}, {cls.max()}].")
+  mu = float(momentum)
+  if not 0.0 <= mu < 1.0:
+    raise ValueError(f"momentum must lie in [0, 1); got {momentum}.")
+  geo = lambda n: (1.0 - mu ** n) / (1.0 - mu)  # 1 + mu + ... + mu^(n - 1)
+  grad_coef = np.asarray([geo(k - p) for p in cls], np.float32)
+  carry_coef = np.asarray([mu ** (k - 1 - p) for p in cls], np.float32)
+  buf_coef, decay = np.float32(mu * geo(k)), np.float32(mu ** k)
+
+  def init(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update(grads, buf, params=None):
+    del params
+
+    def rows(coef, x):
+      if x.shape[:1] != cls.shape:
+        raise ValueError(f"class_sequential_sgd: a leaf of shape {x.shape} has no row per class id "
+                         f"({cls.shape[0]} rows).")
+      return jnp.asarray(coef).reshape((-1,) + (1,) * (x.ndim - 1))
+
+    updates = jax.tree.map(lambda g, b: -learning_rate * (buf_coef * b + rows(grad_coef, g) * g),
+                           grads, buf)
+    new_buf = jax.tree.map(lambda g, b: decay * b + rows(carry_coef, g) * g, grads, buf)
+    return updates, new_buf
+
+  return optax.GradientTransformation(init, update)
+
+
 def in_lr_space(tx: optax.GradientTransformation,
                 min_lr: float = 1e-8) -> optax.GradientTransformation:
   """Runs ``tx`` on the step size ``lr = exp(log_lr)`` itself while the stored leaf is ``log_lr``.
@@ -204,6 +252,10 @@ class Distiller(NamedTuple):
   # project(syn, steps_done) -> syn: applied to the stored parameters after every update (e.g.
   # ``clamp_every``), on the distilled rows only (a mask's frozen rows stay bit-identical); None: none.
   project: Optional[Callable[[SyntheticSet, jax.Array], SyntheticSet]] = None
+  # DATM's threshold: a step whose loss exceeds it leaves the set and the optimizer state as they were
+  # (DATM.py steps its optimizers only when grand_loss <= threshold); None: every step updates. The
+  # step's ``skipped`` metric is 1 where it held.
+  loss_threshold: Optional[float] = None
 
 
 def clamp_every(lo, hi, every: int = 1) -> Callable[[SyntheticSet, jax.Array], SyntheticSet]:
@@ -307,8 +359,15 @@ def make_step(d: Distiller, mesh=None) -> Callable:
     syn = _with(state.syn, optax.apply_updates(params, updates))
     if d.project is not None:
       syn = _project(d, syn, state.step + 1)
+    skipped = {}
+    if d.loss_threshold is not None:
+      hold = loss > d.loss_threshold
+      keep_old = lambda new, old: jnp.where(hold, old, new)
+      syn = jax.tree.map(keep_old, syn, state.syn)
+      opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
+      skipped = {"skipped": hold.astype(jnp.float32)}
     obj_state = d.objective.update(obj_state, _training_view(syn, d), update_key)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux, **skipped}
     if "log_lr" in leaves:
       metrics["lr"] = jnp.exp(jnp.mean(syn.log_lr))
     metrics.update(health(syn, loss, opt_state, obj_state))

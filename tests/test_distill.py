@@ -265,3 +265,50 @@ def test_sigterm_leaves_the_last_checkpoint_loadable_and_resumable(tmp_path, key
   # The same steps as an uninterrupted run with the run's key (key(0) in the subprocess).
   full, _ = distill.run(jax.random.key(0), toy_syn(), d, last + 2, progress=False)
   np.testing.assert_array_equal(np.asarray(full.syn.images), np.asarray(resumed.syn.images))
+
+
+def test_a_step_above_the_loss_threshold_changes_nothing():
+  """DATM's threshold: the set and optimizer state stay as they were where the loss exceeds it, and
+  the step says so (``skipped``); below it the step updates as without a threshold."""
+  import optax
+  from jaxdistill import distill, objectives
+  from jaxdistill.types import SyntheticSet
+  syn = SyntheticSet(jnp.ones((2, 2, 2, 1)), jnp.arange(2, dtype=jnp.int32))
+  obj = objectives.Objective(lambda k, s: (), lambda s, b, k, st, axis_name=None: (
+      jnp.sum(jnp.square(s.images)), {}), lambda st, s, k: st, name="toy")
+  sampler = distill.random_sampler(np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1]), 2)
+  tx = distill.optimizer(optax.sgd(0.1))
+  for threshold, moved in ((1.0, False), (100.0, True)):
+    d = distill.Distiller(obj, tx, sampler, loss_threshold=threshold)
+    state, hist = distill.run(jax.random.key(0), syn, d, 2, log_every=1, progress=False)
+    assert [h["skipped"] for h in hist] == [float(not moved)] * 2
+    assert bool(jnp.any(state.syn.images != syn.images)) == moved
+
+
+def test_class_sequential_sgd_equals_one_momentum_step_per_class():
+  """IDC steps PyTorch's SGD once per class inside each iteration; the closed form gives the same
+  rows and momentum buffer as that loop (gradients fixed within an iteration)."""
+  import optax
+  from jaxdistill import distill
+  rng = np.random.default_rng(0)
+  classes = np.array([0, 0, 1, 1, 2, 2])
+  lr, mu, k = 0.1, 0.5, 3
+  tx = distill.class_sequential_sgd(lr, mu, classes, k)
+  x = rng.normal(size=(6, 2)).astype(np.float32)
+  x_ref, buf = x.astype(np.float64).copy(), np.zeros((6, 2))
+  state = tx.init(jnp.asarray(x))
+  params = jnp.asarray(x)
+  for _ in range(4):
+    g = rng.normal(size=(6, 2))
+    for c in range(k):  # the reference's loop: zero_grad, class c's gradient, step
+      gc = np.where((classes == c)[:, None], g, 0.0)
+      buf = mu * buf + gc
+      x_ref = x_ref - lr * buf
+    upd, state = tx.update(jnp.asarray(g, jnp.float32), state)
+    params = optax.apply_updates(params, upd)
+  np.testing.assert_allclose(np.asarray(params), x_ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(state), buf, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="momentum"):
+    distill.class_sequential_sgd(lr, 1.0, classes, k)
+  with pytest.raises(ValueError, match="row_classes"):
+    distill.class_sequential_sgd(lr, mu, np.array([0.0, 1.0]), 2)

@@ -45,7 +45,8 @@ def trajectory(c, syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_t
   step size SGD ``lr_lr`` momentum 0.5 in step-size space, initialized to ``lr_teacher`` (the
   ``--lr_teacher`` of MTT's ``distill.py``); experts trained with ``expert_lr`` (``buffer.py``'s
   ``--lr_teacher``, 0.01 for every published setting: the MTT README's "default learning rate for all
-  of our experts", DATM's and SelMatch's buffers alike) for at least the epochs the segments need
+  of our experts", SelMatch's buffers alike; DATM's buffer_FTD.py wraps that SGD in GSAM, which the
+  experts here do not) for at least the epochs the segments need
   (``c.experts``)."""
   c.optimizer = "sgd"
   c.optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_img, "momentum": 0.5})

@@ -100,19 +100,22 @@ def mtt(dataset: str, ipc):
 
 # DATM (Guo et al., ICLR 2024), its repository's configs/<dataset>/ConvIN/IPC<n>.yaml: (syn_steps,
 # expert_epochs, min_start_epoch, current_max_start_epoch (0: no growth), max_start_epoch,
-# expansion_end_epoch, batch_syn (0: all rows), lr_img, lr_lr, lr_y). All use ZCA and lr_teacher 0.01,
-# 10,000 iterations, labels SGD momentum 0.9. The Tiny / CIFAR-100 IPC 1 files name the growth
-# Initial_Step / learn_end_epoch, read here as the same two numbers.
+# expansion_end_epoch, batch_syn (0: all rows), lr_img, lr_lr, lr_y), from the files' versions that
+# name the fields DATM.py reads (current_max_start_epoch, expansion_end_epoch, Sequential_Generation:
+# Tiny IPC 10 / 50 without growth). All use ZCA and lr_teacher 0.01, 10,000 iterations, labels SGD
+# momentum 0.9, and skip a step whose loss exceeds their threshold (1.1 on CIFAR-10 IPC 1, else 1).
+# Their experts (buffer_FTD.py) train with GSAM (rho 0.01, alpha 0.4) around SGD; the experts here
+# train with plain SGD, as MTT's buffer.py.
 DATM = {
     "cifar10": {1: (80, 2, 0, 0, 4, 0, 0, 100, 1e-7, 5.0),
                 10: (80, 2, 0, 10, 20, 1000, 0, 100, 1e-5, 2.0),
                 50: (80, 2, 0, 20, 40, 2000, 0, 1000, 1e-5, 2.0)},
-    "cifar100": {1: (40, 3, 0, 20, 30, 3000, 0, 1000, 1e-5, 2.0),
+    "cifar100": {1: (40, 3, 0, 20, 30, 1000, 0, 1000, 1e-5, 10.0),
                  10: (80, 2, 0, 30, 50, 2000, 0, 1000, 1e-5, 10.0),
                  50: (80, 2, 20, 0, 70, 0, 1000, 1000, 1e-5, 10.0)},
     "tiny": {1: (40, 2, 0, 15, 20, 2000, 0, 10000, 1e-4, 10.0),
-             10: (40, 2, 10, 46, 50, 1, 500, 100, 1e-4, 10.0),
-             50: (20, 2, 40, 46, 60, 1, 1000, 100, 1e-4, 10.0)},
+             10: (40, 2, 10, 0, 50, 0, 500, 100, 1e-4, 10.0),
+             50: (20, 2, 40, 0, 70, 0, 1000, 100, 1e-4, 10.0)},
 }
 
 
@@ -127,7 +130,8 @@ def datm(dataset: str, ipc):
   c.label_optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_y, "momentum": 0.9})
   c.steps = 10000
   c = _experts(c)
-  c.datm = ml_collections.ConfigDict({"label_epoch": c.experts.epochs})
+  c.datm = ml_collections.ConfigDict({"label_epoch": c.experts.epochs,
+                                      "threshold": 1.1 if (dataset, c.ipc) == ("cifar10", 1) else 1.0})
   return c
 
 

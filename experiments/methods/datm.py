@@ -31,7 +31,8 @@ def build(c, data):
   labels = jd.objectives.soft_labels_from_experts(apply, nets, init.images, init.labels)
   init = r.with_step_size(c, init._replace(labels=labels))
   return r.Method(obj, r.optimizer(c, labels=True, log_lr=True), sampler, init,
-                  evaluators=r.evaluators(c, data, own=r.trajectory_evaluators(c, data, model, traj)))
+                  evaluators=r.evaluators(c, data, own=r.trajectory_evaluators(c, data, model, traj)),
+                  loss_threshold=c.datm.get("threshold"))
 
 
 def smoke(c) -> dict:
