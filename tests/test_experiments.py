@@ -918,3 +918,19 @@ def test_dd_starts_from_noise_as_its_code_unless_told_otherwise(cached_data):
   c.dd_init = "zeros"
   with pytest.raises(ValueError, match="Unknown dd_init"):
     dd.initial_images(c, data)
+
+
+def test_datm_pix_init_real_takes_random_real_images_and_one_experts_logits(cached_data, monkeypatch):
+  from experiments.methods import datm
+  c = shrink(load_config("datm_fmnist.py"), "/tmp/unused_workdir", "", mlp=True)
+  monkeypatch.setattr(registry, "experts", fake_experts)
+  data = registry.load_data(c)
+  c.datm.pix_init = "real"
+  m = datm.build(c, data)
+  np.testing.assert_array_equal(m.init.images, registry.random_init(c, data).images)
+  assert m.init.labels.ndim == 2
+  c.datm.pix_init = "noise"
+  with pytest.raises(ValueError, match="Unknown datm.pix_init"):
+    datm.build(c, data)
+  assert load_config("datm_cifar100.py", 50).datm.pix_init == "real"
+  assert load_config("datm_cifar100.py", 10).datm.pix_init == "samples_predicted_correctly"

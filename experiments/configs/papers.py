@@ -130,8 +130,9 @@ def datm(dataset: str, ipc):
   c.label_optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": lr_y, "momentum": 0.9})
   c.steps = 10000
   c = _experts(c)
-  c.datm = ml_collections.ConfigDict({"label_epoch": c.experts.epochs,
-                                      "threshold": 1.1 if (dataset, c.ipc) == ("cifar10", 1) else 1.0})
+  c.datm = ml_collections.ConfigDict({
+      "label_epoch": c.experts.epochs, "threshold": 1.1 if (dataset, c.ipc) == ("cifar10", 1) else 1.0,
+      "pix_init": "real" if (dataset, c.ipc) == ("cifar100", 50) else "samples_predicted_correctly"})
   return c
 
 

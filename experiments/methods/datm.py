@@ -1,6 +1,8 @@
 """DATM (Guo et al., ICLR 2024): MTT with a start-epoch range that grows during the run
 (``c.mtt.initial_max_start_epoch``, ``c.mtt.expansion_steps``), initialized with real images the first
-expert classifies correctly, and learnable soft labels from the experts at epoch ``c.datm.label_epoch``."""
+expert classifies correctly (``c.datm.pix_init``; "real": random real images with the first expert's
+logits, DATM's CIFAR-100 IPC 50 setting), and learnable soft labels from the experts at epoch
+``c.datm.label_epoch``."""
 import jax.numpy as jnp
 import numpy as np
 
@@ -8,6 +10,8 @@ import jaxdistill as jd
 from experiments import registry as r
 
 DISTILL_FIELDS = ("mtt", "datm")
+# DATM's pix_init: "samples_predicted_correctly" (its configs but one) or "real" (CIFAR-100 IPC 50).
+PIX_INITS = ("samples_predicted_correctly", "real")
 
 
 def correct_init(c, data, model, params) -> jd.SyntheticSet:
@@ -27,8 +31,15 @@ def build(c, data):
   obj, sampler = r.trajectory_parts(c, data, model, traj)
   apply = lambda p, x: model.apply({"params": p}, x, train=False)
   nets = [traj.params_at(i, c.datm.label_epoch) for i in range(traj.num_experts)]
-  init = correct_init(c, data, model, nets[0])
-  labels = jd.objectives.soft_labels_from_experts(apply, nets, init.images, init.labels)
+  pix_init = c.datm.get("pix_init", "samples_predicted_correctly")
+  if pix_init not in PIX_INITS:
+    raise ValueError(f"Unknown datm.pix_init {pix_init!r}; known: {PIX_INITS}.")
+  if pix_init == "real":  # DATM.py: random real images, the first expert's logits as they are
+    init = r.random_init(c, data)
+    labels = jd.objectives.soft_labels_from_experts(apply, nets[0], init.images)
+  else:
+    init = correct_init(c, data, model, nets[0])
+    labels = jd.objectives.soft_labels_from_experts(apply, nets, init.images, init.labels)
   init = r.with_step_size(c, init._replace(labels=labels))
   return r.Method(obj, r.optimizer(c, labels=True, log_lr=True), sampler, init,
                   evaluators=r.evaluators(c, data, own=r.trajectory_evaluators(c, data, model, traj)),
