@@ -371,7 +371,8 @@ def run_identity(c) -> dict:
 NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optimizer_kwargs",
                 "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
                 "distill_augment", "combined_augment", "evals", "checkpoint_every", "image_every",
-                "progress", "results", "workdir", "eval_protocol", "eval_protocol_ratio")
+                "progress", "results", "workdir", "eval_protocol", "eval_protocol_ratio",
+                "kip_learn_labels")
 
 
 def baseline_identity(c, evaluator: str) -> dict:

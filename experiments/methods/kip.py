@@ -6,7 +6,6 @@ import jaxdistill as jd
 from experiments import registry as r
 
 UNUSED_FIELDS = ("model", "model_kwargs")  # the kernel is c.kip_depth's NTK, not c.model
-DISTILL_FIELDS = ("kip_learn_labels",)
 
 
 def krr(c, data, kernel):
