@@ -9,7 +9,7 @@ import time
 import jax
 
 import jaxdistill as jd
-from experiments.common import provenance, run_script, train_on_all
+from experiments.common import hand_notes, provenance, run_script, train_on_all
 
 
 def run(c) -> None:
@@ -50,9 +50,10 @@ def run(c) -> None:
             f"selected images: {c.model} {dict(c.model_kwargs)}, {cfg.trained_epochs()} epochs "
             f"(E = {cfg.num_epochs()}, the reference's E + 1), augmentation {c.eval_augment}, SGD lr "
             f"0.01 (x0.1 and momentum restarted from epoch {cfg.restart_epoch()}) momentum 0.9 wd 5e-4, "
-            f"batch 256. Herding and k-center use the features of the network above; k-means rows "
-            f"are cluster-mean images; average rows are means of random equal splits of each class.",
-            "", *rows, "", f"Total run time: {time.time() - t0:.0f} s.", ""]
+            f"batch 256. Herding, k-center and k-means use the features of the network above; "
+            f"k_means rows are cluster-mean images, k_means_nearest rows the real images nearest the "
+            f"centroids; average rows are means of random equal splits of each class.",
+            "", *rows, "", f"Total run time: {time.time() - t0:.0f} s.", "", *hand_notes(c.out)]
   with open(c.out, "w") as f:
     f.write("\n".join(lines))
   print("\n".join(rows))

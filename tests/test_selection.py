@@ -169,3 +169,15 @@ def test_load_scores_checks_stored_labels_against_the_training_labels(tmp_path):
   with pytest.raises(ValueError, match="first at row 2"):
     scores.load_scores(path, 4, labels=[0, 1, 0, 1])
   assert scores.load_scores(path, 4).shape == (4,)  # no labels given: not checked
+
+
+def test_k_means_nearest_selects_real_images_of_each_class():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(40, 4, 4, 1)).astype(np.float32)
+  labels = np.repeat(np.arange(4), 10).astype(np.int32)
+  syn = selection.select("k_means_nearest", jax.random.key(0), images, labels, 4, 3)
+  flat = images.reshape(40, -1)
+  for row, y in zip(np.asarray(syn.images).reshape(12, -1), np.asarray(syn.labels)):
+    i = int(np.argmin(np.abs(flat - row).sum(1)))
+    assert np.array_equal(flat[i], row) and labels[i] == y
+  assert "k_means_nearest" in selection.METHODS

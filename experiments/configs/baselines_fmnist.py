@@ -20,7 +20,7 @@ def get_config():
   c.seed = 0
   c.model = "convnet"
   c.model_kwargs = ml_collections.ConfigDict({"width": 64, "depth": 3})
-  c.methods = ("random", "herding", "k_center", "k_means", "average")
+  c.methods = ("random", "herding", "k_center", "k_means", "k_means_nearest", "average")
   c.ipcs = (1, 10)
   c.num_seeds = 3
   c.eval_epochs = 300

@@ -99,8 +99,9 @@ def _kcenter_order(f: jax.Array, k: int) -> jax.Array:
 
 def kcenter_indices(labels: np.ndarray, num_classes: int, ipc: int,
                     features: jax.Array) -> np.ndarray:
-  """K-center greedy (Sener & Savarese 2018): per class, start at the image nearest the class mean,
-  then repeatedly add the image farthest from all chosen ones. ``features``: ``[N, D]``."""
+  """K-center greedy (Sener & Savarese 2018): per class, start at the image nearest the class mean
+  (this library's deterministic choice; DeepCore starts at a random image), then repeatedly add the
+  image farthest from all chosen ones. ``features``: ``[N, D]``."""
   per = _per_class(labels, num_classes, ipc)
   f = _flat(features, len(labels))
   return np.concatenate([idx[np.asarray(_kcenter_order(f[idx], ipc))] for idx in per])
@@ -242,7 +243,7 @@ def embed(apply_fn: Callable, params, images, batch_size: int = 1000) -> jax.Arr
                           for i in range(0, images.shape[0], batch_size)])
 
 
-METHODS = ("random", "herding", "k_center", "k_means", "average")
+METHODS = ("random", "herding", "k_center", "k_means", "k_means_nearest", "average")
 
 
 def select(method: str, key: jax.Array, images, labels, num_classes: int, ipc: int,
@@ -256,6 +257,8 @@ def select(method: str, key: jax.Array, images, labels, num_classes: int, ipc: i
     return k_center(images, labels, num_classes, ipc, features)
   if method == "k_means":
     return k_means(key, images, labels, num_classes, ipc, features)
+  if method == "k_means_nearest":  # DC-bench's k-means baseline: real images
+    return k_means(key, images, labels, num_classes, ipc, features, nearest=True)
   if method == "average":
     return average(key, images, labels, num_classes, ipc)
   raise ValueError(f"Unknown selection method {method!r}; known: {', '.join(METHODS)}.")
