@@ -97,6 +97,24 @@ def random_init(c, data) -> jd.SyntheticSet:
   return jd.selection.random(key, data.x_train, data.y_train, data.num_classes, c.ipc)
 
 
+INITS = ("real", "noise")
+
+
+def initial_set(c, data, default: str) -> jd.SyntheticSet:
+  """Where a method's synthetic images start, ``c.init`` (``default``: the method's reference code's):
+  "real", random real images (the baseline's draw, ``random_init``), or "noise", standard normal
+  images in the normalized space (``torch.randn``: DC's ``main.py`` and DD's default), drawn with the
+  run's key. Labels: the real draw's, class-major."""
+  real = random_init(c, data)
+  kind = c.get("init", default)
+  if kind not in INITS:
+    raise ValueError(f"Unknown init {kind!r}; known: {INITS}.")
+  if kind == "real":
+    return real
+  key = jax.random.fold_in(keys(c)[0], 1)
+  return real._replace(images=jax.random.normal(key, real.images.shape, jnp.float32))
+
+
 def dsa(c, data, siamese: bool):
   """The methods' differentiable augmentation: DSA (siamese for DC/DSA/DM matching, per image inside
   MTT's unroll), or none with ``c.distill_augment = "none"`` (an ablation; also keeps tests small)."""
@@ -372,7 +390,7 @@ NOT_BASELINE = ("method", "steps", "optimizer", "optimizer_kwargs", "label_optim
                 "lr_optimizer_kwargs", "step_size_space", "batch_real", "outer_loop", "inner_loop",
                 "distill_augment", "combined_augment", "evals", "checkpoint_every", "image_every",
                 "progress", "results", "workdir", "eval_protocol", "eval_protocol_ratio",
-                "kip_learn_labels")
+                "kip_learn_labels", "init")
 
 
 def baseline_identity(c, evaluator: str) -> dict:

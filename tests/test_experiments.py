@@ -902,22 +902,29 @@ def test_selmatch_merge_joins_ratios_of_one_study_and_refuses_mixed_ones(tmp_pat
                           rec("f.json", [row(0.2, "mtt")], learned=True)])
 
 
-def test_dd_starts_from_noise_as_its_code_unless_told_otherwise(cached_data):
-  from experiments.methods import dd
+def test_methods_start_where_their_code_does_unless_told_otherwise(cached_data):
+  """c.init: DC's and DD's code start from standard normal noise, DSA's README command and DM from
+  real images; "real" / "noise" override it, anything else is refused."""
   c = load_config("dd_fmnist.py")
   override(c, {"max_per_class": 10, "ipc": 2})
   data = registry.load_data(c)
-  noise = dd.initial_images(c, data)
   real = registry.random_init(c, data)
-  np.testing.assert_array_equal(noise.labels, real.labels)
-  x = np.asarray(noise.images)
-  assert abs(x.mean()) < 0.1 and abs(x.std() - 1) < 0.1  # standard normal, not real images
-  assert not np.allclose(x, np.asarray(real.images))
-  c.dd_init = "real"
-  np.testing.assert_array_equal(dd.initial_images(c, data).images, real.images)
-  c.dd_init = "zeros"
-  with pytest.raises(ValueError, match="Unknown dd_init"):
-    dd.initial_images(c, data)
+  del c["init"]
+  for default in ("noise", "real"):
+    got = registry.initial_set(c, data, default)
+    np.testing.assert_array_equal(got.labels, real.labels)
+    x = np.asarray(got.images)
+    if default == "real":
+      np.testing.assert_array_equal(x, np.asarray(real.images))
+    else:
+      assert abs(x.mean()) < 0.1 and abs(x.std() - 1) < 0.1 and not np.allclose(x, real.images)
+  c.init = "real"
+  np.testing.assert_array_equal(registry.initial_set(c, data, "noise").images, real.images)
+  c.init = "zeros"
+  with pytest.raises(ValueError, match="Unknown init"):
+    registry.initial_set(c, data, "noise")
+  assert load_config("dd_fmnist.py").init == "noise"
+  assert load_config("dc_cifar10.py", 10).init == "noise" and load_config("dsa_cifar10.py", 10).init == "real"
 
 
 def test_datm_pix_init_real_takes_random_real_images_and_one_experts_logits(cached_data, monkeypatch):

@@ -3,7 +3,7 @@
 Command:
   .venv/bin/python -m experiments.distill --config experiments/configs/dd_fmnist.py [--config.ipc=1 --config.dd_unroll_steps=1 --config.dd_epochs=10]
 
-Images start from standard normal noise (DD's ``torch.randn``; ``--config.dd_init=real`` for random
+Images start from standard normal noise (DD's ``torch.randn``; ``--config.init=real`` for random
 real images). From a fresh ConvNet (width 32, PyTorch's default initialization; DD: LeNet on MNIST with
 Xavier-normal weights and zero biases) each iteration: 10 unrolled SGD steps, step s on the s-th image
 of every class, 1 epoch (DD: 10 steps x 3 epochs), one learnable step size per step (init 0.02, DD),
@@ -25,7 +25,7 @@ def get_config():
   c.dd_unroll_steps = 10
   c.dd_epochs = 1
   c.dd_lr_init = 0.02
-  c.dd_init = "noise"
+  c.init = "noise"
   # DD learns its step sizes through a softplus (about their log at these sizes: its lr 0.01 on the
   # raw parameter is about 0.01 on the log), so this optimizer updates log step sizes, not the step
   # sizes themselves as MTT does.

@@ -10,8 +10,8 @@ per class per step, images SGD momentum 0.5 with the paper's learning rate, the 
 (DC / DSA: 1000 iterations of the (outer, inner) loops for the IPC, counted here in outer steps; DM:
 20,000; IDC: 2000 iterations of 100 inner steps, counted here in inner steps). Evaluation: ``jaxdistill.evaluate.protocol`` of the same paper (DC: 300 epochs without
 augmentation, DSA / DM: 1000 epochs with DSA; 20 networks each). The synthetic images start from random
-real images (DSA's and DM's code default; DC's code defaults to noise, and its README says both
-initializations perform alike).
+real images (``init="real"``: DSA's README command and DM's code default; DC's ``main.py`` defaults
+to noise, ``--config.init=noise``, a difference kept because the recorded DC rows ran from real images).
 
 IDC (its ``condense.py --reproduce``, Fashion-MNIST): multi-formation factor 2 (4 decoded images per
 stored one, initialized from 4 real images), IDC's own gradient matching (``jd.objectives.idc_matching``:
@@ -110,6 +110,9 @@ def get_config(arg: str = "dc,1"):
     c.idc = ml_collections.ConfigDict({"inner_loop": IDC_INNER_LOOP, "metric": "l1"})
     lr = idc_image_lr(ipc, jd.data.datasets.KNOWN[c.dataset].std[0])
   c.optimizer_kwargs.learning_rate = lr
+  # Real images, as DSA's README command and DM's code; DC's main.py starts from noise
+  # (--config.init=noise), and its recorded rows started from real images too.
+  c.init = "real"
   c.workdir = "runs/paper"
   c.results = ""
   return with_protocol(c, protocol)

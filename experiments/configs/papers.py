@@ -48,12 +48,14 @@ def paper_base(method: str, dataset: str, ipc) -> ml_collections.ConfigDict:
 def gradient_matching(method: str, dataset: str, ipc):
   """DC / DSA (Zhao et al. ICLR 2021; Zhao & Bilen ICML 2021): 1000 iterations of the reference's
   (outer, inner) loops for the IPC (1: 1/1, 10: 10/50, 50: 50/10), images SGD lr 0.1 momentum 0.5, 256
-  real images per class."""
+  real images per class, starting from noise (DC's main.py) or real images (DSA's README command),
+  evaluated under the paper's protocol (``jd.evaluate.protocol``)."""
   c = paper_base(method, dataset, ipc)
   c.optimizer_kwargs = ml_collections.ConfigDict({"learning_rate": 0.1, "momentum": 0.5})
   outer = _setting({1: 1, 10: 10, 50: 50}, c.ipc, method.upper())
   c.steps = 1000 * outer  # one loop step is one outer step
-  return c
+  c.init = "noise" if method == "dc" else "real"  # main.py's default; DSA's README passes --init real
+  return with_protocol(c, method)  # DC: 300 epochs without augmentation; DSA: 1000 with DSA
 
 
 def dm(dataset: str, ipc):
@@ -61,7 +63,7 @@ def dm(dataset: str, ipc):
   class."""
   c = paper_base("dm", dataset, ipc)
   c.steps = 20000
-  return c
+  return with_protocol(c, "dm")
 
 
 # MTT (Cazenavette et al., CVPR 2022): (syn_steps, expert_epochs, max_start_epoch, batch_syn, zca,

@@ -4,6 +4,7 @@ synthetic images are matched, while the network trains on the synthetic set (``c
 from experiments import registry as r
 
 
-def build(c, data):
+def build(c, data):  # c.init: DC's main.py starts from noise (--init default 'noise')
   return r.Method(r.gradient_matching(c, data, use_dsa=False), r.optimizer(c),
-                  r.class_sampler(c, data), r.random_init(c, data), evaluators=r.evaluators(c, data))
+                  r.class_sampler(c, data), r.initial_set(c, data, "noise"),
+                  evaluators=r.evaluators(c, data))

@@ -34,32 +34,13 @@ def dd_own(c, data, model):
   return fn
 
 
-DD_INITS = ("noise", "real")
-
-
-def initial_images(c, data) -> jd.SyntheticSet:
-  """``c.dd_init``: "noise" (DD's code: ``torch.randn`` images, standard normal in the normalized
-  space, drawn with the run's key) or "real" (random real images, the baseline's set)."""
-  real = r.random_init(c, data)
-  kind = c.get("dd_init", "noise")
-  if kind not in DD_INITS:
-    raise ValueError(f"Unknown dd_init {kind!r}; known: {DD_INITS}.")
-  if kind == "real":
-    return real
-  key = jax.random.fold_in(r.keys(c)[0], 1)
-  return real._replace(images=jax.random.normal(key, real.images.shape, jnp.float32))
-
-
 def build(c, data):
   model = r.model_of(c, data)
   obj = jd.objectives.dataset_distillation(model, data.num_classes, c.dd_unroll_steps, c.dd_epochs)
-  init = initial_images(c, data)._replace(log_lr=_initial_log_lr(c))
+  init = r.initial_set(c, data, "noise")._replace(log_lr=_initial_log_lr(c))  # DD: torch.randn
   return r.Method(obj, r.optimizer(c, log_lr=True), r.flat_sampler(c, data), init,
                   evaluators=r.evaluators(c, data, own={"dd_own": dd_own(c, data, model)},
                                           use_learned_lr=False))
-
-
-DISTILL_FIELDS = ("dd_init",)
 
 
 def smoke(c) -> dict:

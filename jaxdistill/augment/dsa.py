@@ -46,15 +46,16 @@ class DSAParams(NamedTuple):
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 MODES = ("single", "multiple", "idc", "image")
-# A strategy without the flip, for users who want it for digits (MNIST, SVHN): an explicit choice,
-# since the reference code keeps the flip for every dataset.
+# A strategy without the flip: the DSA README's choice for the digit datasets (MNIST, SVHN), where
+# DM's and MTT's code keep the flip (their default strategy for every dataset).
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
 
 
 def strategy_for(dataset_name: Optional[str]) -> str:
-  """The reference DSA strategy for a dataset: ``DEFAULT_STRATEGY`` for every dataset, MNIST and SVHN
-  included (the DC/DSA/DM/MTT code applies the same strategy everywhere). Pass
-  ``strategy=NO_FLIP_STRATEGY`` to ``get_augment`` to drop the flip deliberately.
+  """The DSA strategy used for a dataset: ``DEFAULT_STRATEGY`` for every dataset, MNIST and SVHN
+  included, the default of DM's and MTT's code. DSA's ``main.py`` has no default strategy and its
+  README passes ``NO_FLIP_STRATEGY`` for the digit datasets (MNIST, SVHN): pass
+  ``strategy=NO_FLIP_STRATEGY`` to ``get_augment`` for DSA's setting there.
 
   Args:
     dataset_name: e.g. ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``; None: the default.
