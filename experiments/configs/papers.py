@@ -141,8 +141,8 @@ def datm(dataset: str, ipc):
 # SelMatch (Lee & Chung, ICML 2024): (alpha, beta) by IPC, beta in the reference code's unit (the window
 # starts int(beta * IPC) images from the hardest of each class).
 SELMATCH = {
-    "cifar10": {250: (0.6, 0.5), 500: (0.2, 0.3), 1000: (0.1, 0.2)},
-    "cifar100": {25: (0.8, 0.8), 50: (0.6, 0.7), 100: (0.3, 0.6)},
+    "cifar10": {250: (0.6, 0.5), 500: (0.2, 0.3), 1000: (0.1, 0.2), 1500: (0.1, 0.2)},
+    "cifar100": {25: (0.8, 0.8), 50: (0.6, 0.7), 100: (0.3, 0.6), 150: (0.2, 0.4)},
     "tiny": {50: (0.6, 0.8), 100: (0.5, 0.7)},
 }
 
@@ -156,7 +156,9 @@ def selmatch(dataset: str, ipc):
   SelMatch's protocol (ResNet-18 BN, lr 0.1 cosine, batch 128, round(50 / ratio) epochs, 5 networks)
   with combined augmentation, and coverage. What differs: the difficulty comes from this run's experts
   (first-learned epochs; forgetting events on Tiny, as its script), not the reference's C-score files
-  (Tiny is evaluated on ``resnet18bn_tiny``, its ResNet18BN_Tiny)."""
+  (Tiny is evaluated on ``resnet18bn_tiny``, its ResNet18BN_Tiny), and the final set is evaluated,
+  where the reference reports the checkpoint (iteration 0, 500, ..., 10,000) with the best test
+  accuracy (``distill.py`` keeps ``images_best.pt``): choosing on test images is left out here."""
   c = paper_base("selmatch", dataset, ipc)
   alpha, beta = _setting(SELMATCH[dataset], c.ipc, "SelMatch")
   c.model = "convnet_bn"
