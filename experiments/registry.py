@@ -258,8 +258,15 @@ def _checked(mod: types.ModuleType) -> types.ModuleType:
   return mod
 
 
+# Methods whose start is ``c.init`` (``initial_set``); the others refuse the field rather than ignore it.
+READS_INIT = ("dc", "dsa", "dm", "dd")
+
+
 def build(c, data) -> Method:
   """The method ``c.method`` built from the config."""
+  if "init" in c and c.method not in READS_INIT:
+    raise ValueError(f"init={c.init!r}: method {c.method!r} does not read it (its start is its own; "
+                     f"init applies to {', '.join(READS_INIT)}).")
   return method_module(c.method).build(c, data)
 
 
@@ -371,11 +378,18 @@ def unused_fields(c) -> tuple:
   return tuple(getattr(method_module(c.method), "UNUSED_FIELDS", ()))
 
 
+# Fields added after runs were recorded, at the value that reproduces those runs: left out of the
+# identity at that value, so the recorded runs still resume (another value enters it).
+LATER_FIELDS = {"init": "real", "kip_learn_labels": True}
+
+
 def run_identity(c) -> dict:
-  """The config without ``NOT_IDENTITY`` and the method's ``unused_fields`` (nor the experts' location
-  and progress output): a change of a field the method never reads does not block a resume."""
+  """The config without ``NOT_IDENTITY``, the method's ``unused_fields`` (nor the experts' location
+  and progress output) and ``LATER_FIELDS`` at their earlier behaviour: a change of a field the
+  method never reads does not block a resume."""
   skip = set(NOT_IDENTITY) | set(unused_fields(c))
-  d = {k: v for k, v in c.to_dict().items() if k not in skip}
+  d = {k: v for k, v in c.to_dict().items()
+       if k not in skip and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
   if "experts" in d:
     d["experts"] = {k: v for k, v in d["experts"].items() if k not in ("dir", "progress")}
   return d

@@ -252,9 +252,10 @@ class Distiller(NamedTuple):
   # project(syn, steps_done) -> syn: applied to the stored parameters after every update (e.g.
   # ``clamp_every``), on the distilled rows only (a mask's frozen rows stay bit-identical); None: none.
   project: Optional[Callable[[SyntheticSet, jax.Array], SyntheticSet]] = None
-  # DATM's threshold: a step whose loss exceeds it leaves the set and the optimizer state as they were
-  # (DATM.py steps its optimizers only when grand_loss <= threshold); None: every step updates. The
-  # step's ``skipped`` metric is 1 where it held.
+  # DATM's threshold: a step whose loss exceeds it (or is NaN) leaves the set and the optimizer state
+  # as they were (DATM.py steps its optimizers only when grand_loss <= threshold); None: every step
+  # updates. The step's ``skipped`` metric is 1 where it held. With several segments per step the
+  # threshold applies to their mean loss (DATM: one segment per step).
   loss_threshold: Optional[float] = None
 
 
@@ -361,7 +362,7 @@ def make_step(d: Distiller, mesh=None) -> Callable:
       syn = _project(d, syn, state.step + 1)
     skipped = {}
     if d.loss_threshold is not None:
-      hold = loss > d.loss_threshold
+      hold = ~(loss <= d.loss_threshold)  # NaN too: DATM steps only when loss <= threshold
       keep_old = lambda new, old: jnp.where(hold, old, new)
       syn = jax.tree.map(keep_old, syn, state.syn)
       opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)

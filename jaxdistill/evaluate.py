@@ -599,7 +599,8 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     cache = NetworkCache(cache_dir, (
         "jaxdistill.evaluate.accuracy v1", np.asarray(images).tobytes(), images.shape,
         np.asarray(labels).tobytes(), labels.shape, labels.dtype, None if lr is None else float(lr),
-        None if groups is None else np.asarray(groups).tobytes(), tuple(cfg), repr(model),
+        None if groups is None else np.asarray(groups).tobytes(),
+        tuple(cfg._replace(epochs=cfg.num_epochs())), repr(model),
         data.name, np.asarray(data.x_test).tobytes(), np.asarray(data.y_test).tobytes())
         + ((("soft_labels", soft_labels),) if labels.ndim == 2 else ()))
   correct = _correctness(jax.random.split(key, num_seeds), progress or None, run, parallel_networks,

@@ -312,3 +312,18 @@ def test_class_sequential_sgd_equals_one_momentum_step_per_class():
     distill.class_sequential_sgd(lr, 1.0, classes, k)
   with pytest.raises(ValueError, match="row_classes"):
     distill.class_sequential_sgd(lr, mu, np.array([0.0, 1.0]), 2)
+
+
+def test_a_nan_loss_step_is_held_under_a_threshold():
+  import optax
+  from jaxdistill import distill, objectives
+  from jaxdistill.types import SyntheticSet
+  syn = SyntheticSet(jnp.ones((2, 2, 2, 1)), jnp.arange(2, dtype=jnp.int32))
+  obj = objectives.Objective(lambda k, s: (), lambda s, b, k, st, axis_name=None: (
+      jnp.sum(s.images) * jnp.nan, {}), lambda st, s, k: st, name="toy")
+  sampler = distill.random_sampler(np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1]), 2)
+  d = distill.Distiller(obj, distill.optimizer(optax.sgd(0.1)), sampler, loss_threshold=1.0)
+  state = distill.init_state(jax.random.key(0), syn, d)
+  new, metrics = distill.make_step(d)(state, sampler.fn(jax.random.key(1), sampler.arrays))
+  assert float(metrics["skipped"]) == 1.0
+  np.testing.assert_array_equal(np.asarray(new.syn.images), np.asarray(syn.images))

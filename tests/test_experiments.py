@@ -941,3 +941,20 @@ def test_datm_pix_init_real_takes_random_real_images_and_one_experts_logits(cach
     datm.build(c, data)
   assert load_config("datm_cifar100.py", 50).datm.pix_init == "real"
   assert load_config("datm_cifar100.py", 10).datm.pix_init == "samples_predicted_correctly"
+
+
+def test_fields_added_later_keep_recorded_runs_resumable_at_their_earlier_behaviour():
+  """``init="real"`` and ``kip_learn_labels=True`` reproduce the runs recorded before the fields
+  existed: they stay out of the run identity at those values and enter it at others; a method that
+  does not read ``init`` refuses it."""
+  c = load_config("dc_fmnist.py")
+  assert c.init == "real" and "init" not in registry.run_identity(c)
+  assert registry.run_identity(override(load_config("dc_fmnist.py"), {"init": "noise"}))["init"] == "noise"
+  k = load_config("kip_fmnist.py")
+  assert "kip_learn_labels" not in registry.run_identity(k)
+  assert "kip_learn_labels" in registry.run_identity(override(load_config("kip_fmnist.py"),
+                                                              {"kip_learn_labels": False}))
+  m = load_config("mtt_fmnist.py")
+  m.init = "noise"
+  with pytest.raises(ValueError, match="does not read it"):
+    registry.build(m, None)

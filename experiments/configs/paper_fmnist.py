@@ -110,9 +110,10 @@ def get_config(arg: str = "dc,1"):
     c.idc = ml_collections.ConfigDict({"inner_loop": IDC_INNER_LOOP, "metric": "l1"})
     lr = idc_image_lr(ipc, jd.data.datasets.KNOWN[c.dataset].std[0])
   c.optimizer_kwargs.learning_rate = lr
-  # Real images, as DSA's README command and DM's code; DC's main.py starts from noise
-  # (--config.init=noise), and its recorded rows started from real images too.
-  c.init = "real"
+  if method != "idc":  # IDC starts from its multi-formation of real images
+    # Real images, as DSA's README command and DM's code; DC's main.py starts from noise
+    # (--config.init=noise), and its recorded rows started from real images too.
+    c.init = "real"
   c.workdir = "runs/paper"
   c.results = ""
   return with_protocol(c, protocol)

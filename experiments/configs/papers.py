@@ -3,7 +3,9 @@
 Each ``<method>_<dataset>.py`` config calls one function here with the IPC given after the file name
 (``--config experiments/configs/mtt_cifar10.py:10``). Networks: the field's ConvNet (width 128, instance
 norm, average pooling; depth 3 at 32x32, depth 4 at 64x64) with ``conv_impl="lax"`` (the accelerator's
-native convolution). Evaluation: the standard protocol, ConvNet, DSA, 1000 epochs, 5 seeds.
+native convolution). Evaluation: DC / DSA / DM under their papers' protocols (``jd.evaluate.protocol``:
+DC 300 epochs without augmentation, DSA / DM 1000 with DSA, 20 networks), SelMatch under its own
+(ResNet-18 BN), the others the standard protocol (ConvNet, DSA, 1000 epochs, 5 networks).
 
 Tiny-ImageNet is not in the TFDS catalogue: prepare ``tiny_imagenet.npz`` with ``x_train`` [100000, 64,
 64, 3] uint8, ``y_train`` [100000], ``x_test`` / ``y_test`` from the 10,000 validation images (the papers
