@@ -893,6 +893,17 @@ def test_selmatch_merge_joins_ratios_of_one_study_and_refuses_mixed_ones(tmp_pat
   assert [(r["ratio"], r["set"], r["source"]) for r in merged["rows"]] == [
       (0.1, "random", "study.md"), (0.1, "mtt", "study.md"), (0.3, "random", "study_30pct.md"),
       (0.3, "selmatch", "study_30pct.md")]
+  combined = lambda ratio, alpha, mean: {**row(ratio, "selmatch"), "alpha": alpha, "mean": mean,
+                                         "evaluator": "convnet, combined aug"}
+  lines = selmatch_merge.curves(merged["rows"] + [
+      combined(0.3, 0.1, 81.0), combined(0.3, 0.6, 82.0), combined(0.1, 0.2, 79.0),
+      {**row(0.3, "window"), "evaluator": "convnet, dsa, beta chosen on test"}])
+  assert lines["random real"] == ([10.0, 30.0], [80.0, 80.0], [0.1, 0.1])
+  assert lines["MTT"][0] == [10.0] and lines["best window (chosen on test)"][0] == [30.0]
+  # each ratio's first alpha makes one line; the row evaluated with DSA alone is not plotted
+  assert lines["SelMatch, each ratio's first alpha (combined aug)"][:2] == ([10.0, 30.0], [79.0, 81.0])
+  assert lines["SelMatch, alpha 0.6 (combined aug)"][:2] == ([30.0], [82.0])
+  assert len([k for k in lines if k.startswith("SelMatch")]) == 2
   with pytest.raises(ValueError, match="recorded in both"):
     selmatch_merge.merge([a, b])
   with pytest.raises(ValueError, match="other experts"):
