@@ -810,8 +810,12 @@ def test_minimax_unet_run_chooses_its_sampler_on_held_out_images_and_resumes(tmp
   assert len(record["sweep"]) == 2
   best = min(record["sweep"], key=lambda r: r["fid_like"])
   assert record["sampler"] == best["sampler"]
+  # real training images as many as a sweep sample: the floor the held-out reports are read against
+  assert 0.0 <= record["held_out_real_floor"]["class_agreement"] <= 1.0
+  assert record["held_out_real_floor"]["fid_like"] >= 0.0
   md = open(str(tmp_path / "unet_run.md")).read()
   assert "Sampler sweep" in md and "Pretraining checkpoints" in md
+  assert md.count("real training images, as many (the floor)") == 2
   assert os.path.exists(str(tmp_path / "minimax_unet_fmnist_minimax_ipc1.png"))
   assert len(os.listdir(str(tmp_path / "runs" / "autoencoder"))) == 2  # its weights and record
   with jax.numpy_dtype_promotion("standard"):

@@ -2,9 +2,12 @@
 
 Per class two ring buffers of the last ``memory_size`` items, flattened to ``D`` features:
 
-- the real memory holds clean training images (the diffusion model's ``x0``, in its space);
+- the real memory holds clean training images (the diffusion model's ``x0``), in the terms' space;
 - the generated memory holds the model's "pseudo embeddings": the clean images implied by its noise
-  predictions, ``predict_x0(x_t, t, eps)``, stored without gradient.
+  predictions, ``predict_x0(x_t, t, eps)``, in the same space, stored without gradient.
+
+The terms' space is the model's own unless the training step is given an ``embed`` map (e.g. an
+autoencoder's encoder, ``MinimaxConfig.embed``): both memories then hold its outputs.
 
 For each class present in a batch (whose memories are not empty), with ``P`` its pseudo embeddings:
 

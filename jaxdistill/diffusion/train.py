@@ -107,7 +107,7 @@ def make_step(model, schedule: gaussian.Schedule, tx: optax.GradientTransformati
   """``step(state, arrays) -> (state, metrics)``, jitted once with the state donated.
 
   Args:
-    model: the ``DiT`` (or any module with ``apply(v, x, t, y, train=..., rngs=...) -> eps``).
+    model: the ``DiT`` or ``UNet`` (any module with ``apply(v, x, t, y, train=..., rngs=...) -> eps``).
     schedule: the diffusion schedule.
     tx: the optimizer (e.g. ``difffit_tx`` for fine-tuning).
     batch_size: real images per step, drawn uniformly with replacement from

@@ -12,7 +12,7 @@ attention output projection and the output convolution start at zero, so a fresh
 ``eps = 0``. The class table has one extra row, the null class (id ``num_classes``), for
 classifier-free guidance; ``label_dropout`` replaces labels with it during training. The interface is
 the DiT's (``model.apply(v, x, t, y, train=..., rngs=...) -> eps``), so training, DiffFit fine-tuning
-(biases, the ``norm`` layers' scales and the class embedding ``y_embed``) and sampling take either.
+(biases, the ``norm`` layers' scales and biases and the class embedding ``y_embed``) and sampling take either.
 
 28x28 images with ``mults=(1, 2, 2)`` run at 28, 14 and 7 pixels.
 """
