@@ -26,6 +26,15 @@ from experiments.common import (ident as _ident, json_cache as _json_cache, prov
 from jaxdistill import diffusion as dfn
 
 
+def _finetune_config(c) -> dict:
+  """What identifies a fine-tuning beside its pretraining: ``c.finetune``, and the autoencoder when
+  the Minimax terms are computed in its latents (a retrained one changes the fine-tuning)."""
+  ft = c.finetune.to_dict()
+  if ft.get("space", "model") != "model":
+    ft["autoencoder"] = c.autoencoder.to_dict()
+  return ft
+
+
 def _pretrain_config(c) -> dict:
   """What identifies a pretraining: checked by its checkpoints and recorded by every fine-tuning of it.
   The model kind and the held-out count enter only when they differ from the first runs' (a DiT, no
@@ -150,11 +159,9 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
   # the pretraining by its configuration, not its path: a moved workdir still resumes; the space
   # enters only when it is not the model's own (the first runs' identity stays)
-  ft = f.to_dict()
+  ft = _finetune_config(c)
   if ft.get("space", "model") == "model":
     ft.pop("space", None)
-  else:
-    ft["autoencoder"] = c.autoencoder.to_dict()
   cfg = {"pretrained": _pretrain_config(c), "finetune": ft, "lambdas": list(lambdas)}
   state, info = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
                         checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
@@ -360,10 +367,8 @@ def run(c) -> dict:
     for ipc in c.ipcs:
       # the file is named by everything the images depend on (the sampler, the pretraining, the
       # fine-tuning): a rerun with other settings samples anew instead of reading another set
-      ft = None if name == "vanilla" else c.finetune.to_dict()
-      if ft is not None and ft.get("space", "model") != "model":  # the terms' space is trained too
-        ft["autoencoder"] = c.autoencoder.to_dict()
-      fname = f"{name}_" + _ident(info["sampler"].to_dict(), _pretrain_config(c), ft)
+      fname = f"{name}_" + _ident(info["sampler"].to_dict(), _pretrain_config(c),
+                                  None if name == "vanilla" else _finetune_config(c))
       syn, sec = generate(c, fname, model, params, schedule, data, ipc,
                           jax.random.fold_in(sample_key, ipc), sampler=info["sampler"])
       info["sample_seconds"][(name, ipc)] = sec
