@@ -81,35 +81,25 @@ def pretrain(c, model, schedule, arrays, image_shape, key, on_checkpoint=None):
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
   every = p.get("quality_every", 0) or p.steps
   ends = sorted({min(s, p.steps) for s in range(every, p.steps + every, every)})
-  total = {"steps_run": 0, "seconds": 0.0, "resumed_from": None}
   for end in ends:
-    state, info = dfn.run(state, step, arrays, end, checkpoint_dir=os.path.join(d, "checkpoints"),
+    state, _ = dfn.run(state, step, arrays, end, checkpoint_dir=os.path.join(d, "checkpoints"),
                           checkpoint_every=p.checkpoint_every, config=_pretrain_config(c),
                           logger=logger, desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
-    total["steps_run"] += info["steps_run"]
-    total["seconds"] += info["seconds"]
-    if total["resumed_from"] is None:
-      total["resumed_from"] = info["resumed_from"]
     if on_checkpoint is not None:  # None: the run is past ``end`` (resumed); its report is cached
       on_checkpoint(end, state.ema if int(state.step) == end else None)
   logger.close()
-  return state.ema, _record_time(d, total, p.steps)
+  return state.ema, _record_time(d, p.steps)
 
 
-def _record_time(d: str, info: dict, steps: int) -> dict:
-  """Accumulates the training seconds of every (resumed) session in ``d/time.json``."""
-  path = os.path.join(d, "time.json")
-  rec = {"seconds": 0.0, "steps": 0, "sessions": 0}
-  if os.path.exists(path):
-    with open(path) as f:
-      rec = json.load(f)
-  if info["steps_run"]:
-    rec = {"seconds": rec["seconds"] + info["seconds"], "steps": rec["steps"] + info["steps_run"],
-           "sessions": rec["sessions"] + 1}
-    with open(path, "w") as f:
-      json.dump(rec, f)
-  rec["total_steps"] = steps
-  return rec
+def _record_time(d: str, steps: int) -> dict:
+  """The training time of the run under ``d``, every (resumed) session of it, from its logged rows
+  (``jaxdistill.logs.sessions``: a session stopped mid-way counts up to its last logged step):
+  ``{"seconds", "sessions", "split": [(first step, last step, seconds)], "total_steps"}``."""
+  logs = os.path.join(d, "logs")
+  split = jd.logs.sessions(jd.logs.read_metrics(logs)) if os.path.exists(
+      os.path.join(logs, "metrics.jsonl")) else []
+  return {"seconds": float(sum(t for _, _, t in split)), "sessions": len(split),
+          "split": [list(s) for s in split], "total_steps": steps}
 
 
 SPACES = ("model", "autoencoder")
@@ -163,11 +153,11 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
   if ft.get("space", "model") == "model":
     ft.pop("space", None)
   cfg = {"pretrained": _pretrain_config(c), "finetune": ft, "lambdas": list(lambdas)}
-  state, info = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
+  state, _ = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
                         checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
                         adopt_legacy=c.adopt_legacy_checkpoints)
   logger.close()
-  return state.ema, _record_time(d, info, f.steps)
+  return state.ema, _record_time(d, f.steps)
 
 
 def generate(c, name, model, params, schedule, data, ipc, key, sampler=None):
@@ -420,14 +410,22 @@ def run(c) -> dict:
   return table
 
 
+def _split(rec: dict) -> str:
+  """How a resumed training was split, as the results state it ("" for one session)."""
+  if rec["sessions"] < 2:
+    return ""
+  return " (steps logged per session: " + "; ".join(f"{a}-{b}, {t:.0f} s" for a, b, t in rec["split"]) + ")"
+
+
 def write_results(c, table, info):
   """The run's table (``<results>`` with ``_run`` before ``.md``), rewritten after every set."""
   pre = info["pretrain"]
   lines = [f"# Minimax Diffusion, {c.dataset} (run output)\n", provenance(c),
            f"Pretraining: {pre['total_steps']} steps, {pre['seconds']:.0f} s of training in "
-           f"{pre['sessions']} session(s)."]
+           f"{pre['sessions']} session(s){_split(pre)}."]
   for name, ft in info["finetune"].items():
-    lines.append(f"Fine-tuning `{name}`: {ft['total_steps']} steps, {ft['seconds']:.0f} s.")
+    lines.append(f"Fine-tuning `{name}`: {ft['total_steps']} steps, {ft['seconds']:.0f} s in "
+                 f"{ft['sessions']} session(s){_split(ft)}.")
   lines += [f"Quality report: classifier {c.judge.model} {dict(c.judge.model_kwargs)} trained "
             f"{c.judge.epochs} epochs on every training image, test accuracy "
             f"{100 * info['judge_accuracy']:.2f}%; class agreement = share of a set's images it assigns "
@@ -478,6 +476,7 @@ def write_results(c, table, info):
             "sweep": [{"sampler": r["sampler"], "class_agreement": r["quality"]["class_agreement"],
                        "fid_like": r["quality"]["fid_like"]} for r in info.get("sweep", [])],
             "checkpoint_quality": info.get("checkpoint_quality", []),
+            "training_time": {"pretrain": info["pretrain"], **info["finetune"]},
             "held_out_real_floor": ({k: info["real_floor"][k] for k in ("class_agreement", "fid_like")}
                                     if info.get("real_floor") else None),
             "quality": {key_of(n): {} for n, _ in table},

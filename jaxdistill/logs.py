@@ -145,18 +145,23 @@ def sessions(rows: Sequence[dict]) -> list:
   """The sessions a resumed run's logged rows came from: ``[(first step, last step, seconds)]``.
 
   Rows name their session (``MetricLogger``'s ``session``); rows written before loggers did are split
-  wherever ``sec`` (counted from each session's start) goes back. ``seconds`` is the session's last
-  ``sec`` (its time up to its last logged step, compilation included)."""
-  out, names = [], []
+  wherever ``sec`` (counted from each session's start) goes back. ``seconds`` is the session's time up
+  to its last logged step, compilation included: its last ``sec``, summed over the segments of a
+  session that trained in several calls (its ``sec`` going back, each call counting from its start)."""
+  out, names, offset, last = [], [], 0.0, 0.0
   for r in rows:
     name = r.get("session")
     same = bool(out) and name == names[-1] and (
-        name is not None or (r["sec"] >= out[-1][2] and r["step"] > out[-1][1]))
+        name is not None or (r["sec"] >= last and r["step"] > out[-1][1]))
     if same:
-      out[-1] = (out[-1][0], r["step"], r["sec"])
+      if r["sec"] < last:  # a named session's next segment: its clock restarted
+        offset = out[-1][2]
+      out[-1] = (out[-1][0], r["step"], offset + r["sec"])
     else:
+      offset = 0.0
       out.append((r["step"], r["step"], r["sec"]))
       names.append(name)
+    last = r["sec"]
   return out
 
 

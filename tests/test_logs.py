@@ -52,6 +52,11 @@ def test_sessions_split_a_resumed_run_where_its_clock_restarts():
   named = [{"step": 1, "sec": 2.0, "session": 100.0}, {"step": 2, "sec": 2.5, "session": 200.0},
            {"step": 3, "sec": 3.0, "session": 200.0}]
   assert logs.sessions(rows[:2] + named) == [(10, 20, 9.0), (1, 1, 2.0), (2, 3, 3.0)]
+  # One session that trained in two calls (segments), each call's clock from its own start: summed.
+  segmented = [{"step": 5, "sec": 4.0, "session": 1.0}, {"step": 10, "sec": 8.0, "session": 1.0},
+               {"step": 15, "sec": 3.0, "session": 1.0}, {"step": 20, "sec": 7.0, "session": 1.0},
+               {"step": 25, "sec": 2.0, "session": 2.0}]
+  assert logs.sessions(segmented) == [(5, 20, 15.0), (25, 25, 2.0)]
 
 
 def test_metric_logger_rows_name_their_session(tmp_path):
