@@ -83,8 +83,8 @@ def pretrain(c, model, schedule, arrays, image_shape, key, on_checkpoint=None):
   ends = sorted({min(s, p.steps) for s in range(every, p.steps + every, every)})
   for end in ends:
     state, _ = dfn.run(state, step, arrays, end, checkpoint_dir=os.path.join(d, "checkpoints"),
-                          checkpoint_every=p.checkpoint_every, config=_pretrain_config(c),
-                          logger=logger, desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
+                       checkpoint_every=p.checkpoint_every, config=_pretrain_config(c),
+                       logger=logger, desc="pretrain", adopt_legacy=c.adopt_legacy_checkpoints)
     if on_checkpoint is not None:  # None: the run is past ``end`` (resumed); its report is cached
       on_checkpoint(end, state.ema if int(state.step) == end else None)
   logger.close()
@@ -154,8 +154,8 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
     ft.pop("space", None)
   cfg = {"pretrained": _pretrain_config(c), "finetune": ft, "lambdas": list(lambdas)}
   state, _ = dfn.run(state, step, arrays, f.steps, checkpoint_dir=os.path.join(d, "checkpoints"),
-                        checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
-                        adopt_legacy=c.adopt_legacy_checkpoints)
+                     checkpoint_every=f.checkpoint_every, config=cfg, logger=logger, desc=name,
+                     adopt_legacy=c.adopt_legacy_checkpoints)
   logger.close()
   return state.ema, _record_time(d, f.steps)
 
@@ -414,7 +414,8 @@ def _split(rec: dict) -> str:
   """How a resumed training was split, as the results state it ("" for one session)."""
   if rec["sessions"] < 2:
     return ""
-  return " (steps logged per session: " + "; ".join(f"{a}-{b}, {t:.0f} s" for a, b, t in rec["split"]) + ")"
+  parts = "; ".join(f"{a}-{b}, {t:.0f} s" for a, b, t in rec["split"])
+  return f" (steps logged per session: {parts})"
 
 
 def write_results(c, table, info):
