@@ -93,10 +93,11 @@ def pretrain(c, model, schedule, arrays, image_shape, key, on_checkpoint=None):
 
 def _record_time(d: str, steps: int) -> dict:
   """The training time of the run under ``d``, every (resumed) session of it, from its logged rows
-  (``jaxdistill.logs.sessions``: a session stopped mid-way counts up to its last logged step):
+  in the order written (``jaxdistill.logs.sessions``: a session stopped mid-way counts up to its last
+  logged step, the steps a later session ran again included; the sessions' step ranges then overlap):
   ``{"seconds", "sessions", "split": [(first step, last step, seconds)], "total_steps"}``."""
   logs = os.path.join(d, "logs")
-  split = jd.logs.sessions(jd.logs.read_metrics(logs)) if os.path.exists(
+  split = jd.logs.sessions(jd.logs.read_metrics(logs, every_row=True)) if os.path.exists(
       os.path.join(logs, "metrics.jsonl")) else []
   return {"seconds": float(sum(t for _, _, t in split)), "sessions": len(split),
           "split": [list(s) for s in split], "total_steps": steps}

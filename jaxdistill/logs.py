@@ -37,12 +37,14 @@ class MetricLogger:
       self._tb.close()
 
 
-def read_metrics(log_dir: str) -> list:
+def read_metrics(log_dir: str, every_row: bool = False) -> list:
   """The rows a ``MetricLogger`` wrote to ``<log_dir>/metrics.jsonl``, one per step in step order.
 
-  A resumed run logs again the steps after its last checkpoint; the row written last wins.
+  A resumed run logs again the steps after its last checkpoint; the row written last wins. With
+  ``every_row`` every row in the order written, those of the steps a later session ran again
+  included (what each session spent: ``sessions``).
   """
-  rows = {}
+  rows, seq = {}, []
   with open(os.path.join(log_dir, "metrics.jsonl")) as f:
     for n, line in enumerate(f, 1):
       try:
@@ -50,7 +52,8 @@ def read_metrics(log_dir: str) -> list:
         rows[int(row["step"])] = row
       except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{f.name} line {n} is not a metrics row: {line[:80]!r}") from e
-  return [rows[s] for s in sorted(rows)]
+      seq.append(row)
+  return seq if every_row else [rows[s] for s in sorted(rows)]
 
 
 def block_means(rows: Sequence[dict], key: str, block: int) -> list:

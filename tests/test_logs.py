@@ -68,6 +68,23 @@ def test_metric_logger_rows_name_their_session(tmp_path):
   assert len(logs.sessions(logs.read_metrics(str(tmp_path)))) == 2
 
 
+def test_read_metrics_gives_every_row_of_a_resumed_run_in_the_order_written(tmp_path):
+  """A session stopped after step 3 (its last checkpoint at 2); the next ran step 3 again."""
+  first = logs.MetricLogger(str(tmp_path), tensorboard=False)
+  for step, sec in ((1, 5.0), (2, 6.0), (3, 7.0)):
+    first.write(step, {"loss": 1.0, "sec": sec})
+  second = logs.MetricLogger(str(tmp_path), tensorboard=False)
+  second._session += 1.0  # two loggers made within the same clock tick still name two sessions
+  for step, sec in ((3, 2.0), (4, 3.0)):
+    second.write(step, {"loss": 0.5, "sec": sec})
+  latest = logs.read_metrics(str(tmp_path))
+  assert [(r["step"], r["sec"]) for r in latest] == [(1, 5.0), (2, 6.0), (3, 2.0), (4, 3.0)]
+  every = logs.read_metrics(str(tmp_path), every_row=True)
+  assert [(r["step"], r["sec"]) for r in every] == [(1, 5.0), (2, 6.0), (3, 7.0), (3, 2.0), (4, 3.0)]
+  # the first session's time includes its step 3, which the second ran again
+  assert logs.sessions(every) == [(1, 3, 7.0), (3, 4, 3.0)]
+
+
 def test_read_grid_gives_back_the_images_save_grid_wrote(tmp_path):
   rng = np.random.default_rng(0)
   mean, std = (0.286,), (0.353,)
