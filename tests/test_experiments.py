@@ -789,6 +789,9 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
   assert set(minimax._pretrain_config(default)) == {"dataset", "seed", "model", "schedule",
                                                     "num_timesteps", "pretrain"}
   assert "quality_every" not in minimax._pretrain_config(default)["pretrain"]
+  # three runs, three records: no run's results, JSON or grids overwrite another's
+  assert len({x.results for x in (c, cpu, default)}) == 3
+  assert len({x.grid_prefix for x in (c, cpu, default)}) == 3
   assert c.finetune.space == "autoencoder" and default.finetune.space == "model"
 
 

@@ -12,7 +12,8 @@ width 32, 300 epochs with DSA, 3 seeds) and an MLP; coverage of the test set in 
 ConvNet trained 2 epochs on the training set (``coverage_epochs`` 1 under the protocol's E + 1
 schedule); the quality report (class agreement and an FID-style distance by a width-64 ConvNet
 trained 9 epochs on every training image (``judge.epochs`` 8, likewise), refused below 90% test
-accuracy; the nearest-real distance ratio), in the run file and `minimax_fashion_mnist.json`; image grids.
+accuracy; the nearest-real distance ratio), in the run file and `minimax_dit_fashion_mnist.json`;
+image grids.
 
 Expected (seed 0; evaluated 2026-11-26 under the current defaults): generated sets are far below random
 real images and DM at this scale (ConvNet at IPC 10: vanilla 49.9, Minimax 54.2, DiffFit alone 54.2,
@@ -68,6 +69,6 @@ def get_config():
   c.workdir = "runs/minimax_fashion_mnist"
   # Checkpoints written before they carried checksums are refused unless adopted (rewritten) first.
   c.adopt_legacy_checkpoints = False
-  c.results = "experiments/results/minimax_fashion_mnist.md"
+  c.results = "experiments/results/minimax_dit_fashion_mnist.md"
   c.grid_prefix = "minimax_fmnist"  # image grids: <results dir>/<grid_prefix>_<set>_ipc<ipc>.png
   return c

@@ -35,6 +35,6 @@ def get_config():
                   for steps, eta in ((50, 0.0), (100, 1.0)) for g in (1.0, 2.0, 3.0, 4.0))
   c.dm_dir = "runs/dm_fashion_mnist_ipc{ipc}"
   c.workdir = "runs/minimax_unet_cpu_fashion_mnist"
-  c.results = "experiments/results/minimax_unet_cpu_fashion_mnist.md"
+  c.results = "experiments/results/minimax_fashion_mnist.md"
   c.grid_prefix = "minimax_unet_cpu_fmnist"
   return c
