@@ -236,11 +236,19 @@ def quality(c, data, syn, judge_state, key, reference=None) -> dict:
                                                        data.x_train, sample_size=2000, key=key))
 
 
+def pick_sampler(qualities: list, slack: float) -> int:
+  """The index of the lowest FID-style distance among the quality reports whose class agreement is
+  within ``slack`` of the highest (the first such on ties)."""
+  top = max(q["class_agreement"] for q in qualities)
+  ok = [i for i, q in enumerate(qualities) if q["class_agreement"] >= top - slack]
+  return min(ok, key=lambda i: qualities[i]["fid_like"])
+
+
 def choose_sampler(c, model, params, schedule, data, judge_state, key, holdout) -> tuple:
-  """The sampler settings of ``c.sweep`` (each a partial override of ``c.sample``) whose sample of
-  ``c.sweep_ipc`` images per class from ``params`` has the lowest FID-style distance to the held-out
-  training images; ``(settings, [{settings, quality}, ...])``. ``c.sample`` alone when the sweep is
-  empty. Never looks at test images."""
+  """The sampler settings of ``c.sweep`` (each a partial override of ``c.sample``) chosen by
+  ``pick_sampler`` from the quality of their samples of ``c.sweep_ipc`` images per class from
+  ``params`` against the held-out training images; ``(settings, [{settings, quality}, ...])``.
+  ``c.sample`` alone when the sweep is empty. Never looks at test images."""
   if not c.sweep:
     return c.sample, []
   rows = []
@@ -253,7 +261,7 @@ def choose_sampler(c, model, params, schedule, data, judge_state, key, holdout) 
     q = rows[-1]["quality"]
     print(f"sampler {dict(over)}: class agreement {q['class_agreement']:.3f}, FID-style "
           f"{q['fid_like']:.2f} (held-out)", flush=True)
-  best = min(rows, key=lambda r: r["quality"]["fid_like"])
+  best = rows[pick_sampler([r["quality"] for r in rows], c.sweep_agreement_slack)]
   s = c.sample.copy_and_resolve_references()
   s.update(best["sampler"])
   return s, rows
@@ -305,6 +313,9 @@ def check_config(c) -> None:
     raise ValueError(f"Unknown finetune.space {c.finetune.space!r}; choose one of {SPACES}.")
   if c.sweep and (not isinstance(c.sweep_ipc, int) or c.sweep_ipc < 1):
     raise ValueError(f"sweep_ipc must be an integer >= 1; got {c.sweep_ipc!r}.")
+  if c.sweep and not 0.0 <= c.sweep_agreement_slack <= 1.0:
+    raise ValueError(f"sweep_agreement_slack is a class-agreement difference in [0, 1]; got "
+                     f"{c.sweep_agreement_slack!r}.")
 
 
 def load_data(c):
@@ -440,7 +451,8 @@ def write_results(c, table, info):
   floor = info.get("real_floor")
   if info.get("sweep"):
     lines += ["", f"Sampler sweep ({c.sweep_ipc} images per class from the pretrained model, quality "
-              "against the held-out training images; the lowest FID-style distance is chosen):", "",
+              "against the held-out training images; chosen: the lowest FID-style distance among "
+              f"the samplers within {c.sweep_agreement_slack} of the best class agreement):", "",
               "| sampler | class agreement | FID-style |", "|---|---|---|"]
     lines += [f"| {r['sampler']} | {r['quality']['class_agreement']:.3f} | "
               f"{r['quality']['fid_like']:.2f} |" for r in info["sweep"]]

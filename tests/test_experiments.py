@@ -774,7 +774,8 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
   minimax.check_config(c)
   for changes, match in [({"holdout": 0}, "held-out"), ({"model_kind": "vae"}, "model_kind"),
                          ({"sweep": ({"guidance": 2.0},)}, "unknown sampler fields"),
-                         ({"holdout": -1}, "holdout"), ({"finetune.space": "pixels"}, "space")]:
+                         ({"holdout": -1}, "holdout"), ({"finetune.space": "pixels"}, "space"),
+                         ({"sweep_agreement_slack": -0.1}, "sweep_agreement_slack")]:
     bad = load_config("minimax_unet_fmnist.py")
     override(bad, changes)
     with pytest.raises(ValueError, match=match):
@@ -795,6 +796,16 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
   assert c.finetune.space == "autoencoder" and default.finetune.space == "model"
 
 
+def test_minimax_sweep_picks_the_closest_sampler_among_those_that_keep_their_labels():
+  from experiments import minimax
+  q = lambda agree, fid: {"class_agreement": agree, "fid_like": fid}
+  rows = [q(0.90, 40.0), q(0.80, 30.0), q(0.89, 38.0), q(0.91, 45.0)]
+  assert minimax.pick_sampler(rows, 0.02) == 2  # 0.80 is too far below the best 0.91
+  assert minimax.pick_sampler(rows, 0.0) == 3  # the best agreement alone
+  assert minimax.pick_sampler(rows, 1.0) == 1  # FID-style alone
+  assert minimax.pick_sampler([q(0.9, 40.0), q(0.9, 40.0)], 0.02) == 0  # ties: the first
+
+
 @pytest.mark.slow
 def test_minimax_unet_run_chooses_its_sampler_on_held_out_images_and_resumes(tmp_path):
   """The UNet configuration at test size: quality reports at pretraining checkpoints and a sampler
@@ -811,7 +822,7 @@ def test_minimax_unet_run_chooses_its_sampler_on_held_out_images_and_resumes(tmp
   assert record["model_kind"] == "unet"
   assert [r["step"] for r in record["checkpoint_quality"]] == [1, 2]
   assert len(record["sweep"]) == 2
-  best = min(record["sweep"], key=lambda r: r["fid_like"])
+  best = record["sweep"][minimax.pick_sampler(record["sweep"], c.sweep_agreement_slack)]
   assert record["sampler"] == best["sampler"]
   # real training images as many as a sweep sample: the floor the held-out reports are read against
   assert 0.0 <= record["held_out_real_floor"]["class_agreement"] <= 1.0

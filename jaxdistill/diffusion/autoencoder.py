@@ -76,16 +76,18 @@ def train_autoencoder(key: jax.Array, images: jax.Array, model: AutoEncoder, ste
   def loss_fn(p, x):
     return jnp.mean(jnp.square(model.apply({"params": p}, x) - x))
 
-  def step(carry, i):
-    p, opt = carry
-    idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, images.shape[0])
-    loss, g = jax.value_and_grad(loss_fn)(p, images[idx])
-    upd, opt = tx.update(g, opt, p)
-    return (optax.apply_updates(p, upd), opt), loss
+  @jax.jit
+  def train(p, xs):  # the images are an argument: closed over, they would be compiled in as a constant
+    def step(carry, i):
+      p, opt = carry
+      idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, xs.shape[0])
+      loss, g = jax.value_and_grad(loss_fn)(p, xs[idx])
+      upd, opt = tx.update(g, opt, p)
+      return (optax.apply_updates(p, upd), opt), loss
+    return jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps))
 
-  train = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps)))
   with jax.numpy_dtype_promotion("standard"):  # optax's Adam bias correction mixes int and float
-    (params, _), losses = train(params)
+    (params, _), losses = train(params, images)
   return params, float(losses[-1])
 
 
