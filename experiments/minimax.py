@@ -238,9 +238,10 @@ def quality(c, data, syn, judge_state, key, reference=None) -> dict:
 
 def pick_sampler(qualities: list, slack: float) -> int:
   """The index of the lowest FID-style distance among the quality reports whose class agreement is
-  within ``slack`` of the highest (the first such on ties)."""
+  within ``slack`` of the highest (the first such on ties). Agreements are shares of a few hundred
+  images, so a difference of exactly ``slack`` counts as within it whatever the float rounding."""
   top = max(q["class_agreement"] for q in qualities)
-  ok = [i for i, q in enumerate(qualities) if q["class_agreement"] >= top - slack]
+  ok = [i for i, q in enumerate(qualities) if q["class_agreement"] >= top - slack - 1e-6]
   return min(ok, key=lambda i: qualities[i]["fid_like"])
 
 

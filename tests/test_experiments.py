@@ -804,6 +804,9 @@ def test_minimax_sweep_picks_the_closest_sampler_among_those_that_keep_their_lab
   assert minimax.pick_sampler(rows, 0.0) == 3  # the best agreement alone
   assert minimax.pick_sampler(rows, 1.0) == 1  # FID-style alone
   assert minimax.pick_sampler([q(0.9, 40.0), q(0.9, 40.0)], 0.02) == 0  # ties: the first
+  # 24 and 28 of 200 images differ by exactly 0.02, though 28 / 200 - 0.02 > 24 / 200 in floats
+  assert minimax.pick_sampler([q(28 / 200, 40.0), q(24 / 200, 30.0)], 0.02) == 1
+  assert minimax.pick_sampler([q(28 / 200, 40.0), q(23 / 200, 30.0)], 0.02) == 0
 
 
 @pytest.mark.slow
