@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 
 import jax
@@ -146,7 +147,7 @@ def finetune(c, name, model, schedule, arrays, image_shape, params0, key, lambda
   mem = dfn.init_memory(model.num_classes, f.memory_size, dim)
   state = dfn.init_state(jax.random.fold_in(key, 2), params0, tx, mem)
   step = dfn.make_step(model, schedule, tx, f.batch_size, f.ema_decay, mm=mm)
-  d = os.path.join(c.workdir, name)
+  d = os.path.join(c.workdir, name + c.finetune_suffix)
   logger = jd.logs.MetricLogger(os.path.join(d, "logs"))
   # the pretraining by its configuration, not its path: a moved workdir still resumes; the space
   # enters only when it is not the model's own (the first runs' identity stays)
@@ -310,6 +311,9 @@ def check_config(c) -> None:
     if unknown:
       raise ValueError(f"sweep entry {dict(over)} sets unknown sampler fields {sorted(unknown)}; "
                        f"known: {sorted(c.sample)}.")
+  if not re.fullmatch(r"[A-Za-z0-9_.-]*", c.finetune_suffix):
+    raise ValueError(f"finetune_suffix is appended to a directory name: letters, digits, '_', '.', "
+                     f"'-' only; got {c.finetune_suffix!r}.")
   if c.finetune.get("space", "model") not in SPACES:
     raise ValueError(f"Unknown finetune.space {c.finetune.space!r}; choose one of {SPACES}.")
   if c.sweep and (not isinstance(c.sweep_ipc, int) or c.sweep_ipc < 1):

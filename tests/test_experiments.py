@@ -790,9 +790,30 @@ def test_minimax_refuses_choices_without_held_out_images_and_unknown_sampler_fie
   assert set(minimax._pretrain_config(default)) == {"dataset", "seed", "model", "schedule",
                                                     "num_timesteps", "pretrain"}
   assert "quality_every" not in minimax._pretrain_config(default)["pretrain"]
-  # three runs, three records: no run's results, JSON or grids overwrite another's
-  assert len({x.results for x in (c, cpu, default)}) == 3
-  assert len({x.grid_prefix for x in (c, cpu, default)}) == 3
+  # the guidance ablation of the CPU run: its models, its sampler fixed (no sweep), no control
+  g2 = load_config("minimax_unet_cpu_fmnist_guidance.py", "2")
+  minimax.check_config(g2)
+  assert g2.workdir == cpu.workdir and not g2.sweep and not g2.control
+  assert (g2.sample.cfg_scale, g2.sample.eta, g2.sample.steps) == (2.0, 0.0, 50)
+  assert minimax._pretrain_config(g2) == minimax._pretrain_config(cpu)
+  assert minimax._finetune_config(g2) == minimax._finetune_config(cpu)
+  with pytest.raises(ValueError, match="guidance"):
+    load_config("minimax_unet_cpu_fmnist_guidance.py", "0")
+  # the lambdas ablation: its own fine-tuning directory and sets (the lambdas name its samples)
+  l10 = load_config("minimax_unet_cpu_fmnist_lambdas.py", "10")
+  minimax.check_config(l10)
+  assert l10.workdir == cpu.workdir and l10.finetune_suffix and not cpu.finetune_suffix
+  assert (l10.finetune.lambda_pos, l10.finetune.lambda_neg) == pytest.approx((0.02, 0.08))
+  assert minimax._pretrain_config(l10) == minimax._pretrain_config(cpu)
+  assert minimax._finetune_config(l10) != minimax._finetune_config(cpu)
+  for bad_suffix in ("/x", "../x", "a b"):
+    bad = load_config("minimax_unet_cpu_fmnist_lambdas.py", "10")
+    bad.finetune_suffix = bad_suffix
+    with pytest.raises(ValueError, match="finetune_suffix"):
+      minimax.check_config(bad)
+  # five runs, five records: no run's results, JSON or grids overwrite another's
+  runs = (c, cpu, default, g2, l10)
+  assert len({x.results for x in runs}) == 5 and len({x.grid_prefix for x in runs}) == 5
   assert c.finetune.space == "autoencoder" and default.finetune.space == "model"
 
 

@@ -45,6 +45,9 @@ def get_config():
   c.autoencoder = ml_collections.ConfigDict(
       {"width": 32, "latent_channels": 4, "steps": 3000, "batch_size": 128, "lr": 1e-3})
   c.control = True  # also fine-tune with lambdas 0 (DiffFit alone)
+  # Appended to the fine-tunings' directories (<workdir>/minimax<suffix>): runs that share a workdir
+  # (its pretrained model) but fine-tune otherwise, e.g. at other lambdas, keep their own checkpoints.
+  c.finetune_suffix = ""
   c.sample = ml_collections.ConfigDict(
       {"steps": 50, "eta": 1.0, "cfg_scale": 4.0, "clip": 1.0, "batch_size": 250})
   # Sampler sweep: each entry overrides fields of c.sample; the sample of each (sweep_ipc per class,
