@@ -445,7 +445,8 @@ def write_results(c, table, info):
     lines.append(f"Fine-tuning `{name}`: {ft['total_steps']} steps, {ft['seconds']:.0f} s in "
                  f"{ft['sessions']} session(s){_split(ft)}.")
   lines += [f"Quality report: classifier {c.judge.model} {dict(c.judge.model_kwargs)} trained "
-            f"{c.judge.epochs} epochs on every training image, test accuracy "
+            f"{c.judge.epochs + 1} epochs (judge.epochs {c.judge.epochs}, the protocol's E + 1) on "
+            f"every training image, test accuracy "
             f"{100 * info['judge_accuracy']:.2f}%; class agreement = share of a set's images it assigns "
             f"to the requested class; FID-style = Fréchet distance of its penultimate features, set vs "
             f"test images; nearest-real ratio = mean pixel distance to the nearest training image over "
