@@ -38,3 +38,12 @@ def get_config():
   c.results = "experiments/results/minimax_fashion_mnist.md"
   c.grid_prefix = "minimax_unet_cpu_fmnist"
   return c
+
+
+def variant(tag: str):
+  """This run's config for an ablation named ``tag``: the same workdir (its models and evaluations
+  are read back), its own results file and grids, so no run overwrites another's record."""
+  c = get_config()
+  c.results = f"experiments/results/minimax_fashion_mnist_{tag}.md"
+  c.grid_prefix = f"minimax_unet_cpu_fmnist_{tag}"
+  return c

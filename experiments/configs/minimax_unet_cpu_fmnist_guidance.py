@@ -18,11 +18,8 @@ def get_config(arg: str = "2"):
   g = float(arg)
   if not g > 0:
     raise ValueError(f"The guidance scale must be > 0 (1: no guidance); got {arg!r}.")
-  c = minimax_unet_cpu_fmnist.get_config()
+  c = minimax_unet_cpu_fmnist.variant(f"guidance{arg.replace('.', '_')}")
   c.sweep = ()  # the sampler below, as given
   c.sample.update({"eta": 0.0, "steps": 50, "cfg_scale": g})
   c.control = False
-  tag = f"guidance{arg.replace('.', '_')}"
-  c.results = f"experiments/results/minimax_fashion_mnist_{tag}.md"
-  c.grid_prefix = f"minimax_unet_cpu_fmnist_{tag}"
   return c

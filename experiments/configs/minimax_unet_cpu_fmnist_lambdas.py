@@ -18,13 +18,11 @@ def get_config(arg: str = "10"):
   k = float(arg)
   if not k > 0:
     raise ValueError(f"The lambdas' factor must be > 0; got {arg!r}.")
-  c = minimax_unet_cpu_fmnist.get_config()
+  tag = f"lambdas{arg.replace('.', '_')}"
+  c = minimax_unet_cpu_fmnist.variant(tag)
   c.finetune.lambda_pos *= k
   c.finetune.lambda_neg *= k
   c.ipcs = (10,)
   c.control = False
-  tag = f"lambdas{arg.replace('.', '_')}"
   c.finetune_suffix = f"_{tag}"
-  c.results = f"experiments/results/minimax_fashion_mnist_{tag}.md"
-  c.grid_prefix = f"minimax_unet_cpu_fmnist_{tag}"
   return c
