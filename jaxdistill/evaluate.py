@@ -35,6 +35,7 @@ from jaxdistill import models as models_lib
 from jaxdistill import partial_updates
 from jaxdistill import training
 from jaxdistill.checks import check_label_range
+from jaxdistill.models.nets import state_of
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -257,8 +258,9 @@ def _lr_schedule(cfg: EvalConfig, lr: jax.Array, total_steps: int, steps_per_epo
 
 
 def init_variables(key: jax.Array, model, image_shape: Sequence[int]):
-  """Initializes a model's variables for ``[1, *image_shape]`` inputs."""
-  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  """Initializes a model's variables for ``[1, *image_shape]`` inputs (any model
+  ``jaxdistill.models.adapt`` accepts; a user's model keeps its own initialization)."""
+  return models_lib.adapt(model).init(key, jnp.zeros((1, *image_shape), jnp.float32))
 
 
 def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: EvalConfig = EvalConfig(),
@@ -268,7 +270,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
 
   Args:
     key: PRNG key (initialization, shuffling, augmentation).
-    model: a Flax module with ``apply(variables, x, train=...) -> logits``.
+    model: any model ``jaxdistill.models.adapt`` accepts (logits ``[B, K]``).
     images: ``[N, H, W, C]`` float32.
     labels: ``[N]`` int32 or ``[N, K]`` float32 soft labels.
     cfg: the protocol (static).
@@ -310,8 +312,9 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   init_key, data_key = jax.random.split(key)
   if variables is None:
     variables = init_variables(init_key, model, images.shape[1:])
+  model = models_lib.adapt(model)
   params = variables["params"]
-  stats = variables.get("batch_stats")
+  stats = state_of(variables) or None
   if cfg.mix not in ("none", "cutmix"):
     raise ValueError(f"Unknown mix {cfg.mix!r}; known: 'none', 'cutmix'.")
   num_classes = jax.eval_shape(lambda: training.forward(model, variables, images[:1], train=False)[0]
@@ -329,7 +332,8 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
       x, y = augment_lib.cutmix(k_mix, x, y if y.ndim == 2 else jax.nn.one_hot(y, num_classes), valid,
                                 cfg.mix_p, cfg.mix_beta)
     _, new_stats, grads = training.loss_and_grads(model, params, stats, x, y, valid, cfg.loss,
-                                                     cfg.microbatch)
+                                                     cfg.microbatch,
+                                                     key=jax.random.fold_in(k, training.DROPOUT_FOLD))
     updates, opt_state = tx.update(grads, opt_state, params)
     rate = schedule(t)
     params = jax.tree.map(lambda p, u: p - rate * u, params, updates)
@@ -341,7 +345,7 @@ def train(key: jax.Array, model, images: jax.Array, labels: jax.Array, cfg: Eval
   carry = (params, stats, tx.init(params), jnp.zeros((), jnp.int32))
   (params, stats, _, _), _ = jax.lax.scan(epoch, carry,
                                           jax.random.split(data_key, cfg.trained_epochs()))
-  return {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+  return {"params": params, **(stats or {})}
 
 
 def resolve_test_batch(test_batch_size) -> int:
@@ -515,7 +519,10 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     key: PRNG key; the same key gives the same accuracies.
     syn: a ``SyntheticSet`` or ``(images [N, H, W, C], labels [N] or [N, K])``.
     data: the dataset whose test split is used (``data.x_test``, ``data.y_test``).
-    model: a registry name (``jaxdistill.models.MODEL_NAMES``) or a Flax module.
+    model: a registry name (``jaxdistill.models.MODEL_NAMES``) or any model
+      ``jaxdistill.models.adapt`` accepts (a Flax linen module of any call signature, an NNX module
+      class, ``models.equinox_model(...)``, ``models.functions(init, apply)``); its logits must be
+      ``[B, data.num_classes]``.
     num_seeds: networks trained (their keys split from ``key``).
     cfg: the protocol.
     model_kwargs: passed to ``models.get_model`` with a name (e.g. ``{"width": 64}``).
@@ -565,6 +572,15 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     raise ValueError(f"num_seeds must be an int >= 1; got {num_seeds!r}.")
   if isinstance(model, str):
     model = models_lib.get_model(model, data.num_classes, **(model_kwargs or {}))
+  elif model_kwargs:
+    raise ValueError("model_kwargs are options of a registry name (model='convnet', ...); this model "
+                     "is already built: pass its options to it instead.")
+  model = models_lib.adapt(model)
+  out = jax.eval_shape(lambda k, x: training.forward(model, model.init(k, x), x, train=False)[0],
+                       jax.random.key(0), images[:1])
+  if out.shape[-1] != data.num_classes:
+    raise ValueError(f"The model gives {out.shape[-1]} logits but {data.name!r} has "
+                     f"{data.num_classes} classes.")
   lr = None
   if use_learned_lr and log_lr is not None:
     log_lr = jnp.asarray(log_lr, jnp.float32)
@@ -600,7 +616,7 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
         "jaxdistill.evaluate.accuracy v1", np.asarray(images).tobytes(), images.shape,
         np.asarray(labels).tobytes(), labels.shape, labels.dtype, None if lr is None else float(lr),
         None if groups is None else np.asarray(groups).tobytes(),
-        tuple(cfg._replace(epochs=cfg.num_epochs())), repr(model),
+        tuple(cfg._replace(epochs=cfg.num_epochs())), model.identity(),
         data.name, np.asarray(data.x_test).tobytes(), np.asarray(data.y_test).tobytes())
         + ((("soft_labels", soft_labels),) if labels.ndim == 2 else ()))
   correct = _correctness(jax.random.split(key, num_seeds), progress or None, run, parallel_networks,

@@ -42,7 +42,9 @@ from jax.flatten_util import ravel_pytree
 from jaxdistill import evaluate, training
 from jaxdistill.checkpoint import Checkpointer, read_verified, saved_steps
 from jaxdistill.checks import check_images_labels
+from jaxdistill.models.adapter import adapt
 from jaxdistill.models.layers import prefer_conv
+from jaxdistill.models.nets import has_state, state_of
 # The per-example scores live with the selection methods that use them; re-exported here, where the
 # experts write them.
 from jaxdistill.selection.scores import (el2n_scores, first_learned_epoch,  # noqa: F401
@@ -121,21 +123,23 @@ def make_epoch_fn(model, cfg: ExpertConfig, dataset_name: Optional[str] = None) 
   """
   aug = training.resolve_augment(cfg.augment, dataset_name)
   tx = optimizer(cfg)
+  net = adapt(model)
 
   def epoch(variables, opt_state, images, labels, key):
     def step(carry, inp):
       params, stats, opt_state = carry
       idx_b, valid_b, k = inp
-      loss, new_stats, grads = training.loss_and_grads(model, params, stats, aug(k, images[idx_b]),
-                                                       labels[idx_b], valid_b, "ce", cfg.microbatch)
+      loss, new_stats, grads = training.loss_and_grads(net, params, stats, aug(k, images[idx_b]),
+                                                       labels[idx_b], valid_b, "ce", cfg.microbatch,
+                                                       key=jax.random.fold_in(k, training.DROPOUT_FOLD))
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), new_stats, opt_state), loss * jnp.sum(valid_b)
 
-    carry = (variables["params"], variables.get("batch_stats"), opt_state)
+    carry = (variables["params"], state_of(variables) or None, opt_state)
     n = images.shape[0]
     (params, stats, opt_state), losses = training.scan_epoch(step, carry, key, n, cfg.batch_size,
-                                                             exact_last="batch_stats" in variables)
-    out = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+                                                             exact_last=has_state(variables))
+    out = {"params": params, **(stats or {})}
     return out, opt_state, jnp.sum(losses) / n
 
   return jax.jit(epoch)
@@ -151,8 +155,8 @@ def _as_arrays(data) -> tuple:
 def _expert_config(cfg: ExpertConfig, model, key: jax.Array, images, dataset_name) -> dict:
   # The convolution implementation is how the network runs, not which network: "auto" is recorded as
   # what it runs here, so directories written with the explicit choice of the same backend still match.
-  model = prefer_conv(model, "auto")
-  return {"protocol": cfg.describe(), "model": repr(model), "dataset": dataset_name,
+  model = prefer_conv(adapt(model), "auto")
+  return {"protocol": cfg.describe(), "model": model.identity(), "dataset": dataset_name,
           "train_shape": list(np.shape(images)),
           "key": np.asarray(jax.random.key_data(key)).tolist()}
 
@@ -165,7 +169,9 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
   Args:
     key: the run's key; expert ``i`` uses ``fold_in(key, i)``.
     data: a ``Dataset`` (its training split) or ``(images [N, H, W, C], labels [N])``.
-    model: a Flax module (``jaxdistill.models`` interface: ``apply(variables, x, train=...)``).
+    model: any model ``jaxdistill.models.adapt`` accepts (a library network, a Flax linen module of any
+      call signature, an NNX class, ``equinox_model(...)``, ``functions(init, apply)``); its
+      identity (``Net.identity``) is part of the directory's record.
     directory: where ``expert_{i}/`` directories are written (created if missing).
     num_experts: trains experts ``0..num_experts - 1`` (unless ``experts`` is given).
     cfg: the protocol; ``cfg.epochs`` is the total (epochs already saved are kept).
@@ -192,6 +198,7 @@ def train(key: jax.Array, data: Union[Dataset, tuple], model, directory: str, nu
   # would mix two trajectories (directories written before this was recorded adopt it).
   train_digest = hashlib.sha256(images.tobytes() + np.asarray(labels).tobytes()).hexdigest()[:16]
   x, y = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+  model = adapt(model)
   epoch_fn = make_epoch_fn(model, cfg, dataset_name)
   tx = optimizer(cfg)
   predict = jax.jit(lambda v, xs: evaluate.predict(model, v, xs, cfg.eval_batch_size))

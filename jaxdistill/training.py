@@ -3,8 +3,8 @@ evaluation protocol (``jaxdistill.evaluate``) and expert training (``jaxdistill.
 
 An epoch visits the ``N`` rows in a random order in ``ceil(N / batch_size)`` batches; the last partial
 batch is kept (padded with repeated rows whose weight is 0), as a PyTorch ``DataLoader`` without
-``drop_last``. Models follow the jaxdistill interface (``apply(variables, x, train=...)``, BatchNorm
-running statistics in ``batch_stats``).
+``drop_last``. Models are any that ``jaxdistill.models.adapt`` accepts (state such as BatchNorm
+running statistics is every variable collection besides ``params``).
 
 Micro-batches: a batch's gradient may be computed in pieces of ``microbatch`` rows and summed (a
 ``lax.scan``), which is the same gradient up to float rounding for every network whose rows do not
@@ -22,6 +22,8 @@ import numpy as np
 import optax
 
 from jaxdistill import augment as augment_lib
+from jaxdistill.models.adapter import adapt
+from jaxdistill.models.nets import state_of
 
 
 def resolve_augment(aug, dataset_name: Optional[str] = None) -> Callable:
@@ -33,6 +35,8 @@ def resolve_augment(aug, dataset_name: Optional[str] = None) -> Callable:
 
 
 CPU_MICROBATCH = 32
+# Dropout keys are fold_in(batch key, DROPOUT_FOLD): the batch's augmentation key is left as it was.
+DROPOUT_FOLD = 0x64726F70
 
 
 def resolve_microbatch(microbatch) -> int:
@@ -75,14 +79,11 @@ def value_and_grad_in_pieces(piece_loss: Callable, params, data, rows: int):
   return jax.lax.scan(body, zero, split)[0]
 
 
-def forward(model, variables, x: jax.Array, train: bool):
-  """``(logits, batch_stats or None)``: with ``train`` BatchNorm uses and updates batch statistics."""
-  if "batch_stats" in variables:
-    if train:
-      logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-      return logits, updates["batch_stats"]
-    return model.apply(variables, x, train=False), variables["batch_stats"]
-  return model.apply(variables, x, train=train), None
+def forward(model, variables, x: jax.Array, train: bool, key: Optional[jax.Array] = None):
+  """``(logits, state or None)``: with ``train`` BatchNorm uses and updates batch statistics and
+  ``key`` seeds dropout. ``model``: anything ``jaxdistill.models.adapt`` accepts."""
+  logits, new = adapt(model).apply(variables, x, train=train, key=key)
+  return logits, (state_of(new) or None)
 
 
 def weighted_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, kind: str) -> jax.Array:
@@ -106,27 +107,29 @@ def per_row_loss(logits: jax.Array, targets: jax.Array, kind: str) -> jax.Array:
 
 
 def loss_and_grads(model, params, stats, x: jax.Array, y: jax.Array, weights: jax.Array, kind: str,
-                   microbatch=0):
-  """``(loss, new batch_stats, grads)`` of one training batch (``weighted_loss``), in pieces of
-  ``microbatch`` rows for networks without batch statistics (see the module docstring)."""
+                   microbatch=0, key: Optional[jax.Array] = None):
+  """``(loss, new state, grads)`` of one training batch (``weighted_loss``), in pieces of
+  ``microbatch`` rows for networks without state (see the module docstring). ``stats``: the
+  network's state collections (None without); ``key``: dropout (each piece its own)."""
   rows = piece_size(x.shape[0], microbatch) if stats is None else x.shape[0]
   if rows == x.shape[0]:
     def loss_fn(p):
-      v = {"params": p} if stats is None else {"params": p, "batch_stats": stats}
-      logits, new_stats = forward(model, v, x, train=True)
+      v = {"params": p} if stats is None else {"params": p, **stats}
+      logits, new_stats = forward(model, v, x, train=True, key=key)
       return weighted_loss(logits, y, weights, kind), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, new_stats, grads
 
   total = jnp.maximum(jnp.sum(weights), 1.0)
+  keys = jax.random.split(key, x.shape[0]) if key is not None else None
 
-  def piece_loss(p, xyw):
-    xp, yp, wp = xyw
-    logits, _ = forward(model, {"params": p}, xp, train=True)
+  def piece_loss(p, xywk):
+    xp, yp, wp, kp = xywk
+    logits, _ = forward(model, {"params": p}, xp, train=True, key=None if kp is None else kp[0])
     return jnp.sum(per_row_loss(logits, yp, kind) * wp) / total
 
-  loss, grads = value_and_grad_in_pieces(piece_loss, params, (x, y, weights), rows)
+  loss, grads = value_and_grad_in_pieces(piece_loss, params, (x, y, weights, keys), rows)
   return loss, None, grads
 
 

@@ -1,4 +1,8 @@
-"""Networks of the dataset-distillation literature, all with one interface.
+"""Networks of the dataset-distillation literature, all with one interface, and ``adapt``: any JAX
+model (Flax linen of any call signature, Flax NNX, Equinox, plain functions) as the library calls it.
+
+The library's networks initialize as PyTorch's ``nn.Conv2d`` / ``nn.Linear`` do (the references'
+networks); a user's own model keeps its own initialization.
 
 ``model.apply(variables, x, train=...)`` maps NHWC images ``[N, H, W, C]`` (28x28x1 or 32x32x3, float32)
 to logits ``[N, K]``; ``return_features=True`` gives ``(logits, features [N, D])`` with the penultimate
@@ -25,7 +29,9 @@ from jaxdistill.models.layers import (CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, Dense
                                       torch_bias_init, torch_weight_init,
                                       make_norm)
 from jaxdistill.models.mlp import MLP
-from jaxdistill.models.nets import NetFns, as_net, flax_net
+from jaxdistill.models.adapter import (ModelError, Net, adapt, equinox_model, functions, nnx_model,
+                                       nnx_variables)
+from jaxdistill.models.nets import NetFns, as_net, flax_net, has_state, state_of
 from jaxdistill.models.resnet import BasicBlock, ResNet
 from jaxdistill.models.vgg import VGG
 
@@ -81,5 +87,6 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return cls(num_classes=num_classes, **{**defaults, **kwargs})
 
 
-__all__ = ["AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "Dense", "torch_bias_init", "torch_weight_init", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
+__all__ = ["ModelError", "Net", "adapt", "equinox_model", "functions", "nnx_model", "nnx_variables",
+           "has_state", "state_of", "AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "Dense", "torch_bias_init", "torch_weight_init", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
            "MLP", "MODEL_NAMES", "prefer_conv", "resolve_conv_impl", "NetFns", "as_net", "flax_net", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]

@@ -35,7 +35,10 @@ def resolve_conv_impl(impl: str) -> str:
 
 def prefer_conv(model, impl: str):
   """``model`` with ``conv_impl=impl`` if it has the field and leaves it at "auto"; otherwise ``model``
-  unchanged (an explicit choice, or a model without the field, is kept)."""
+  unchanged (an explicit choice, or a model without the field, is kept). An adapted ``Net`` applies it
+  to the network it wraps."""
+  if type(model).__name__ == "Net" and hasattr(model, "prefer_conv"):
+    return model.prefer_conv(impl)
   if getattr(model, "conv_impl", None) == "auto":
     return model.clone(conv_impl=resolve_conv_impl(impl))
   return model

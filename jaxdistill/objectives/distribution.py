@@ -16,7 +16,7 @@ from jaxdistill import training
 from jaxdistill.augment import check_siamese, map_groups
 from jaxdistill.objectives.base import Objective, keep_state, pmean
 from jaxdistill.models.layers import prefer_conv
-from jaxdistill.models.nets import as_net
+from jaxdistill.models.nets import as_net, has_state
 from jaxdistill.objectives.common import (check_class_major, check_per_class_batch, class_major,
                                           identity_augment)
 
@@ -42,7 +42,7 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
 
   The batch is ``{"images": [K, P, H, W, C]}`` (``distill.class_balanced_sampler``), split over devices
   along P. The synthetic images of all classes go through the network as one batch. So do the real ones
-  when the network keeps running statistics (``"batch_stats"`` in its variables: BatchNorm, whose
+  when the network keeps running statistics (state besides ``params`` in its variables: BatchNorm, whose
   statistics then cover all classes, as the reference's; under data parallelism each device's shard,
   as PyTorch's DataParallel). Otherwise every image's embedding is its own, and the real images go
   class by class (``lax.map``), each class in pieces of ``microbatch`` images: the same means, with one
@@ -62,7 +62,7 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     """``[K, D]`` mean embedding of each class's synthetic images."""
     if not remat_syn:
       return fns.embed(variables, syn_aug).reshape(num_classes, ipc, -1).mean(1)
-    if "batch_stats" in variables:
+    if has_state(variables):
       raise ValueError("remat_syn embeds the synthetic images class by class; a BatchNorm network's "
                        "statistics would then cover one class instead of the whole synthetic batch. "
                        "Use remat_syn=False with BatchNorm networks.")
@@ -82,7 +82,7 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     # statistics cover all classes, as the reference's), else class by class, as the reference.
     real_aug = map_groups(aug, keys, real)
     syn_aug = map_groups(aug, keys, syn_c).reshape(num_classes * ipc, *syn_c.shape[2:])
-    if "batch_stats" in variables:
+    if has_state(variables):
       fr = fns.embed(variables, real_aug.reshape(num_classes * num_real, *real.shape[2:]))
       real_means = fr.reshape(num_classes, num_real, -1).mean(1)
     else:

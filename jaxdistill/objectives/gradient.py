@@ -23,7 +23,7 @@ from jaxdistill import training
 from jaxdistill.augment import check_siamese, cutmix, map_groups
 from jaxdistill.checks import check_positive_int
 from jaxdistill.objectives.base import Objective, pmean
-from jaxdistill.models.nets import as_net
+from jaxdistill.models.nets import as_net, has_state, state_of
 from jaxdistill.objectives.common import (check_class_major, check_per_class_batch, class_major,
                                           cross_entropy, identity_augment)
 
@@ -106,15 +106,15 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     # BatchNorm networks: refresh the running statistics with a training-mode pass over bn_per_class
     # real images per class, then match in eval mode (the reference freezes mu and sigma this way
     # because a few synthetic images give unstable batch statistics).
-    if "batch_stats" not in state.variables:
+    if not has_state(state.variables):
       return state
     real = batch["images"]
     if axis_name is not None:  # the first bn_per_class of the whole batch, whatever the device count
       real = jax.lax.all_gather(real, axis_name, axis=1, tiled=True)
     real = real[:, :bn_per_class]
     _, variables = train_apply(state.variables, real.reshape(-1, *real.shape[2:]))
-    stats = pmean(variables["batch_stats"], axis_name)
-    return state._replace(variables={**state.variables, "batch_stats": stats})
+    stats = pmean(state_of(variables), axis_name)
+    return state._replace(variables={**state.variables, **stats})
 
   def loss(syn, batch, key, state, axis_name=None):
     variables = state.variables
@@ -151,7 +151,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
 
     def sgd(v, idx, ak):
       xb, yb = train_aug(ak, x[idx]), y[idx]
-      if "batch_stats" in v:  # batch statistics: the whole batch at once
+      if has_state(v):  # batch statistics: the whole batch at once
         def loss_fn(p):
           logits, v_new = train_apply({**v, "params": p}, xb)
           return cross_entropy(logits, yb), v_new
@@ -273,9 +273,9 @@ def idc_matching(net, num_classes: int, inner_loop: int = 100, augment: Optional
 
   def fresh(key, x):
     variables = fns.init(key, x[:1])
-    if "batch_stats" in variables:
+    if has_state(variables):
       raise ValueError("idc_matching needs a network without running statistics (IDC's ConvNets use "
-                       "instance norm); got one with batch_stats.")
+                       "instance norm); got one with running statistics.")
     return variables, tx.init(variables["params"])
 
   def init(key, syn):
