@@ -177,7 +177,7 @@ def empirical_ntk(apply_fn: Callable, params: Any, x1: jax.Array, x2: Optional[j
 
 def empirical_ntk_kernel(net, trace: str = "mean") -> Callable:
   """A keyed kernel ``kernel_fn(x1, x2, key) -> [N, M]``: the empirical NTK (w.r.t. ``params``) of a
-  freshly initialized ``net`` (a Flax module of the ``jaxdistill.models`` interface or ``NetFns``),
+  freshly initialized ``net`` (any model ``jaxdistill.models.adapt`` accepts, or ``NetFns``),
   drawn from ``key``. For ``kip(..., keyed_kernel=True)``: a new random finite network each step.
   Memory as ``empirical_ntk``: small networks only."""
   fns = as_net(net)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.models.adapter import adapt, is_model
+from jaxdistill.models.adapter import embed as embed_model
 from jaxdistill.selection.coreset import embed
 
 
@@ -202,8 +204,9 @@ def coverage_report(embed_fn: Callable, params, syn_images, real_images, train_i
 
   Args:
     embed_fn: ``embed_fn(params, x [B, H, W, C]) -> [B, D]`` features (e.g. a trained network's
-      penultimate layer).
-    params: its parameters.
+      penultimate layer), or a network (any model ``jaxdistill.models.adapt`` accepts), whose
+      eval-mode features ``adapt`` finds.
+    params: its parameters (with a network: its variables).
     syn_images: ``[S, H, W, C]``.
     real_images: ``[M, H, W, C]`` real samples to cover.
     train_images: ``[N, H, W, C]`` for the radius (default ``real_images``); unused if ``radius`` given.
@@ -218,6 +221,8 @@ def coverage_report(embed_fn: Callable, params, syn_images, real_images, train_i
   """
 
   def feats(x):
+    if is_model(embed_fn):
+      return np.asarray(embed_model(embed_fn, params, x, batch_size)).reshape(np.shape(x)[0], -1)
     return np.asarray(embed(embed_fn, params, x, batch_size)).reshape(np.shape(x)[0], -1)
 
   real = feats(real_images)
@@ -259,15 +264,16 @@ def frechet_distance(a, b) -> float:
   return float(diff @ diff + np.trace(sa) + np.trace(sb) - 2 * cross)
 
 
-def quality_report(logits_fn: Callable, features_fn: Callable, params, syn_images, syn_labels,
+def quality_report(logits_fn: Callable, features_fn: Optional[Callable], params, syn_images, syn_labels,
                    test_images, train_images, sample_size: Optional[int] = 2000,
                    key: Optional[jax.Array] = None, batch_size: int = 1000) -> dict:
   """How much a generated (or any synthetic) set looks like its classes, judged by a strong classifier.
 
   Args:
     logits_fn, features_fn: ``fn(params, x [B, H, W, C])`` -> ``[B, K]`` logits / ``[B, D]`` features of
-      the classifier (e.g. its penultimate layer).
-    params: the classifier's parameters (train it well: its test accuracy bounds what it can judge).
+      the classifier (e.g. its penultimate layer); or ``logits_fn`` a network (any model
+      ``jaxdistill.models.adapt`` accepts) and ``features_fn`` None: its eval-mode logits and features.
+    params: the classifier's parameters (with a network: its variables) (train it well: its test accuracy bounds what it can judge).
     syn_images, syn_labels: ``[S, H, W, C]`` and the requested classes ``[S]``.
     test_images: ``[M, H, W, C]`` the FID-style distance is measured against.
     train_images: ``[N, H, W, C]`` real images for the nearest-real distances (pixels, the images' own
@@ -285,6 +291,13 @@ def quality_report(logits_fn: Callable, features_fn: Callable, params, syn_image
   labels = np.asarray(syn_labels)
   if labels.ndim != 1 or labels.shape[0] != np.shape(syn_images)[0]:
     raise ValueError(f"syn_labels must be [{np.shape(syn_images)[0]}] class ids; got shape {labels.shape}.")
+  if is_model(logits_fn):
+    if features_fn is not None:
+      raise ValueError("quality_report: with a network as logits_fn, leave features_fn None (the "
+                       "network gives both).")
+    net = logits_fn
+    logits_fn = lambda v, x: adapt(net).apply(v, x, train=False)[0]
+    features_fn = lambda v, x: adapt(net).apply(v, x, train=False, features=True)[0][1]
   logits = np.asarray(embed(logits_fn, params, syn_images, batch_size))
   hit = logits.argmax(-1) == labels
   k = logits.shape[-1]

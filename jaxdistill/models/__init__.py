@@ -29,8 +29,8 @@ from jaxdistill.models.layers import (CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, Dense
                                       torch_bias_init, torch_weight_init,
                                       make_norm)
 from jaxdistill.models.mlp import MLP
-from jaxdistill.models.adapter import (ModelError, Net, adapt, equinox_model, functions, nnx_model,
-                                       nnx_variables)
+from jaxdistill.models.adapter import (ModelError, Net, adapt, embed, equinox_model, functions,
+                                       is_model, nnx_model, nnx_variables)
 from jaxdistill.models.nets import NetFns, as_net, flax_net, has_state, state_of
 from jaxdistill.models.resnet import BasicBlock, ResNet
 from jaxdistill.models.vgg import VGG
@@ -87,6 +87,6 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return cls(num_classes=num_classes, **{**defaults, **kwargs})
 
 
-__all__ = ["ModelError", "Net", "adapt", "equinox_model", "functions", "nnx_model", "nnx_variables",
+__all__ = ["ModelError", "Net", "adapt", "embed", "is_model", "equinox_model", "functions", "nnx_model", "nnx_variables",
            "has_state", "state_of", "AlexNet", "BasicBlock", "CONV_IMPLS", "Conv", "Dense", "torch_bias_init", "torch_weight_init", "ConvNet", "ConvNetFRePo", "DEFAULT_CONV_IMPL",
            "MLP", "MODEL_NAMES", "prefer_conv", "resolve_conv_impl", "NetFns", "as_net", "flax_net", "ResNet", "VGG", "conv2d", "get_model", "instance_norm", "make_norm"]

@@ -48,6 +48,9 @@ import jax.numpy as jnp
 TRAIN_ARGS = ("train", "training", "is_training")
 EVAL_ARGS = ("deterministic", "eval", "inference", "use_running_average", "is_test")
 _PATCH_LOCK = threading.Lock()
+_NO_DROPOUT_KEY = ("The model needs a dropout key in training mode, and this call has none. The "
+                   "evaluation, expert training, DM and DC pass one; trajectory matching, DD, IDC, KIP "
+                   "and FRePo run networks without dropout keys: use a model without dropout there.")
 
 
 class ModelError(ValueError):
@@ -123,7 +126,7 @@ class Net:
     elif self.kind == "nnx":
       from flax import nnx
       model = self._build_nnx(key)
-      _, params, state = nnx.split(model, nnx.Param, _nnx_state_filter())[:3]
+      _, params, state = nnx.split(model, nnx.Param, _nnx_state_filter(), ...)[:3]
       variables = {"params": params.to_pure_dict()}
       state = state.to_pure_dict()
       if state:
@@ -131,9 +134,10 @@ class Net:
     elif self.kind == "equinox":
       import equinox as eqx
       model, state = eqx.nn.make_with_state(self.module)(key)
-      variables = {"params": eqx.filter(model, eqx.is_inexact_array)}
+      params, _ = _eqx_partition(model)
+      variables = {"params": _as_dict(params)}
       if jax.tree.leaves(state):
-        variables["state"] = state
+        variables["state"] = _as_dict(state)
     else:
       variables = {"params": self.module[0](key, x)}
     self._check_output(variables, x)
@@ -236,8 +240,7 @@ class Net:
         out = self.module.apply(variables, x, rngs=rngs, mutable=mutable, **kw)
     except Exception as e:  # name what is missing instead of flax's error alone
       if type(e).__name__ == "InvalidRngError":
-        raise ModelError(f"The model needs a 'dropout' key in training mode, and this call has none "
-                         f"({e}).") from e
+        raise ModelError(f"{_NO_DROPOUT_KEY} ({e})") from e
       raise
     if mutable:
       out, updates = out
@@ -256,6 +259,9 @@ class Net:
   def _apply_nnx(self, variables, x, train, key, features):
     from flax import nnx
     model = self._build_nnx(jax.random.key(0) if key is None else key)
+    if train and key is None and any(isinstance(m, nnx.Dropout) and m.rate > 0
+                                     for _, m in model.iter_modules()):
+      raise ModelError(_NO_DROPOUT_KEY)
     nnx.update(model, variables["params"])
     if "state" in variables:
       nnx.update(model, variables["state"])
@@ -273,19 +279,22 @@ class Net:
     else:
       out = model(x)
     if train and "state" in variables:
-      state = nnx.split(model, nnx.Param, _nnx_state_filter())[2].to_pure_dict()
+      state = nnx.split(model, nnx.Param, _nnx_state_filter(), ...)[2].to_pure_dict()
       variables = {**variables, "state": state}
     return out, variables
 
   def _apply_equinox(self, variables, x, train, key, features):
     import equinox as eqx
-    model, _ = eqx.nn.make_with_state(self.module)(jax.random.key(0))
-    model = eqx.combine(variables["params"], eqx.filter(model, eqx.is_inexact_array, inverse=True))
+    template, state_template = eqx.nn.make_with_state(self.module)(jax.random.key(0))
+    params, static = _eqx_partition(template)
+    model = eqx.combine(_from_dict(params, variables["params"]), static,
+                        is_leaf=lambda a: isinstance(a, eqx.nn.StateIndex))
     model = eqx.nn.inference_mode(model, value=not train)
     takes_key = "key" in _call_params(type(model).__call__)
     xs = jnp.moveaxis(x, -1, 1) if self.channels_first else x
-    keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
-    state = variables.get("state")
+    # Without a key Equinox's own Dropout refuses training mode (its error names it).
+    keys = None if key is None else jax.random.split(key, x.shape[0])
+    state = None if "state" not in variables else _from_dict(state_template, variables["state"])
     if features and not (isinstance(self.features, str) and callable(getattr(model, self.features,
                                                                                None))):
       raise ModelError("Features [B, D] of an Equinox model come from one of its methods: pass "
@@ -293,17 +302,36 @@ class Net:
                        "example, like __call__).")
 
     def batched(fn):
-      def one(xi, ki):
+      # The canonical Equinox batch call: examples mapped, the state shared (in and out axes None).
+      # Equinox marks a State object used once as old: each pass gets its own copy.
+      def one(xi, st, ki):
         kw = {"key": ki} if takes_key else {}
-        return fn(xi, state, **kw) if state is not None else (fn(xi, **kw), None)
-      out, new_state = jax.vmap(one, axis_name="batch")(xs, keys)
-      return out, (None if new_state is None else jax.tree.map(lambda a: a[0], new_state))
+        return fn(xi, st, **kw) if st is not None else (fn(xi, **kw), None)
+      st = None if state is None else jax.tree.map(lambda a: a, state)
+      return jax.vmap(one, axis_name="batch", in_axes=(0, None, None if keys is None else 0),
+                      out_axes=(0, None))(xs, st, keys)
 
     logits, new_state = batched(model)
     out = (logits, batched(getattr(model, self.features))[0]) if features else logits
     if train and state is not None:
-      variables = {**variables, "state": new_state}
+      variables = {**variables, "state": _as_dict(new_state)}
     return out, variables
+
+
+def _eqx_partition(model):
+  """``(trainable arrays, the rest)`` of an Equinox module; state indices belong to the rest."""
+  import equinox as eqx
+  return eqx.partition(model, eqx.is_inexact_array, is_leaf=lambda a: isinstance(a, eqx.nn.StateIndex))
+
+
+def _as_dict(tree) -> dict:
+  """A pytree's array leaves as a flat dict (keys in leaf order): what checkpoints store."""
+  return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def _from_dict(template, flat: dict):
+  """``template``'s structure with the leaves of ``flat`` (``_as_dict``'s inverse)."""
+  return jax.tree.unflatten(jax.tree.structure(template), [flat[k] for k in sorted(flat)])
 
 
 def _nnx_state_filter():
@@ -404,9 +432,31 @@ def nnx_variables(module) -> dict:
   """The variables (``{"params": ..., "state": ...}``) of a built NNX module, e.g. a trained one, to
   pass as ``variables=`` with its class."""
   from flax import nnx
-  _, params, state = nnx.split(module, nnx.Param, _nnx_state_filter())[:3]
+  _, params, state = nnx.split(module, nnx.Param, _nnx_state_filter(), ...)[:3]
   out = {"params": params.to_pure_dict()}
   state = state.to_pure_dict()
   if state:
     out["state"] = state
   return out
+
+
+def is_model(obj) -> bool:
+  """True for what ``adapt`` takes as a network object (a ``Net``, a linen module, an NNX class or
+  instance, an Equinox instance), False for plain functions."""
+  return _kind(obj) not in ("unknown", "functions")
+
+
+def embed(model, variables: dict, images, batch_size: int = 256, features: bool = True):
+  """Eval-mode outputs of ``model`` with ``variables`` over ``images`` ``[N, H, W, C]``, in batches:
+  features ``[N, D]`` (``features=True``) or logits ``[N, K]``. ``model``: anything ``adapt`` takes.
+
+  Raises:
+    ModelError: features asked of a model that cannot give them (the message says what to pass).
+  """
+  import numpy as np
+  net = adapt(model)
+  pick = (lambda out: out[1]) if features else (lambda out: out)
+  fn = jax.jit(lambda v, x: pick(net.apply(v, x, train=False, features=features)[0]))
+  images = np.asarray(images)
+  return jnp.concatenate([fn(variables, jnp.asarray(images[i:i + batch_size], jnp.float32))
+                          for i in range(0, images.shape[0], batch_size)])

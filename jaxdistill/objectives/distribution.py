@@ -26,7 +26,7 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
   """The DM objective.
 
   Args:
-    net: a Flax module (``jaxdistill.models``-style) or ``NetFns`` (``init``/``apply``/``embed``).
+    net: any model ``jaxdistill.models.adapt`` accepts (it needs features), or ``NetFns``.
     num_classes: K; the synthetic rows must be class-major with equal counts.
     augment: ``(key, x) -> x`` applied siamese-style (one key per class for real and synthetic);
       e.g. ``jaxdistill.augment.get_augment("dsa", siamese=True)``. None: no augmentation.
@@ -58,15 +58,15 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     check_class_major(syn.labels, num_classes)
     return ()
 
-  def syn_class_means(variables, syn_aug, ipc):
+  def syn_class_means(variables, syn_aug, ipc, drop_key):
     """``[K, D]`` mean embedding of each class's synthetic images."""
     if not remat_syn:
-      return fns.embed(variables, syn_aug).reshape(num_classes, ipc, -1).mean(1)
+      return fns.embed(variables, syn_aug, key=drop_key).reshape(num_classes, ipc, -1).mean(1)
     if has_state(variables):
       raise ValueError("remat_syn embeds the synthetic images class by class; a BatchNorm network's "
                        "statistics would then cover one class instead of the whole synthetic batch. "
                        "Use remat_syn=False with BatchNorm networks.")
-    return jax.lax.map(jax.checkpoint(lambda x: fns.embed(variables, x).mean(0)),
+    return jax.lax.map(jax.checkpoint(lambda x: fns.embed(variables, x, key=drop_key).mean(0)),
                        syn_aug.reshape(num_classes, ipc, *syn_aug.shape[1:]))
 
   def loss(syn, batch, key, state, axis_name=None):
@@ -75,6 +75,8 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     check_per_class_batch(real, num_classes)
     num_real = real.shape[1]
     variables = fns.init(net_key, real[0])
+    # Dropout keys (networks with dropout only), folded from the network's key: the others unchanged.
+    real_drop, syn_drop = (jax.random.fold_in(net_key, training.DROPOUT_FOLD + i) for i in (0, 1))
     syn_c = class_major(syn.images, num_classes)
     ipc = syn_c.shape[1]
     keys = jax.random.split(aug_key, num_classes)
@@ -83,15 +85,16 @@ def distribution_matching(net, num_classes: int, augment: Optional[Callable] = N
     real_aug = map_groups(aug, keys, real)
     syn_aug = map_groups(aug, keys, syn_c).reshape(num_classes * ipc, *syn_c.shape[2:])
     if has_state(variables):
-      fr = fns.embed(variables, real_aug.reshape(num_classes * num_real, *real.shape[2:]))
+      fr = fns.embed(variables, real_aug.reshape(num_classes * num_real, *real.shape[2:]),
+                     key=real_drop)
       real_means = fr.reshape(num_classes, num_real, -1).mean(1)
     else:
       rows = training.piece_size(num_real, microbatch)
       pieces = real_aug.reshape(num_classes, num_real // rows, rows, *real.shape[2:])
-      embed_sum = lambda x: fns.embed(variables, x).sum(0)
+      embed_sum = lambda x: fns.embed(variables, x, key=real_drop).sum(0)
       real_means = jax.lax.map(lambda xc: jax.lax.map(embed_sum, xc).sum(0) / num_real, pieces)
     real_means = jax.lax.stop_gradient(real_means)
-    syn_means = syn_class_means(variables, syn_aug, ipc)
+    syn_means = syn_class_means(variables, syn_aug, ipc, syn_drop)
     real_means = pmean(real_means, axis_name)  # equal shards: the global per-class mean
     value = jnp.sum(jnp.square(real_means - syn_means))
     return value, {}

@@ -72,7 +72,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
   """The DC objective (DSA when ``augment`` is a siamese DSA and ``train_augment`` a per-sample DSA).
 
   Args:
-    net: a Flax module or ``NetFns``.
+    net: any model ``jaxdistill.models.adapt`` accepts, or ``NetFns``.
     num_classes: K; the synthetic rows must be class-major with equal counts.
     outer_loop, inner_loop: the reference schedule (``loops_for_ipc``).
     augment: siamese augmentation for the matching (one key per class, shared by real and synthetic).
@@ -96,7 +96,7 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
   train_aug = train_augment or identity_augment
 
   apply_eval = fns.apply_eval or fns.apply
-  train_apply = fns.train_apply or (lambda v, x: (fns.apply(v, x), v))
+  train_apply = fns.train_apply or (lambda v, x, key=None: (fns.apply(v, x, key=key), v))
 
   def init(key, syn):
     check_class_major(syn.labels, num_classes)
@@ -112,7 +112,9 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
     if axis_name is not None:  # the first bn_per_class of the whole batch, whatever the device count
       real = jax.lax.all_gather(real, axis_name, axis=1, tiled=True)
     real = real[:, :bn_per_class]
-    _, variables = train_apply(state.variables, real.reshape(-1, *real.shape[2:]))
+    # (A network with dropout runs this refresh with one fixed dropout key: prepare has no key.)
+    _, variables = train_apply(state.variables, real.reshape(-1, *real.shape[2:]),
+                               key=jax.random.key(training.DROPOUT_FOLD))
     stats = pmean(state_of(variables), axis_name)
     return state._replace(variables={**state.variables, **stats})
 
@@ -151,14 +153,16 @@ def gradient_matching(net, num_classes: int, outer_loop: int, inner_loop: int,
 
     def sgd(v, idx, ak):
       xb, yb = train_aug(ak, x[idx]), y[idx]
+      dk = jax.random.fold_in(ak, training.DROPOUT_FOLD)  # dropout, if any; the augmentation unchanged
       if has_state(v):  # batch statistics: the whole batch at once
         def loss_fn(p):
-          logits, v_new = train_apply({**v, "params": p}, xb)
+          logits, v_new = train_apply({**v, "params": p}, xb, key=dk)
           return cross_entropy(logits, yb), v_new
         g, v_new = jax.grad(loss_fn, has_aux=True)(v["params"])
       else:
         def piece_loss(p, xy):
-          return jnp.sum(training.per_row_loss(fns.apply({**v, "params": p}, xy[0]), xy[1], "ce")) / len(idx)
+          return jnp.sum(training.per_row_loss(fns.apply({**v, "params": p}, xy[0], key=dk), xy[1],
+                                               "ce")) / len(idx)
         _, g = training.value_and_grad_in_pieces(piece_loss, v["params"], (xb, yb),
                                                  training.piece_size(len(idx), microbatch))
         v_new = v
@@ -245,7 +249,7 @@ def idc_matching(net, num_classes: int, inner_loop: int = 100, augment: Optional
   [0, 1] pixel units, momentum 0.5, images clamped to [0, 1] before every outer iteration.
 
   Args:
-    net: a Flax module or ``NetFns`` without running statistics (IDC's ConvNets use instance norm).
+    net: any model ``jaxdistill.models.adapt`` accepts, or ``NetFns`` without running statistics (IDC's ConvNets use instance norm).
     num_classes: K; the synthetic rows must be class-major with equal counts.
     inner_loop: matchings per network.
     augment: siamese augmentation of the matching (one key per class, shared by real and synthetic).

@@ -37,6 +37,8 @@ does not depend on the number of devices) and the mean loss is ``pmean``-ed.
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -120,8 +122,8 @@ def flat_net(net, image_shape: Sequence[int]) -> tuple:
   template, unravel = ravel_pytree(zeros["params"])
   rest = {k: v for k, v in zeros.items() if k != "params"}
 
-  def apply_flat(theta, x):
-    return fns.apply({**rest, "params": unravel(theta)}, x)
+  def apply_flat(theta, x, key=None):
+    return fns.apply({**rest, "params": unravel(theta)}, x, key=key)
 
   return apply_flat, int(template.shape[0])
 
@@ -143,11 +145,17 @@ def unroll(apply_flat: Callable, theta: jax.Array, images: jax.Array, labels: ja
     scan_unroll: student steps per iteration of the ``lax.scan`` (``unroll=``); the same values.
   """
   check_positive_int("scan_unroll", scan_unroll)
+  try:
+    takes_key = "key" in inspect.signature(apply_flat).parameters
+  except (TypeError, ValueError):
+    takes_key = False
 
   def step(theta, inp):
     rows, k, lr = inp
     x = route_augment(augment, k, images[rows], None if groups is None else groups[rows])
-    g = jax.grad(lambda th: cross_entropy(apply_flat(th, x), labels[rows]))(theta)
+    # A dropout key (networks with dropout; the augmentation's key unchanged) where apply_flat takes one.
+    kw = {"key": jax.random.fold_in(k, training.DROPOUT_FOLD)} if takes_key else {}
+    g = jax.grad(lambda th: cross_entropy(apply_flat(th, x, **kw), labels[rows]))(theta)
     return theta - lr * g, None
 
   if remat:
@@ -164,7 +172,7 @@ def trajectory_matching(net, num_classes: int, syn_steps: int, batch_syn: Option
   """The MTT / DATM objective.
 
   Args:
-    net: a Flax module (``jaxdistill.models`` interface) or ``NetFns``; the experts' architecture.
+    net: any model ``jaxdistill.models.adapt`` accepts, or ``NetFns``; the experts' architecture.
     num_classes: K (checked against soft labels).
     syn_steps: student SGD steps per segment (reference: 20-80).
     batch_syn: synthetic rows per step; must divide N; None: all N rows (the reference's default).

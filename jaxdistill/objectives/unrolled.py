@@ -101,7 +101,7 @@ def dataset_distillation(net, num_classes: int, unroll_steps: int, epochs: int =
   """The DD objective.
 
   Args:
-    net: a Flax module (``jaxdistill.models`` interface) or ``NetFns``.
+    net: any model ``jaxdistill.models.adapt`` accepts, or ``NetFns``.
     num_classes: K (checked against soft labels).
     unroll_steps: distinct SGD steps (synthetic batches) per epoch (reference: 10).
     epochs: passes over those steps (reference: 3).

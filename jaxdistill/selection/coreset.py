@@ -171,17 +171,38 @@ def random(key: jax.Array, images, labels, num_classes: int, ipc: int) -> Synthe
   return _from_indices(images, labels, random_indices(key, labels, num_classes, ipc))
 
 
-def herding(images, labels, num_classes: int, ipc: int, features=None) -> SyntheticSet:
-  """Herding selection in ``features`` ``[N, D]`` (default: pixels)."""
+def _features(images, features, model, variables):
+  """The feature rows to select in: ``features``, else a network's embedding of ``images`` (``model``
+  and its trained ``variables``, any model ``jaxdistill.models.adapt`` accepts), else the pixels."""
+  if model is None:
+    if variables is not None:
+      raise ValueError("variables= without model=: pass the network they belong to.")
+    return images if features is None else features
+  if features is not None:
+    raise ValueError("Pass features= or model= (with variables=), not both.")
+  if variables is None:
+    raise ValueError("model= needs the trained variables= whose embedding to select in (a freshly "
+                     "initialized network's features are close to random projections).")
+  from jaxdistill.models.adapter import embed as embed_model
+  return embed_model(model, variables, images)
+
+
+def herding(images, labels, num_classes: int, ipc: int, features=None, model=None,
+            variables=None) -> SyntheticSet:
+  """Herding selection in ``features`` ``[N, D]``, or in the embedding of a trained network
+  (``model`` with its ``variables``: any model ``jaxdistill.models.adapt`` accepts, its features as
+  ``adapt`` finds them), else in pixels."""
   images, labels = check_images_labels(images, labels, hard=True)
-  f = images if features is None else features
+  f = _features(images, features, model, variables)
   return _from_indices(images, labels, herding_indices(labels, num_classes, ipc, f))
 
 
-def k_center(images, labels, num_classes: int, ipc: int, features=None) -> SyntheticSet:
-  """K-center greedy selection in ``features`` ``[N, D]`` (default: pixels)."""
+def k_center(images, labels, num_classes: int, ipc: int, features=None, model=None,
+             variables=None) -> SyntheticSet:
+  """K-center greedy selection in ``features`` ``[N, D]`` or a trained network's embedding (as
+  ``herding``), else in pixels."""
   images, labels = check_images_labels(images, labels, hard=True)
-  f = images if features is None else features
+  f = _features(images, features, model, variables)
   return _from_indices(images, labels, kcenter_indices(labels, num_classes, ipc, f))
 
 
@@ -198,15 +219,16 @@ def _distinct_nearest(f: jax.Array, cents: jax.Array) -> np.ndarray:
 
 
 def k_means(key: jax.Array, images, labels, num_classes: int, ipc: int, features=None,
-            nearest: bool = False, iters: int = 50) -> SyntheticSet:
+            nearest: bool = False, iters: int = 50, model=None, variables=None) -> SyntheticSet:
   """Per class, ``ipc`` k-means clusters (in ``features``, default pixels); each row is the mean image
   of a cluster, or with ``nearest=True`` the real image nearest the cluster's centroid, ``ipc``
   distinct images (a centroid whose nearest image an earlier one took gets its next nearest). A
   cluster left empty (a class with fewer distinct images than ``ipc``) gets that nearest image
-  instead of a mean of nothing."""
+  instead of a mean of nothing. Features: as ``herding`` (``features``, or ``model`` with its
+  ``variables``, else pixels)."""
   images, labels = check_images_labels(images, labels, hard=True)
   per = _per_class(labels, num_classes, ipc)
-  f = _flat(images if features is None else features, len(labels))
+  f = _flat(_features(images, features, model, variables), len(labels))
   rows = []
   for k, idx in zip(jax.random.split(key, num_classes), per):
     cents, assign = kmeans(k, f[idx], ipc, iters)
