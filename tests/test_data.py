@@ -299,3 +299,76 @@ def test_initialize_leaves_the_cluster_to_jax_where_no_count_is_set(monkeypatch)
   parallel.initialize()
   parallel.initialize("h:1", 8, 0)
   assert calls == [(None, None, None), (None, 4, 2), ("h:1", 8, 0)]
+
+
+def _poisoned(n=20, rows=(12, 17)):
+  """20 real images of 2 classes (10 each), with an inf pixel in ``rows[0]`` and a NaN in the rest."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, 4, 4, 1)).astype(np.float32)
+  x[rows[0], 1, 2, 0] = np.inf
+  for r in rows[1:]:
+    x[r, 3, 0, 0] = np.nan
+  return x, np.repeat(np.arange(2, dtype=np.int32), n // 2)
+
+
+def _entries(tmp_path):
+  """Every entry that takes raw real images, as ``name -> fn(images, labels)``."""
+  from jaxdistill import evaluate, experts, models, selection
+  from jaxdistill.data import sampling
+  k = jax.random.key(0)
+  scores = np.arange(20, dtype=np.float64)
+
+  def accuracy(x, y):  # the evaluation's test set
+    good, _ = _poisoned(rows=(0,))
+    good[0] = 0.0
+    d = Dataset("toy", good, y, x, y, 2, ("a", "b"), (0.0,), (1.0,))
+    syn = (good[:2], y[[0, 10]])
+    evaluate.accuracy(k, syn, d, model="mlp", num_seeds=1, model_kwargs={"width": 4},
+                      cfg=evaluate.EvalConfig(epochs=1, augment="none"))
+
+  return {
+      "class_balanced_sampler": lambda x, y: sampling.class_balanced_sampler(x, y, 2, 2),
+      "random_sampler": lambda x, y: sampling.random_sampler(x, y, 4),
+      "subset_per_class": lambda x, y: sampling.subset_per_class(k, x, y, 2, 2),
+      "coreset.random": lambda x, y: selection.random(k, x, y, 2, 1),
+      "coreset.herding": lambda x, y: selection.herding(x, y, 2, 1),
+      "coreset.k_center": lambda x, y: selection.k_center(x, y, 2, 1),
+      "coreset.k_means": lambda x, y: selection.k_means(k, x, y, 2, 1),
+      "coreset.average": lambda x, y: selection.average(k, x, y, 2, 1),
+      "window_init": lambda x, y: selection.window_init(scores, x, y, 2, 1, 0.0),
+      "experts.train": lambda x, y: experts.train(k, (x, y), models.get_model("mlp", 2, width=4),
+                                                  str(tmp_path / "experts"), progress=False,
+                                                  cfg=experts.ExpertConfig(epochs=1, augment="none")),
+      "evaluate.accuracy test set": accuracy,
+  }
+
+
+ENTRIES = ("class_balanced_sampler", "random_sampler", "subset_per_class", "coreset.random",
+           "coreset.herding", "coreset.k_center", "coreset.k_means", "coreset.average", "window_init",
+           "experts.train", "evaluate.accuracy test set")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_every_entry_taking_raw_real_images_refuses_nan_and_inf_naming_the_rows(entry, tmp_path):
+  """One inf pixel (row 12) and one NaN pixel (row 17) among 20 real images: refused where the array
+  enters, with the rows named, before any step runs."""
+  fn = _entries(tmp_path)[entry]
+  x, y = _poisoned()
+  with pytest.raises(ValueError, match=r"rows \[12, 17\] contain NaN or inf \(2 of 20 images\)"):
+    fn(x, y)
+  fn(np.nan_to_num(x, posinf=0.0), y)  # the same call on finite images goes through
+
+
+def test_the_finite_check_names_at_most_ten_rows_and_lets_integer_images_pass(tmp_path):
+  from jaxdistill.checks import check_finite_images
+  x = np.zeros((30, 2, 2, 1), np.float32)
+  x[5:25] = np.nan
+  with pytest.raises(ValueError, match=r"Real images: rows \[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, \.\.\. "
+                                       r"\(10 more\)\] contain NaN or inf \(20 of 30 images\)"):
+    check_finite_images(x, "Real images")
+  check_finite_images(np.zeros((3, 2, 2, 1), np.uint8))
+  xl, yl = _poisoned()
+  np.savez(tmp_path / "d.npz", x_train=xl, y_train=yl, x_test=np.zeros((2, 4, 4, 1)),
+           y_test=np.arange(2))
+  with pytest.raises(ValueError, match=r"custom train images: rows \[12, 17\] contain NaN or inf"):
+    data.load("custom", data_dir=str(tmp_path / "d.npz"))

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from jaxdistill.checks import check_positive_int
+from jaxdistill.checks import check_finite_images, check_positive_int
 from jaxdistill.data import sampling
 from jaxdistill.data import zca as zca_lib
 from jaxdistill.types import Dataset
@@ -80,7 +80,7 @@ def validate_images(x, name: str = "images", channels: Optional[int] = None) -> 
   """Checks ``x`` is a finite ``[N, H, W, C]`` array (with ``C == channels`` if given).
 
   Raises:
-    ValueError: naming the problem (rank, channel count, NaN / inf).
+    ValueError: naming the problem (rank, channel count, the rows holding NaN / inf).
   """
   x = np.asarray(x)
   if x.ndim != 4:
@@ -90,9 +90,7 @@ def validate_images(x, name: str = "images", channels: Optional[int] = None) -> 
                      f"pass x.transpose(0, 2, 3, 1).")
   if channels is not None and x.shape[-1] != channels:
     raise ValueError(f"{name} must have {channels} channel(s) (NHWC); got shape {x.shape}.")
-  if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-    bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
-    raise ValueError(f"{name} contain NaN or inf values ({bad} of {x.shape[0]} images).")
+  check_finite_images(x, name)
   return x
 
 
