@@ -11,6 +11,8 @@ from jaxdistill import data
 from jaxdistill.data import datasets
 from jaxdistill.types import Dataset
 
+import archives
+
 @pytest.fixture(scope="module")
 def fmnist():
   return data.load("fashion_mnist")
@@ -372,3 +374,133 @@ def test_the_finite_check_names_at_most_ten_rows_and_lets_integer_images_pass(tm
            y_test=np.arange(2))
   with pytest.raises(ValueError, match=r"custom train images: rows \[12, 17\] contain NaN or inf"):
     data.load("custom", data_dir=str(tmp_path / "d.npz"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The datasets' published archives (tests/archives.py writes small ones in each format)
+# ----------------------------------------------------------------------------------------------------
+
+def _pixels(d, split="train"):
+  """``d``'s images back as the uint8 pixels they were read from."""
+  return np.round(data.denormalize(getattr(d, f"x_{split}"), d) * 255).astype(np.uint8)
+
+
+def _assert_same(d, written):
+  x_train, y_train, x_test, y_test = written[:4]
+  np.testing.assert_array_equal(_pixels(d), x_train)
+  np.testing.assert_array_equal(d.y_train, y_train)
+  np.testing.assert_array_equal(_pixels(d, "test"), x_test)
+  np.testing.assert_array_equal(d.y_test, y_test)
+
+
+CIFAR_FILES = {("cifar10", "python"): ("cifar-10-python.tar.gz", "cifar-10-batches-py"),
+               ("cifar100", "python"): ("cifar-100-python.tar.gz", "cifar-100-python"),
+               ("cifar10", "binary"): ("cifar-10-binary.tar.gz", "cifar-10-batches-bin"),
+               ("cifar100", "binary"): ("cifar-100-binary.tar.gz", "cifar-100-binary")}
+
+
+@pytest.mark.parametrize("name,kind", sorted(CIFAR_FILES))
+def test_cifar_from_its_published_tarball_or_extracted_folder(tmp_path, name, kind):
+  import tarfile
+  tarball, folder = CIFAR_FILES[(name, kind)]
+  written = archives.cifar(str(tmp_path / tarball), name, kind)
+  for data_dir in (tmp_path / tarball, tmp_path):  # the file, or the directory holding it
+    d = data.load(name, data_dir=str(data_dir))
+    _assert_same(d, written)
+  assert d.num_classes == (10 if name == "cifar10" else 100) and d.class_names == tuple(written[4])
+  assert d.x_train.shape == (15 if name == "cifar10" else 3, 32, 32, 3)
+  np.testing.assert_allclose(d.mean, datasets.KNOWN[name].mean)
+  with tarfile.open(tmp_path / tarball) as tar:
+    tar.extractall(tmp_path / "x", filter="data")
+  (tmp_path / tarball).unlink()
+  for data_dir in (tmp_path / "x", tmp_path / "x" / folder):
+    _assert_same(data.load(name, data_dir=str(data_dir)), written)
+
+
+def test_corrupt_truncated_or_foreign_cifar_archives_are_data_errors_naming_the_file(tmp_path):
+  import pickle
+  import tarfile
+  path = tmp_path / "cifar-10-python.tar.gz"
+  archives.cifar(str(path), "cifar10", "python")
+  raw = path.read_bytes()
+  path.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(data.DataError, match=r"Cannot read .*cifar-10-python.tar.gz.*truncated or corrupt"):
+    data.load("cifar10", data_dir=str(tmp_path))
+  path.write_bytes(b"\x1f\x8b not really gzip")
+  with pytest.raises(data.DataError, match="cifar-10-python.tar.gz"):
+    data.load("cifar10", data_dir=str(path))
+  # A member that is not a CIFAR batch, and one whose pickle would call a function: refused unrun.
+  (tmp_path / "x" / "cifar-10-batches-py").mkdir(parents=True)
+  archives.cifar(str(path), "cifar10", "python")
+  with tarfile.open(path) as tar:
+    tar.extractall(tmp_path / "x", filter="data")
+  batch = tmp_path / "x" / "cifar-10-batches-py" / "data_batch_3"
+  batch.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, protocol=2))
+  with pytest.raises(data.DataError, match=r"data_batch_3: data uint8 \(2, 3072\) and labels \(1,\)"):
+    data.load("cifar10", data_dir=str(tmp_path / "x"))
+  marker = tmp_path / "was_run"
+
+  class Payload:  # unpickling it would create `marker`
+    def __reduce__(self):
+      return (open, (str(marker), "w"))
+
+  batch.write_bytes(pickle.dumps({"data": Payload(), "labels": [0]}, protocol=2))
+  with pytest.raises(data.DataError, match=r"data_batch_3.*refusing to load io.open"):
+    data.load("cifar10", data_dir=str(tmp_path / "x"))
+  assert not marker.exists()
+  (tmp_path / "x" / "cifar-10-batches-py" / "test_batch").unlink()
+  with pytest.raises(data.DataError, match=r"Cannot read .*test_batch"):
+    data.load("cifar10", data_dir=str(tmp_path / "x"))
+  bin_path = tmp_path / "b" / "cifar-10-binary.tar.gz"
+  bin_path.parent.mkdir()
+  archives.cifar(str(bin_path), "cifar10", "binary")
+  with tarfile.open(bin_path) as tar:
+    tar.extractall(tmp_path / "b", filter="data")
+  rec = tmp_path / "b" / "cifar-10-batches-bin" / "data_batch_2.bin"
+  rec.write_bytes(rec.read_bytes()[:-5])
+  with pytest.raises(data.DataError, match=r"data_batch_2.bin is truncated or corrupt"):
+    data.load("cifar10", data_dir=str(tmp_path / "b" / "cifar-10-batches-bin"))
+  with pytest.raises(data.DataError, match=r"nor cifar-100-python.tar.gz"):
+    data.load("cifar100", data_dir=str(tmp_path / "b"))
+
+
+def test_svhn_from_its_published_mat_files(tmp_path):
+  written = archives.svhn(str(tmp_path))
+  d = data.load("svhn_cropped", data_dir=str(tmp_path))
+  _assert_same(d, written)
+  assert d.y_train[0] == 0 and d.num_classes == 10  # stored as 10
+  (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 but cut")
+  with pytest.raises(data.DataError, match="Cannot read .*test_32x32.mat"):
+    data.load("svhn_cropped", data_dir=str(tmp_path))
+
+
+def test_tiny_imagenet_from_its_published_zip_or_extracted_folder(tmp_path):
+  """The JPEGs are compared with Pillow's decoding of the same bytes (JPEG is lossy: the pixels
+  drawn before encoding are not what any decoder returns)."""
+  import io
+  import zipfile
+  from PIL import Image
+  zpath = tmp_path / "tiny-imagenet-200.zip"
+  train, val, wnids = archives.tiny_imagenet(str(zpath))
+  classes = sorted(wnids)  # ImageFolder's numbering, as the reference code's
+  decode = lambda raw: np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+  expected = []
+  for files in (train, val):
+    names = sorted(files)
+    expected += [np.stack([decode(files[n][0]) for n in names]),
+                 np.asarray([classes.index(files[n][1]) for n in names])]
+  assert len(np.unique(expected[1])) == 3 and Image.open(io.BytesIO(
+      train["tiny-imagenet-200/train/n02/images/n02_1.JPEG"][0])).mode == "L"  # a greyscale image
+  with zipfile.ZipFile(zpath) as zf:
+    zf.extractall(tmp_path / "x")
+  for data_dir in (zpath, tmp_path, tmp_path / "x", tmp_path / "x" / "tiny-imagenet-200"):
+    d = data.load("tiny_imagenet", data_dir=str(data_dir))
+    _assert_same(d, expected)
+  assert d.class_names == ("n01", "n02", "n03") and d.x_train.shape == (6, 64, 64, 3)
+  np.testing.assert_allclose(d.mean + d.std, (0.485, 0.456, 0.406, 0.229, 0.224, 0.225), rtol=1e-6)
+  (tmp_path / "x" / "tiny-imagenet-200" / "val" / "images" / "val_2.JPEG").write_bytes(b"\xff\xd8 cut")
+  with pytest.raises(data.DataError, match=r"Cannot decode .*val/images/val_2.JPEG"):
+    data.load("tiny_imagenet", data_dir=str(tmp_path / "x"))
+  zpath.write_bytes(zpath.read_bytes()[:100])
+  with pytest.raises(data.DataError, match=r"Cannot read .*tiny-imagenet-200.zip"):
+    data.load("tiny_imagenet", data_dir=str(zpath))
