@@ -119,3 +119,19 @@ def tiny_imagenet(path: str, wnids=("n02", "n01", "n03"), per_class: int = 2, va
     zf.writestr("tiny-imagenet-200/val/val_annotations.txt", "\n".join(lines) + "\n")
     zf.writestr("tiny-imagenet-200/test/images/test_0.JPEG", jpeg())
   return train, vals, tuple(wnids)
+
+
+def seed_tfds_cache(root, name: str, url: str, write) -> object:
+  """Puts what ``write(path)`` writes where TFDS's download manager under data dir ``root`` keeps its
+  download of ``name``'s registered ``url`` (the file name holds the registered sha256, an INFO file
+  lies beside it), as a finished download leaves it; returns what ``write`` returned."""
+  import tensorflow_datasets as tfds
+  from etils import epath
+  from tensorflow_datasets.core.download import resource as resource_lib
+  info = tfds.builder_cls(name).url_infos[url]  # the builder's registered size and checksum
+  folder = os.path.join(str(root), "downloads", name)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, resource_lib.get_dl_fname(url, info.checksum))
+  out = write(path)
+  resource_lib.write_info_file(url, epath.Path(path), name, url.rsplit("/", 1)[-1], info)
+  return out

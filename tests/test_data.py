@@ -1,5 +1,6 @@
 """Data: the real Fashion-MNIST IDX files, npz, TFDS under mock_data (no tensorflow), ZCA, sampling,
 bad input."""
+import functools
 import gzip
 import importlib.util
 
@@ -504,3 +505,67 @@ def test_tiny_imagenet_from_its_published_zip_or_extracted_folder(tmp_path):
   zpath.write_bytes(zpath.read_bytes()[:100])
   with pytest.raises(data.DataError, match=r"Cannot read .*tiny-imagenet-200.zip"):
     data.load("tiny_imagenet", data_dir=str(zpath))
+
+
+# ----------------------------------------------------------------------------------------------------
+# TFDS's downloads, offline: its download cache seeded, or a server on 127.0.0.1
+# ----------------------------------------------------------------------------------------------------
+
+def _seed_tfds_cache(root, name, key, write):
+  return archives.seed_tfds_cache(root, name, datasets._PUBLISHED_URLS[name][key], write)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn_cropped"])
+def test_tfds_builders_downloads_are_read_without_tensorflow(tmp_path, name):
+  """Without TensorFlow (the stock builders extract, read and encode through tf.io / tf.image) load
+  reads the files TFDS's download manager fetched for the builder's registered URLs: every image and
+  label as written."""
+  import tensorflow_datasets as tfds
+  assert importlib.util.find_spec("tensorflow") is None, "this test checks the no-tensorflow path"
+  if name == "svhn_cropped":
+    import shutil
+    (tmp_path / "mat").mkdir()
+    written = archives.svhn(str(tmp_path / "mat"))
+    for split in ("train", "test"):
+      _seed_tfds_cache(tmp_path, name, split, functools.partial(
+          shutil.copyfile, str(tmp_path / "mat" / f"{split}_32x32.mat")))
+    shutil.rmtree(tmp_path / "mat")  # only the cached copies remain
+  else:
+    written = _seed_tfds_cache(tmp_path, name, "archive", lambda p: archives.cifar(p, name, "binary"))
+  d = data.load(name, tfds_data_dir=str(tmp_path))
+  _assert_same(d, written)
+  assert not tfds.builder(name, data_dir=str(tmp_path)).is_prepared()
+  if name != "svhn_cropped":
+    assert d.class_names == tuple(written[4])
+
+
+def test_tfds_download_manager_fetches_over_http_and_checks_the_registered_checksum(tmp_path,
+                                                                                    monkeypatch):
+  """The download itself (TFDS's downloader over HTTP, from a server on 127.0.0.1) with the file's
+  checksum registered for its URL; a wrong registered checksum is refused."""
+  import functools
+  import http.server
+  import threading
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.download import checksums
+  served = tmp_path / "www"
+  served.mkdir()
+  written = archives.cifar(str(served / "cifar-10-binary.tar.gz"), "cifar10", "binary")
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+  handler.log_message = lambda *a: None
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-binary.tar.gz"
+    monkeypatch.setitem(datasets._PUBLISHED_URLS, "cifar10", {"archive": url})
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    good = checksums.compute_url_info(served / "cifar-10-binary.tar.gz")
+    builder = type(tfds.builder("cifar10"))
+    monkeypatch.setattr(builder, "url_infos", {url: good})
+    _assert_same(data.load("cifar10", tfds_data_dir=str(tmp_path / "a")), written)
+    assert list((tmp_path / "a" / "downloads" / "cifar10").glob("*.tar.gz"))  # in TFDS's cache
+    monkeypatch.setattr(builder, "url_infos", {url: checksums.UrlInfo(good.size, "0" * 64, None)})
+    with pytest.raises(data.DataError, match="wrong checksum"):
+      data.load("cifar10", tfds_data_dir=str(tmp_path / "b"))
+  finally:
+    server.shutdown()

@@ -488,7 +488,10 @@ _ARCHIVE_HINT = {
 def _tfds_arrays(name: str, split: str, data_dir: Optional[str], download: bool = True) -> tuple:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    src = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    # array_record named explicitly: with a data_dir, data_source leaves TFDS's default (tfrecord,
+    # which it cannot read).
+    src = tfds.data_source(name, split=split, data_dir=data_dir, download=download,
+                           builder_kwargs={"file_format": "array_record"})
     records = [src[i] for i in range(len(src))]
     x = np.stack([np.asarray(r["image"]) for r in records])
     y = np.asarray([int(r["label"]) for r in records])
