@@ -2,14 +2,36 @@
 
 Sources, tried in this order:
 
-1. ``data_dir`` given explicitly: IDX files (MNIST / Fashion-MNIST layout, gzipped or not) or npz files.
+1. ``data_dir`` given explicitly: IDX files (MNIST / Fashion-MNIST layout, gzipped or not), npz files,
+   or the dataset's published archive (below).
 2. The dataset's default local directory (``/usr/share/datasets/fashion-mnist`` for ``fashion_mnist``,
    the Debian package ``dataset-fashion-mnist``).
-3. TensorFlow Datasets: ``tfds.data_source`` (array_record, no tensorflow needed); ``tfds.load`` only
-   when tensorflow happens to be installed.
+3. TensorFlow Datasets: ``tfds.data_source`` (array_record). TFDS's stock CIFAR and SVHN builders
+   extract, read and PNG-encode through TensorFlow, so without TensorFlow a copy TFDS prepared
+   earlier is read, and otherwise the files those builders download (the same URLs, checked against
+   TFDS's registered sha256, kept in ``<tfds_data_dir>/downloads``) are read directly. ``tfds.load``
+   only when tensorflow happens to be installed and no array_record copy can be read.
+
+What each dataset needs (sizes of the published files; ``data_dir=`` takes the file, its extracted
+folder, or a directory holding either):
+
+- ``cifar10``: ``cifar-10-python.tar.gz`` (163 MB, torchvision's) or ``cifar-10-binary.tar.gz``
+  (170 MB, what TFDS downloads); in memory 50,000 + 10,000 images of 32x32x3, 0.7 GB as float32.
+- ``cifar100``: ``cifar-100-python.tar.gz`` (161 MB) or ``cifar-100-binary.tar.gz`` (169 MB); the 100
+  fine labels; 0.7 GB in memory.
+- ``svhn_cropped``: ``train_32x32.mat`` (182 MB) and ``test_32x32.mat`` (64 MB); 1.0 GB in memory. (TFDS's
+  builder, with TensorFlow, also downloads ``extra_32x32.mat``, 1.3 GB.)
+- ``tiny_imagenet``: ``tiny-imagenet-200.zip`` (237 MB; not in TFDS), or ``tiny_imagenet.npz``;
+  100,000 training and the 10,000 labelled validation images (the test split) of 64x64x3, 4.9 GB in
+  memory as float32. Reading it decodes 110,000 JPEGs with Pillow.
+
+Offline: copy the archive to the machine and pass ``data_dir=``; or copy a TFDS data directory
+(prepared copy or ``downloads/``) and pass ``tfds_data_dir=``. Reading the archives checks them: a
+truncated or corrupt file is a :class:`DataError` that names it.
 
 Images come back NHWC float32, scaled to [0, 1] and then normalized with the dataset's per-channel
 mean / std (the constants of the reference repositories where they exist, else the training set's).
+Images holding NaN or inf are refused, the rows named.
 """
 from __future__ import annotations
 
@@ -57,7 +79,7 @@ KNOWN = {
     "cifar100": _Info((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn_cropped": _Info((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                           tuple(str(i) for i in range(10))),
-    # Not in the TFDS catalogue: loaded from data_dir= (an npz); ImageNet's statistics, as the
+    # Not in the TFDS catalogue: loaded from data_dir= (the zip or an npz); ImageNet's statistics, as the
     # references normalize it.
     "tiny_imagenet": _Info((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), in_tfds=False),
 }
@@ -68,8 +90,9 @@ IDX_FILES = {
 }
 _INSTALL_HINT = {
     "fashion_mnist": "install it with 'sudo apt-get install -y dataset-fashion-mnist'",
-    "tiny_imagenet": "prepare tiny_imagenet.npz (x_train [100000, 64, 64, 3] uint8, y_train, and the "
-                     "10,000 validation images as x_test / y_test) and pass data_dir=",
+    "tiny_imagenet": "download tiny-imagenet-200.zip and pass data_dir= (its path or folder), or "
+                     "prepare tiny_imagenet.npz (x_train [100000, 64, 64, 3] uint8, y_train, and the "
+                     "10,000 validation images as x_test / y_test)",
 }
 
 
