@@ -469,8 +469,12 @@ def read_tiny_imagenet(path: str) -> tuple:
                     f"{'; missing: ' + str(missing[:5]) if missing else ''}: not Tiny-ImageNet's layout "
                     f"(wnids.txt, train/<wnid>/images/*.JPEG, val/images/, val/val_annotations.txt).")
   test = sorted(val)
-  return (np.stack([decode(n) for n in train]), np.asarray(y_train), np.stack([decode(n) for n in test]),
-          np.asarray([val[n] for n in test]), tuple(wnids))
+  try:
+    return (np.stack([decode(n) for n in train]), np.asarray(y_train),
+            np.stack([decode(n) for n in test]), np.asarray([val[n] for n in test]), tuple(wnids))
+  finally:
+    if not os.path.isdir(path):
+      zf.close()
 
 
 def _archive(name: str, path: str) -> Optional[tuple]:
