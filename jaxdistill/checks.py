@@ -20,7 +20,32 @@ def check_images_labels(images, labels, what: str = "", hard: bool = False) -> t
   if labels.ndim == 0 or labels.shape[0] != n:
     raise ValueError(f"{n} {name('images').lower()} but {labels.shape[0] if labels.ndim else 0} "
                      f"labels.")
+  check_finite_images(images, name("images"))
   return images, labels
+
+
+def check_finite_images(images, what: str = "images") -> None:
+  """Raises ``ValueError`` naming the rows of ``images`` ``[N, ...]`` that hold NaN or inf.
+
+  One NaN pixel in a real image turns every loss, gradient or mean embedding it enters into NaN
+  (or, under a ``where``, silently drops it), so the arrays are checked once where they enter, on the
+  host, never per step. Integer images cannot hold either and pass unchecked.
+
+  Args:
+    images: ``[N, ...]`` array (NumPy or a concrete JAX array).
+    what: names the array in the message (e.g. "Real images").
+
+  Raises:
+    ValueError: e.g. ``Real images: rows [12, 40] contain NaN or inf (2 of 100 images).``
+  """
+  x = np.asarray(images)
+  if not np.issubdtype(x.dtype, np.inexact) or x.size == 0:
+    return
+  if np.isfinite(x.min()) and np.isfinite(x.max()):  # NaN propagates through min / max; no copy
+    return
+  bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+  shown = ", ".join(str(i) for i in bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+  raise ValueError(f"{what}: rows [{shown}] contain NaN or inf ({len(bad)} of {x.shape[0]} images).")
 
 
 def check_class_ids(labels, num_classes: int, what: str = "labels") -> np.ndarray:

@@ -34,7 +34,7 @@ from jaxdistill import augment as augment_lib
 from jaxdistill import models as models_lib
 from jaxdistill import partial_updates
 from jaxdistill import training
-from jaxdistill.checks import check_label_range
+from jaxdistill.checks import check_images_labels, check_label_range
 from jaxdistill.models.nets import state_of
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
@@ -548,7 +548,8 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
     ``EvalResult(mean, std, accuracies [num_seeds], group_accuracies)``.
 
   Raises:
-    ValueError: a set that does not fit ``data`` (or integer pixel values), soft labels that do not
+    ValueError: a set that does not fit ``data`` (or integer pixel values), test images holding NaN
+      or inf (the rows named), soft labels that do not
       match ``soft_labels``, a bad or per-step learned step size, ``num_seeds`` below 1, ``groups``
       that do not route the set's rows, a bad ``cfg``, a network trained to NaN or inf, a
       ``cache_dir`` with a function in ``cfg``, or an unreadable cached network.
@@ -560,6 +561,7 @@ def accuracy(key: jax.Array, syn: Union[SyntheticSet, tuple], data: Dataset,
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels)
   _check_set(images, labels, data)
+  check_images_labels(data.x_test, data.y_test, "test", hard=True)  # NaN / inf rows named
   _check_soft_labels(labels, cfg.loss, soft_labels)
   check_config(cfg)
   for name, mask in (test_groups or {}).items():

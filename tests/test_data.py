@@ -1,5 +1,6 @@
 """Data: the real Fashion-MNIST IDX files, npz, TFDS under mock_data (no tensorflow), ZCA, sampling,
 bad input."""
+import functools
 import gzip
 import importlib.util
 
@@ -10,6 +11,8 @@ import pytest
 from jaxdistill import data
 from jaxdistill.data import datasets
 from jaxdistill.types import Dataset
+
+import archives
 
 @pytest.fixture(scope="module")
 def fmnist():
@@ -299,3 +302,270 @@ def test_initialize_leaves_the_cluster_to_jax_where_no_count_is_set(monkeypatch)
   parallel.initialize()
   parallel.initialize("h:1", 8, 0)
   assert calls == [(None, None, None), (None, 4, 2), ("h:1", 8, 0)]
+
+
+def _poisoned(n=20, rows=(12, 17)):
+  """20 real images of 2 classes (10 each), with an inf pixel in ``rows[0]`` and a NaN in the rest."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, 4, 4, 1)).astype(np.float32)
+  x[rows[0], 1, 2, 0] = np.inf
+  for r in rows[1:]:
+    x[r, 3, 0, 0] = np.nan
+  return x, np.repeat(np.arange(2, dtype=np.int32), n // 2)
+
+
+def _entries(tmp_path):
+  """Every entry that takes raw real images, as ``name -> fn(images, labels)``."""
+  from jaxdistill import evaluate, experts, models, selection
+  from jaxdistill.data import sampling
+  k = jax.random.key(0)
+  scores = np.arange(20, dtype=np.float64)
+
+  def accuracy(x, y):  # the evaluation's test set
+    good, _ = _poisoned(rows=(0,))
+    good[0] = 0.0
+    d = Dataset("toy", good, y, x, y, 2, ("a", "b"), (0.0,), (1.0,))
+    syn = (good[:2], y[[0, 10]])
+    evaluate.accuracy(k, syn, d, model="mlp", num_seeds=1, model_kwargs={"width": 4},
+                      cfg=evaluate.EvalConfig(epochs=1, augment="none"))
+
+  return {
+      "class_balanced_sampler": lambda x, y: sampling.class_balanced_sampler(x, y, 2, 2),
+      "random_sampler": lambda x, y: sampling.random_sampler(x, y, 4),
+      "subset_per_class": lambda x, y: sampling.subset_per_class(k, x, y, 2, 2),
+      "coreset.random": lambda x, y: selection.random(k, x, y, 2, 1),
+      "coreset.herding": lambda x, y: selection.herding(x, y, 2, 1),
+      "coreset.k_center": lambda x, y: selection.k_center(x, y, 2, 1),
+      "coreset.k_means": lambda x, y: selection.k_means(k, x, y, 2, 1),
+      "coreset.average": lambda x, y: selection.average(k, x, y, 2, 1),
+      "window_init": lambda x, y: selection.window_init(scores, x, y, 2, 1, 0.0),
+      "experts.train": lambda x, y: experts.train(k, (x, y), models.get_model("mlp", 2, width=4),
+                                                  str(tmp_path / "experts"), progress=False,
+                                                  cfg=experts.ExpertConfig(epochs=1, augment="none")),
+      "evaluate.accuracy test set": accuracy,
+  }
+
+
+ENTRIES = ("class_balanced_sampler", "random_sampler", "subset_per_class", "coreset.random",
+           "coreset.herding", "coreset.k_center", "coreset.k_means", "coreset.average", "window_init",
+           "experts.train", "evaluate.accuracy test set")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_every_entry_taking_raw_real_images_refuses_nan_and_inf_naming_the_rows(entry, tmp_path):
+  """One inf pixel (row 12) and one NaN pixel (row 17) among 20 real images: refused where the array
+  enters, with the rows named, before any step runs."""
+  fn = _entries(tmp_path)[entry]
+  x, y = _poisoned()
+  with pytest.raises(ValueError, match=r"rows \[12, 17\] contain NaN or inf \(2 of 20 images\)"):
+    fn(x, y)
+  fn(np.nan_to_num(x, posinf=0.0), y)  # the same call on finite images goes through
+
+
+def test_the_finite_check_names_at_most_ten_rows_and_lets_integer_images_pass(tmp_path):
+  from jaxdistill.checks import check_finite_images
+  x = np.zeros((30, 2, 2, 1), np.float32)
+  x[5:25] = np.nan
+  with pytest.raises(ValueError, match=r"Real images: rows \[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, \.\.\. "
+                                       r"\(10 more\)\] contain NaN or inf \(20 of 30 images\)"):
+    check_finite_images(x, "Real images")
+  check_finite_images(np.zeros((3, 2, 2, 1), np.uint8))
+  xl, yl = _poisoned()
+  np.savez(tmp_path / "d.npz", x_train=xl, y_train=yl, x_test=np.zeros((2, 4, 4, 1)),
+           y_test=np.arange(2))
+  with pytest.raises(ValueError, match=r"custom train images: rows \[12, 17\] contain NaN or inf"):
+    data.load("custom", data_dir=str(tmp_path / "d.npz"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The datasets' published archives (tests/archives.py writes small ones in each format)
+# ----------------------------------------------------------------------------------------------------
+
+def _pixels(d, split="train"):
+  """``d``'s images back as the uint8 pixels they were read from."""
+  return np.round(data.denormalize(getattr(d, f"x_{split}"), d) * 255).astype(np.uint8)
+
+
+def _assert_same(d, written):
+  x_train, y_train, x_test, y_test = written[:4]
+  np.testing.assert_array_equal(_pixels(d), x_train)
+  np.testing.assert_array_equal(d.y_train, y_train)
+  np.testing.assert_array_equal(_pixels(d, "test"), x_test)
+  np.testing.assert_array_equal(d.y_test, y_test)
+
+
+CIFAR_FILES = {("cifar10", "python"): ("cifar-10-python.tar.gz", "cifar-10-batches-py"),
+               ("cifar100", "python"): ("cifar-100-python.tar.gz", "cifar-100-python"),
+               ("cifar10", "binary"): ("cifar-10-binary.tar.gz", "cifar-10-batches-bin"),
+               ("cifar100", "binary"): ("cifar-100-binary.tar.gz", "cifar-100-binary")}
+
+
+@pytest.mark.parametrize("name,kind", sorted(CIFAR_FILES))
+def test_cifar_from_its_published_tarball_or_extracted_folder(tmp_path, name, kind):
+  import tarfile
+  tarball, folder = CIFAR_FILES[(name, kind)]
+  written = archives.cifar(str(tmp_path / tarball), name, kind)
+  for data_dir in (tmp_path / tarball, tmp_path):  # the file, or the directory holding it
+    d = data.load(name, data_dir=str(data_dir))
+    _assert_same(d, written)
+  assert d.num_classes == (10 if name == "cifar10" else 100) and d.class_names == tuple(written[4])
+  assert d.x_train.shape == (15 if name == "cifar10" else 3, 32, 32, 3)
+  np.testing.assert_allclose(d.mean, datasets.KNOWN[name].mean)
+  with tarfile.open(tmp_path / tarball) as tar:
+    tar.extractall(tmp_path / "x", filter="data")
+  (tmp_path / tarball).unlink()
+  for data_dir in (tmp_path / "x", tmp_path / "x" / folder):
+    _assert_same(data.load(name, data_dir=str(data_dir)), written)
+
+
+def test_corrupt_truncated_or_foreign_cifar_archives_are_data_errors_naming_the_file(tmp_path):
+  import pickle
+  import tarfile
+  path = tmp_path / "cifar-10-python.tar.gz"
+  archives.cifar(str(path), "cifar10", "python")
+  raw = path.read_bytes()
+  path.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(data.DataError, match=r"Cannot read .*cifar-10-python.tar.gz.*truncated or corrupt"):
+    data.load("cifar10", data_dir=str(tmp_path))
+  path.write_bytes(b"\x1f\x8b not really gzip")
+  with pytest.raises(data.DataError, match="cifar-10-python.tar.gz"):
+    data.load("cifar10", data_dir=str(path))
+  # A member that is not a CIFAR batch, and one whose pickle would call a function: refused unrun.
+  (tmp_path / "x" / "cifar-10-batches-py").mkdir(parents=True)
+  archives.cifar(str(path), "cifar10", "python")
+  with tarfile.open(path) as tar:
+    tar.extractall(tmp_path / "x", filter="data")
+  batch = tmp_path / "x" / "cifar-10-batches-py" / "data_batch_3"
+  batch.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, protocol=2))
+  with pytest.raises(data.DataError, match=r"data_batch_3: data uint8 \(2, 3072\) and labels \(1,\)"):
+    data.load("cifar10", data_dir=str(tmp_path / "x"))
+  marker = tmp_path / "was_run"
+
+  class Payload:  # unpickling it would create `marker`
+    def __reduce__(self):
+      return (open, (str(marker), "w"))
+
+  batch.write_bytes(pickle.dumps({"data": Payload(), "labels": [0]}, protocol=2))
+  with pytest.raises(data.DataError, match=r"data_batch_3.*refusing to load io.open"):
+    data.load("cifar10", data_dir=str(tmp_path / "x"))
+  assert not marker.exists()
+  (tmp_path / "x" / "cifar-10-batches-py" / "test_batch").unlink()
+  with pytest.raises(data.DataError, match=r"Cannot read .*test_batch"):
+    data.load("cifar10", data_dir=str(tmp_path / "x"))
+  bin_path = tmp_path / "b" / "cifar-10-binary.tar.gz"
+  bin_path.parent.mkdir()
+  archives.cifar(str(bin_path), "cifar10", "binary")
+  with tarfile.open(bin_path) as tar:
+    tar.extractall(tmp_path / "b", filter="data")
+  rec = tmp_path / "b" / "cifar-10-batches-bin" / "data_batch_2.bin"
+  rec.write_bytes(rec.read_bytes()[:-5])
+  with pytest.raises(data.DataError, match=r"data_batch_2.bin is truncated or corrupt"):
+    data.load("cifar10", data_dir=str(tmp_path / "b" / "cifar-10-batches-bin"))
+  with pytest.raises(data.DataError, match=r"nor cifar-100-python.tar.gz"):
+    data.load("cifar100", data_dir=str(tmp_path / "b"))
+
+
+def test_svhn_from_its_published_mat_files(tmp_path):
+  written = archives.svhn(str(tmp_path))
+  d = data.load("svhn_cropped", data_dir=str(tmp_path))
+  _assert_same(d, written)
+  assert d.y_train[0] == 0 and d.num_classes == 10  # stored as 10
+  (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 but cut")
+  with pytest.raises(data.DataError, match="Cannot read .*test_32x32.mat"):
+    data.load("svhn_cropped", data_dir=str(tmp_path))
+
+
+def test_tiny_imagenet_from_its_published_zip_or_extracted_folder(tmp_path):
+  """The JPEGs are compared with Pillow's decoding of the same bytes (JPEG is lossy: the pixels
+  drawn before encoding are not what any decoder returns)."""
+  import io
+  import zipfile
+  from PIL import Image
+  zpath = tmp_path / "tiny-imagenet-200.zip"
+  train, val, wnids = archives.tiny_imagenet(str(zpath))
+  classes = sorted(wnids)  # ImageFolder's numbering, as the reference code's
+  decode = lambda raw: np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+  expected = []
+  for files in (train, val):
+    names = sorted(files)
+    expected += [np.stack([decode(files[n][0]) for n in names]),
+                 np.asarray([classes.index(files[n][1]) for n in names])]
+  assert len(np.unique(expected[1])) == 3 and Image.open(io.BytesIO(
+      train["tiny-imagenet-200/train/n02/images/n02_1.JPEG"][0])).mode == "L"  # a greyscale image
+  with zipfile.ZipFile(zpath) as zf:
+    zf.extractall(tmp_path / "x")
+  for data_dir in (zpath, tmp_path, tmp_path / "x", tmp_path / "x" / "tiny-imagenet-200"):
+    d = data.load("tiny_imagenet", data_dir=str(data_dir))
+    _assert_same(d, expected)
+  assert d.class_names == ("n01", "n02", "n03") and d.x_train.shape == (6, 64, 64, 3)
+  np.testing.assert_allclose(d.mean + d.std, (0.485, 0.456, 0.406, 0.229, 0.224, 0.225), rtol=1e-6)
+  (tmp_path / "x" / "tiny-imagenet-200" / "val" / "images" / "val_2.JPEG").write_bytes(b"\xff\xd8 cut")
+  with pytest.raises(data.DataError, match=r"Cannot decode .*val/images/val_2.JPEG"):
+    data.load("tiny_imagenet", data_dir=str(tmp_path / "x"))
+  zpath.write_bytes(zpath.read_bytes()[:100])
+  with pytest.raises(data.DataError, match=r"Cannot read .*tiny-imagenet-200.zip"):
+    data.load("tiny_imagenet", data_dir=str(zpath))
+
+
+# ----------------------------------------------------------------------------------------------------
+# TFDS's downloads, offline: its download cache seeded, or a server on 127.0.0.1
+# ----------------------------------------------------------------------------------------------------
+
+def _seed_tfds_cache(root, name, key, write):
+  return archives.seed_tfds_cache(root, name, datasets._PUBLISHED_URLS[name][key], write)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn_cropped"])
+def test_tfds_builders_downloads_are_read_without_tensorflow(tmp_path, name):
+  """Without TensorFlow (the stock builders extract, read and encode through tf.io / tf.image) load
+  reads the files TFDS's download manager fetched for the builder's registered URLs: every image and
+  label as written."""
+  import tensorflow_datasets as tfds
+  assert importlib.util.find_spec("tensorflow") is None, "this test checks the no-tensorflow path"
+  if name == "svhn_cropped":
+    import shutil
+    (tmp_path / "mat").mkdir()
+    written = archives.svhn(str(tmp_path / "mat"))
+    for split in ("train", "test"):
+      _seed_tfds_cache(tmp_path, name, split, functools.partial(
+          shutil.copyfile, str(tmp_path / "mat" / f"{split}_32x32.mat")))
+    shutil.rmtree(tmp_path / "mat")  # only the cached copies remain
+  else:
+    written = _seed_tfds_cache(tmp_path, name, "archive", lambda p: archives.cifar(p, name, "binary"))
+  d = data.load(name, tfds_data_dir=str(tmp_path))
+  _assert_same(d, written)
+  assert not tfds.builder(name, data_dir=str(tmp_path)).is_prepared()
+  if name != "svhn_cropped":
+    assert d.class_names == tuple(written[4])
+
+
+def test_tfds_download_manager_fetches_over_http_and_checks_the_registered_checksum(tmp_path,
+                                                                                    monkeypatch):
+  """The download itself (TFDS's downloader over HTTP, from a server on 127.0.0.1) with the file's
+  checksum registered for its URL; a wrong registered checksum is refused."""
+  import functools
+  import http.server
+  import threading
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.download import checksums
+  served = tmp_path / "www"
+  served.mkdir()
+  written = archives.cifar(str(served / "cifar-10-binary.tar.gz"), "cifar10", "binary")
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+  handler.log_message = lambda *a: None
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-binary.tar.gz"
+    monkeypatch.setitem(datasets._PUBLISHED_URLS, "cifar10", {"archive": url})
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    good = checksums.compute_url_info(served / "cifar-10-binary.tar.gz")
+    builder = type(tfds.builder("cifar10"))
+    monkeypatch.setattr(builder, "url_infos", {url: good})
+    _assert_same(data.load("cifar10", tfds_data_dir=str(tmp_path / "a")), written)
+    assert list((tmp_path / "a" / "downloads" / "cifar10").glob("*.tar.gz"))  # in TFDS's cache
+    monkeypatch.setattr(builder, "url_infos", {url: checksums.UrlInfo(good.size, "0" * 64, None)})
+    with pytest.raises(data.DataError, match="wrong checksum"):
+      data.load("cifar10", tfds_data_dir=str(tmp_path / "b"))
+  finally:
+    server.shutdown()

@@ -172,6 +172,26 @@ def test_config_runs_end_to_end(name, workdir, tiny_npz, cached_data):
   assert os.path.exists(c.results)
 
 
+@pytest.mark.slow
+def test_a_cifar10_paper_config_runs_on_cifar10_as_tfds_downloads_it(workdir, tmp_path, monkeypatch):
+  """dm_cifar10's smoke run on CIFAR-10 read from TFDS's download of the builder's registered URL (a
+  small archive in the published binary format, put in TFDS's download cache), without TensorFlow."""
+  import functools
+  import archives
+  from jaxdistill.data import datasets
+  written = archives.seed_tfds_cache(tmp_path, "cifar10", datasets._PUBLISHED_URLS["cifar10"]["archive"],
+                                     lambda p: archives.cifar(p, "cifar10", "binary", per_batch=4))
+  monkeypatch.setattr(jd.data, "load", functools.partial(jd.data.load, tfds_data_dir=str(tmp_path)))
+  c = shrink(load_config("dm_cifar10.py", "1"), workdir, "", mlp=True)
+  data = registry.load_data(c)
+  np.testing.assert_array_equal(data.y_train, written[1])  # 2 images of each class
+  with jax.numpy_dtype_promotion("standard"):
+    out = distill.run(c)
+  assert len(out["history"]) == 1 and np.isfinite(out["history"][0]["loss"])
+  assert all(np.isfinite(got.mean if isinstance(got, jd.types.EvalResult) else got)
+             for _, _, got, _ in out["rows"])
+
+
 TABLES = {"mtt": papers.MTT, "datm": papers.DATM, "selmatch": papers.SELMATCH,
           "dc": {d: {1: 0, 10: 0, 50: 0} for d in papers.DATASETS},
           "dsa": {d: {1: 0, 10: 0, 50: 0} for d in papers.DATASETS},

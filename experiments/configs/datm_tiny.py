@@ -1,7 +1,7 @@
 """DATM on Tiny-ImageNet at IPC 1, 10 or 50 with its repository's per-IPC settings (`papers.DATM`).
 
 Command (on one accelerator; IPC after the colon):
-  python -m experiments.distill --config experiments/configs/datm_tiny.py:10 --config.data_dir=/path/to/tiny_imagenet.npz
+  python -m experiments.distill --config experiments/configs/datm_tiny.py:10 --config.data_dir=/path/to/tiny-imagenet-200.zip
 
 Tiny-ImageNet is not in TFDS: prepare the npz described in `papers.py`. Prerequisite step: the same
 experts as

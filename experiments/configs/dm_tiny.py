@@ -2,7 +2,7 @@
 (`papers.dm`).
 
 Command (on one accelerator; IPC after the colon):
-  python -m experiments.distill --config experiments/configs/dm_tiny.py:10 --config.data_dir=/path/to/tiny_imagenet.npz
+  python -m experiments.distill --config experiments/configs/dm_tiny.py:10 --config.data_dir=/path/to/tiny-imagenet-200.zip
 
 Tiny-ImageNet is not in TFDS: prepare the npz described in `papers.py`. Published: DM's Table 1
 (ConvNet); not quoted here. Hardware: one GPU or TPU with 16 GB or more.

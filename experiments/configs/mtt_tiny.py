@@ -1,7 +1,7 @@
 """MTT on Tiny-ImageNet at IPC 1, 10 or 50 with the published per-IPC settings (`papers.MTT`).
 
 Command (on one accelerator; IPC after the colon):
-  python -m experiments.distill --config experiments/configs/mtt_tiny.py:10 --config.data_dir=/path/to/tiny_imagenet.npz
+  python -m experiments.distill --config experiments/configs/mtt_tiny.py:10 --config.data_dir=/path/to/tiny-imagenet-200.zip
 
 Tiny-ImageNet is not in TFDS: prepare the npz described in `papers.py`. Prerequisite step: 100
 experts x 50 epochs (MTT's buffer.py), trained into runs/experts/ on the first run and reused.

@@ -7,11 +7,16 @@ native convolution). Evaluation: DC / DSA / DM under their papers' protocols (``
 DC 300 epochs without augmentation, DSA / DM 1000 with DSA, 20 networks), SelMatch under its own
 (ResNet-18 BN), the others the standard protocol (ConvNet, DSA, 1000 epochs, 5 networks).
 
-Tiny-ImageNet is not in the TFDS catalogue: prepare ``tiny_imagenet.npz`` with ``x_train`` [100000, 64,
-64, 3] uint8, ``y_train`` [100000], ``x_test`` / ``y_test`` from the 10,000 validation images (the papers
-test on them), class ids 0..199 in the order of ``wnids.txt``, and pass ``--config.data_dir=<that
-file or its directory>``; it loads under the name ``tiny_imagenet`` (normalized with ImageNet's
-statistics, as the references do).
+Data (``jaxdistill.data.load``; its module docstring has the details): CIFAR-10 / CIFAR-100 come from
+TFDS (the published 170 MB / 169 MB binary tarball, downloaded once into TFDS's data directory; read
+without TensorFlow), or offline from ``--config.data_dir=`` holding ``cifar-10-python.tar.gz`` /
+``cifar-100-python.tar.gz`` (or the extracted folder). Tiny-ImageNet is not in the TFDS catalogue:
+pass ``--config.data_dir=`` with the published ``tiny-imagenet-200.zip`` (237 MB) or its extracted
+folder (the 10,000 labelled validation images are the test split, as the papers test on them; class
+``i`` is the ``i``-th wnid in sorted order, as ``ImageFolder`` numbers them in the references), or a
+``tiny_imagenet.npz`` (``x_train`` [100000, 64, 64, 3] uint8, ``y_train``, ``x_test``, ``y_test``). It
+loads under the name ``tiny_imagenet``, normalized with ImageNet's statistics, as the references do;
+about 5 GB of host memory as float32.
 """
 import ml_collections
 

@@ -2,7 +2,7 @@
 (`papers.SELMATCH`).
 
 Command (on one accelerator; IPC after the colon):
-  python -m experiments.distill --config experiments/configs/selmatch_tiny.py:50 --config.data_dir=/path/to/tiny_imagenet.npz
+  python -m experiments.distill --config experiments/configs/selmatch_tiny.py:50 --config.data_dir=/path/to/tiny-imagenet-200.zip
 
 Tiny-ImageNet is not in TFDS: prepare the npz described in `papers.py`. Prerequisite step: MTT's
 experts and their difficulty scores. Published: SelMatch's Table 1; not quoted here. Hardware: one

@@ -2,29 +2,56 @@
 
 Sources, tried in this order:
 
-1. ``data_dir`` given explicitly: IDX files (MNIST / Fashion-MNIST layout, gzipped or not) or npz files.
+1. ``data_dir`` given explicitly: IDX files (MNIST / Fashion-MNIST layout, gzipped or not), npz files,
+   or the dataset's published archive (below).
 2. The dataset's default local directory (``/usr/share/datasets/fashion-mnist`` for ``fashion_mnist``,
    the Debian package ``dataset-fashion-mnist``).
-3. TensorFlow Datasets: ``tfds.data_source`` (array_record, no tensorflow needed); ``tfds.load`` only
-   when tensorflow happens to be installed.
+3. TensorFlow Datasets: ``tfds.data_source`` (array_record). TFDS's stock CIFAR and SVHN builders
+   extract, read and PNG-encode through TensorFlow, so without TensorFlow a copy TFDS prepared
+   earlier is read, and otherwise the files those builders download (the same URLs, checked against
+   TFDS's registered sha256, kept in ``<tfds_data_dir>/downloads``) are read directly. ``tfds.load``
+   only when tensorflow happens to be installed and no array_record copy can be read.
+
+What each dataset needs (sizes of the published files; ``data_dir=`` takes the file, its extracted
+folder, or a directory holding either):
+
+- ``cifar10``: ``cifar-10-python.tar.gz`` (163 MB, torchvision's) or ``cifar-10-binary.tar.gz``
+  (170 MB, what TFDS downloads); in memory 50,000 + 10,000 images of 32x32x3, 0.7 GB as float32.
+- ``cifar100``: ``cifar-100-python.tar.gz`` (161 MB) or ``cifar-100-binary.tar.gz`` (169 MB); the 100
+  fine labels; 0.7 GB in memory.
+- ``svhn_cropped``: ``train_32x32.mat`` (182 MB) and ``test_32x32.mat`` (64 MB); 1.0 GB in memory. (TFDS's
+  builder, with TensorFlow, also downloads ``extra_32x32.mat``, 1.3 GB.)
+- ``tiny_imagenet``: ``tiny-imagenet-200.zip`` (237 MB; not in TFDS), or ``tiny_imagenet.npz``;
+  100,000 training and the 10,000 labelled validation images (the test split) of 64x64x3, 4.9 GB in
+  memory as float32. Reading it decodes 110,000 JPEGs with Pillow.
+
+Offline: copy the archive to the machine and pass ``data_dir=``; or copy a TFDS data directory
+(prepared copy or ``downloads/``) and pass ``tfds_data_dir=``. Reading the archives checks them: a
+truncated or corrupt file is a :class:`DataError` that names it.
 
 Images come back NHWC float32, scaled to [0, 1] and then normalized with the dataset's per-channel
 mean / std (the constants of the reference repositories where they exist, else the training set's).
+Images holding NaN or inf are refused, the rows named.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
 import importlib.util
+import io
 import os
+import pickle
 import struct
+import tarfile
+import tempfile
+import zipfile
 import zlib
 from typing import Optional, Sequence
 
 import jax
 import numpy as np
 
-from jaxdistill.checks import check_positive_int
+from jaxdistill.checks import check_finite_images, check_positive_int
 from jaxdistill.data import sampling
 from jaxdistill.data import zca as zca_lib
 from jaxdistill.types import Dataset
@@ -52,7 +79,7 @@ KNOWN = {
     "cifar100": _Info((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn_cropped": _Info((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                           tuple(str(i) for i in range(10))),
-    # Not in the TFDS catalogue: loaded from data_dir= (an npz); ImageNet's statistics, as the
+    # Not in the TFDS catalogue: loaded from data_dir= (the zip or an npz); ImageNet's statistics, as the
     # references normalize it.
     "tiny_imagenet": _Info((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), in_tfds=False),
 }
@@ -63,8 +90,9 @@ IDX_FILES = {
 }
 _INSTALL_HINT = {
     "fashion_mnist": "install it with 'sudo apt-get install -y dataset-fashion-mnist'",
-    "tiny_imagenet": "prepare tiny_imagenet.npz (x_train [100000, 64, 64, 3] uint8, y_train, and the "
-                     "10,000 validation images as x_test / y_test) and pass data_dir=",
+    "tiny_imagenet": "download tiny-imagenet-200.zip and pass data_dir= (its path or folder), or "
+                     "prepare tiny_imagenet.npz (x_train [100000, 64, 64, 3] uint8, y_train, and the "
+                     "10,000 validation images as x_test / y_test)",
 }
 
 
@@ -80,7 +108,7 @@ def validate_images(x, name: str = "images", channels: Optional[int] = None) -> 
   """Checks ``x`` is a finite ``[N, H, W, C]`` array (with ``C == channels`` if given).
 
   Raises:
-    ValueError: naming the problem (rank, channel count, NaN / inf).
+    ValueError: naming the problem (rank, channel count, the rows holding NaN / inf).
   """
   x = np.asarray(x)
   if x.ndim != 4:
@@ -90,9 +118,7 @@ def validate_images(x, name: str = "images", channels: Optional[int] = None) -> 
                      f"pass x.transpose(0, 2, 3, 1).")
   if channels is not None and x.shape[-1] != channels:
     raise ValueError(f"{name} must have {channels} channel(s) (NHWC); got shape {x.shape}.")
-  if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-    bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
-    raise ValueError(f"{name} contain NaN or inf values ({bad} of {x.shape[0]} images).")
+  check_finite_images(x, name)
   return x
 
 
@@ -219,18 +245,287 @@ def save_npz(path: str, data: Dataset) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# The datasets' published archives: CIFAR (python or binary), SVHN (.mat), Tiny-ImageNet (.zip)
+# ----------------------------------------------------------------------------------------------------
+
+# name -> (archive file, its top folder, train members, test members, label-name member, label key /
+# label byte). The python tarballs are torchvision's and the PyTorch code bases'; the binary ones
+# TFDS's (its CIFAR builders download them).
+_CIFAR = {
+    ("cifar10", "python"): ("cifar-10-python.tar.gz", "cifar-10-batches-py",
+                            [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                            "labels"),
+    ("cifar100", "python"): ("cifar-100-python.tar.gz", "cifar-100-python", ["train"], ["test"], "meta",
+                             "fine_labels"),
+    ("cifar10", "binary"): ("cifar-10-binary.tar.gz", "cifar-10-batches-bin",
+                            [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"],
+                            "batches.meta.txt", 0),
+    ("cifar100", "binary"): ("cifar-100-binary.tar.gz", "cifar-100-binary", ["train.bin"], ["test.bin"],
+                             "fine_label_names.txt", 1),  # record: coarse label byte, fine label byte
+}
+_SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+_TINY_ZIP, _TINY_DIR = "tiny-imagenet-200.zip", "tiny-imagenet-200"
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """The CIFAR python batches are pickled dicts of str / bytes / lists / one uint8 ndarray. Unpickling
+  can run any callable the stream names, so only what rebuilding such an ndarray needs is allowed."""
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+  def find_class(self, module, name):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a CIFAR batch)")
+    return super().find_class(module, name)
+
+
+def _cifar_python_batch(raw: bytes, label_key: str, where: str) -> tuple:
+  d = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()  # Python 2 pickles, as torchvision
+  if not isinstance(d, dict) or "data" not in d or label_key not in d:
+    raise DataError(f"{where} is not a CIFAR batch (a dict with 'data' and {label_key!r}).")
+  x, y = np.asarray(d["data"]), np.asarray(d[label_key])
+  if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or y.shape != (x.shape[0],):
+    raise DataError(f"{where}: data {x.dtype} {x.shape} and {label_key} {y.shape} are not [N, 3072] "
+                    f"uint8 and [N].")
+  return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y.astype(np.int64)
+
+
+def _cifar_binary_batch(raw: bytes, label_byte: int, where: str) -> tuple:
+  rec = 3072 + label_byte + 1
+  if len(raw) == 0 or len(raw) % rec:
+    raise DataError(f"{where} is truncated or corrupt: {len(raw)} bytes is not a whole number of "
+                    f"{rec}-byte records.")
+  r = np.frombuffer(raw, np.uint8).reshape(-1, rec)
+  return r[:, label_byte + 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), r[:, label_byte].astype(
+      np.int64)
+
+
+def _read_members(path: str, wanted: Sequence[str]) -> dict:
+  """``{member: bytes}`` of the archive (any tar compression) or directory at ``path``."""
+  try:
+    if os.path.isdir(path):
+      out = {}
+      for m in wanted:
+        with open(os.path.join(path, m), "rb") as f:
+          out[m] = f.read()
+      return out
+    with tarfile.open(path, "r:*") as tar:
+      out = {}
+      for member in tar:
+        rel = member.name.split("/", 1)[-1]  # below the archive's top folder
+        if member.isfile() and rel in wanted:
+          out[rel] = tar.extractfile(member).read()
+  except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+    raise DataError(f"Cannot read {path}: {e} (truncated or corrupt? download it again).") from e
+  missing = sorted(set(wanted) - set(out))
+  if missing:
+    raise DataError(f"{path} lacks {missing} (is it the complete published archive?).")
+  return out
+
+
+def read_cifar(path: str, name: str) -> tuple:
+  """Reads CIFAR-10 / CIFAR-100 from its published archive, or the folder it extracts to.
+
+  Args:
+    path: ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (pickled batches, the files
+      torchvision and the PyTorch code bases use), ``cifar-10-binary.tar.gz`` /
+      ``cifar-100-binary.tar.gz`` (TFDS's download), or the extracted ``cifar-10-batches-py/``,
+      ``cifar-100-python/``, ``cifar-10-batches-bin/`` or ``cifar-100-binary/`` folder.
+    name: ``"cifar10"`` or ``"cifar100"`` (CIFAR-100: the 100 fine labels).
+
+  Returns:
+    ``(x_train [N, 32, 32, 3] uint8, y_train [N], x_test [M, 32, 32, 3] uint8, y_test [M],
+    class_names)``.
+
+  Raises:
+    DataError: naming the file that is missing, truncated, corrupt or not in the format.
+  """
+  base = os.path.basename(os.path.normpath(path))
+  kind = next((k for (n, k), spec in _CIFAR.items() if n == name and base in spec[:2]), None)
+  if kind is None:
+    raise DataError(f"{path} is not one of {name}'s archives or folders "
+                    f"({', '.join(x for (n, _), spec in _CIFAR.items() if n == name for x in spec[:2])}).")
+  _, _, train, test, meta, label = _CIFAR[(name, kind)]
+  raw = _read_members(path, train + test + [meta])
+  where = lambda m: f"{path}: {m}"
+  split = []
+  for members in (train, test):
+    parts = []
+    for m in members:
+      try:
+        parts.append(_cifar_python_batch(raw[m], label, where(m)) if kind == "python"
+                     else _cifar_binary_batch(raw[m], label, where(m)))
+      except DataError:
+        raise
+      except Exception as e:  # pickle's errors on a corrupt stream are of many types
+        raise DataError(f"Cannot read {where(m)}: {type(e).__name__}: {e}") from e
+    split += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
+  try:
+    if kind == "python":
+      names = _CifarUnpickler(io.BytesIO(raw[meta]), encoding="latin1").load()
+      names = names["label_names" if name == "cifar10" else "fine_label_names"]
+    else:
+      names = [n for n in raw[meta].decode().split("\n") if n.strip()]
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"Cannot read the class names in {where(meta)}: {type(e).__name__}: {e}") from e
+  return (*split, tuple(str(n) for n in names))
+
+
+def read_svhn(directory: str) -> tuple:
+  """Reads SVHN (cropped digits) from its published ``train_32x32.mat`` and ``test_32x32.mat``.
+
+  Returns:
+    ``(x_train [N, 32, 32, 3] uint8, y_train [N], x_test, y_test)``, digit ``0`` as label 0 (the
+    files store it as 10).
+
+  Raises:
+    DataError: naming a missing or unreadable file.
+  """
+  import scipy.io  # pylint: disable=g-import-not-at-top
+  out = []
+  for split, fn in _SVHN_FILES.items():
+    path = os.path.join(directory, fn)
+    try:
+      m = scipy.io.loadmat(path)
+      x, y = np.asarray(m["X"]), np.asarray(m["y"]).reshape(-1)
+    except Exception as e:  # scipy raises ValueError / OSError / KeyError on bad files
+      raise DataError(f"Cannot read {path}: {type(e).__name__}: {e}") from e
+    if x.dtype != np.uint8 or x.shape[:3] != (32, 32, 3) or y.shape != (x.shape[3],) or (
+        y.size and (y.min() < 1 or y.max() > 10)):
+      raise DataError(f"{path}: X {x.dtype} {x.shape} and y {y.shape} are not SVHN's [32, 32, 3, N] "
+                      f"uint8 images and [N, 1] digits 1..10.")
+    out += [x.transpose(3, 0, 1, 2), (y % 10).astype(np.int64)]
+  return tuple(out)
+
+
+def read_tiny_imagenet(path: str) -> tuple:
+  """Reads Tiny-ImageNet from its published ``tiny-imagenet-200.zip`` or the extracted folder.
+
+  The 100,000 training images (``train/<wnid>/images/*.JPEG``) and the 10,000 labelled validation
+  images (``val/images`` with ``val/val_annotations.txt``) become the train and test splits (the
+  published test images have no labels). Class ``i`` is the ``i``-th wnid of ``wnids.txt`` in sorted
+  order, as ``torchvision.datasets.ImageFolder`` numbers the training folders in the reference code.
+  Images are decoded by Pillow (greyscale ones to RGB); rows are sorted by file name.
+
+  Returns:
+    ``(x_train [N, 64, 64, 3] uint8, y_train [N], x_test [M, 64, 64, 3] uint8, y_test [M], wnids)``.
+
+  Raises:
+    DataError: naming the missing, corrupt or inconsistent file.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    if os.path.isdir(path):
+      top = path if os.path.exists(os.path.join(path, "wnids.txt")) else os.path.join(path, _TINY_DIR)
+      names = [os.path.relpath(os.path.join(r, f), top) for r, _, fs in os.walk(top) for f in fs]
+      read = lambda rel: open(os.path.join(top, rel), "rb").read()
+      where = lambda rel: os.path.join(top, rel)
+    else:
+      zf = zipfile.ZipFile(path)
+      prefix = _TINY_DIR + "/"
+      names = [n[len(prefix):] for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")]
+      read = lambda rel: zf.read(prefix + rel)
+      where = lambda rel: f"{path}: {prefix}{rel}"
+  except (OSError, zipfile.BadZipFile) as e:
+    raise DataError(f"Cannot read {path}: {e} (truncated or corrupt? download it again).") from e
+
+  def text(rel):
+    try:
+      return read(rel).decode()
+    except (KeyError, OSError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:
+      raise DataError(f"Cannot read {where(rel)}: {e}") from e
+
+  wnids = sorted(w.strip() for w in text("wnids.txt").split("\n") if w.strip())
+  cls = {w: i for i, w in enumerate(wnids)}
+
+  def decode(rel):
+    try:
+      with Image.open(io.BytesIO(read(rel))) as im:
+        x = np.asarray(im.convert("RGB"))
+    except Exception as e:  # Pillow's errors on bad data, zip's CRC check
+      raise DataError(f"Cannot decode {where(rel)}: {type(e).__name__}: {e}") from e
+    if x.shape != (64, 64, 3):
+      raise DataError(f"{where(rel)} is {x.shape[1]}x{x.shape[0]}; Tiny-ImageNet's images are 64x64.")
+    return x
+
+  train = sorted(n for n in names if n.startswith("train/") and n.lower().endswith(".jpeg"))
+  y_train = []
+  for n in train:
+    wnid = n.split("/")[1]
+    if wnid not in cls:
+      raise DataError(f"{where(n)}: class folder {wnid!r} is not in wnids.txt.")
+    y_train.append(cls[wnid])
+  val = {}
+  for line in text("val/val_annotations.txt").split("\n"):
+    if line.strip():
+      fields = line.split("\t")
+      if len(fields) < 2 or fields[1] not in cls:
+        raise DataError(f"{where('val/val_annotations.txt')}: line {line!r} does not name a file and "
+                        f"a wnid of wnids.txt (tab-separated).")
+      val["val/images/" + fields[0]] = cls[fields[1]]
+  missing = sorted(set(val) - set(names))
+  if not train or not val or missing:
+    raise DataError(f"{path} holds {len(train)} training and {len(val)} annotated validation images"
+                    f"{'; missing: ' + str(missing[:5]) if missing else ''}: not Tiny-ImageNet's layout "
+                    f"(wnids.txt, train/<wnid>/images/*.JPEG, val/images/, val/val_annotations.txt).")
+  test = sorted(val)
+  try:
+    return (np.stack([decode(n) for n in train]), np.asarray(y_train),
+            np.stack([decode(n) for n in test]), np.asarray([val[n] for n in test]), tuple(wnids))
+  finally:
+    if not os.path.isdir(path):
+      zf.close()
+
+
+def _archive(name: str, path: str) -> Optional[tuple]:
+  """The published archive of ``name`` at ``path`` (the file or folder itself, or inside the directory
+  ``path``), read as ``(x_train, y_train, x_test, y_test, class_names)``; None where there is none."""
+  base = os.path.basename(os.path.normpath(path))
+  if name in ("cifar10", "cifar100"):
+    candidates = [x for (n, _), spec in _CIFAR.items() if n == name for x in spec[:2]]
+    if base in candidates:
+      return read_cifar(path, name)
+    for c in (c for c in candidates[1::2] + candidates[0::2]):  # folders before tarballs
+      if os.path.exists(os.path.join(path, c)):
+        return read_cifar(os.path.join(path, c), name)
+  elif name == "svhn_cropped" and os.path.isdir(path) and any(
+      os.path.exists(os.path.join(path, f)) for f in _SVHN_FILES.values()):
+    return (*read_svhn(path), ())
+  elif name == "tiny_imagenet":
+    if base in (_TINY_ZIP, _TINY_DIR) or os.path.exists(os.path.join(path, "wnids.txt")):
+      return read_tiny_imagenet(path)
+    for c in (_TINY_DIR, _TINY_ZIP):
+      if os.path.exists(os.path.join(path, c)):
+        return read_tiny_imagenet(os.path.join(path, c))
+  return None
+
+
+_ARCHIVE_HINT = {
+    "cifar10": "cifar-10-python.tar.gz (or cifar-10-batches-py/, or the binary version)",
+    "cifar100": "cifar-100-python.tar.gz (or cifar-100-python/, or the binary version)",
+    "svhn_cropped": "train_32x32.mat and test_32x32.mat",
+    "tiny_imagenet": "tiny-imagenet-200.zip (or tiny-imagenet-200/)",
+}
+
+
+# ----------------------------------------------------------------------------------------------------
 # TFDS
 # ----------------------------------------------------------------------------------------------------
 
-def _tfds_arrays(name: str, split: str, data_dir: Optional[str]) -> tuple:
+def _tfds_arrays(name: str, split: str, data_dir: Optional[str], download: bool = True) -> tuple:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    src = tfds.data_source(name, split=split, data_dir=data_dir)
+    # array_record named explicitly: with a data_dir, data_source leaves TFDS's default (tfrecord,
+    # which it cannot read).
+    src = tfds.data_source(name, split=split, data_dir=data_dir, download=download,
+                           builder_kwargs={"file_format": "array_record"})
     records = [src[i] for i in range(len(src))]
     x = np.stack([np.asarray(r["image"]) for r in records])
     y = np.asarray([int(r["label"]) for r in records])
     return x, y
   except Exception as first:  # pylint: disable=broad-except
+    if not download:
+      raise DataError(f"TFDS has no prepared {name!r} ({type(first).__name__}: {first}).") from first
     if importlib.util.find_spec("tensorflow") is None:
       raise DataError(
           f"TFDS could not provide {name!r} ({type(first).__name__}: {first}). Without tensorflow "
@@ -239,6 +534,39 @@ def _tfds_arrays(name: str, split: str, data_dir: Optional[str]) -> tuple:
     ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=-1, as_supervised=True)
     x, y = tfds.as_numpy(ds)
     return np.asarray(x), np.asarray(y)
+
+
+# The files TFDS's builders download for these datasets (its registered URLs and checksums). SVHN's
+# builder also downloads extra_32x32.mat (1.3 GB), which no config uses.
+_PUBLISHED_URLS = {
+    "cifar10": {"archive": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"},
+    "cifar100": {"archive": "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"},
+    "svhn_cropped": {"train": "http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
+                     "test": "http://ufldl.stanford.edu/housenumbers/test_32x32.mat"},
+}
+
+
+def _published_via_tfds(name: str, data_dir: Optional[str]) -> tuple:
+  """``name``'s published files downloaded by TFDS's download manager (the builder's URLs, checked
+  against its registered sha256; a file already in TFDS's download cache is not fetched again), read
+  by :func:`read_cifar` / :func:`read_svhn`: the path without TensorFlow."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  root = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+  try:
+    dl = tfds.download.DownloadManager(download_dir=os.path.join(root, "downloads"), dataset_name=name,
+                                       url_infos=tfds.builder_cls(name).url_infos)
+    paths = {k: os.fspath(v) for k, v in dl.download(_PUBLISHED_URLS[name]).items()}
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"TFDS could not download {name!r} ({type(e).__name__}: {e}).") from e
+  if name == "svhn_cropped":
+    with tempfile.TemporaryDirectory() as tmp:  # read_svhn reads the files by their published names
+      for split, fn in _SVHN_FILES.items():
+        os.symlink(paths[split], os.path.join(tmp, fn))
+      return (*read_svhn(tmp), ())
+  base = _CIFAR[(name, "binary")][0]
+  with tempfile.TemporaryDirectory() as tmp:
+    os.symlink(paths["archive"], os.path.join(tmp, base))
+    return read_cifar(os.path.join(tmp, base), name)
 
 
 def _tfds_class_names(name: str, data_dir: Optional[str]) -> tuple:
@@ -275,7 +603,10 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
     name: ``fashion_mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn_cropped`` or any TFDS
       image-classification name (with ``image`` and ``label`` features).
     data_dir: a directory with IDX files (``train-images-idx3-ubyte[.gz]`` and the three others) or an
-      npz (``<name>.npz`` or ``data.npz`` with ``x_train, y_train, x_test, y_test``), or an npz path.
+      npz (``<name>.npz`` or ``data.npz`` with ``x_train, y_train, x_test, y_test``), or an npz path;
+      or, for ``cifar10`` / ``cifar100`` / ``svhn_cropped`` / ``tiny_imagenet``, the dataset's
+      published archive (the file, its extracted folder, or a directory holding either; see the module
+      docstring).
     source: ``"auto"`` (the order in the module docstring), ``"local"`` or ``"tfds"``.
     max_per_class: keep at most this many training images per class (chosen with ``key``); a class
       with fewer keeps all of its images (the others are not cut to its size).
@@ -298,18 +629,23 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
     raise ValueError(f"Unknown dataset name {name!r} with data_dir=: known names are "
                      f"{', '.join(sorted(KNOWN))}; for other data name it 'custom' (or 'custom_<name>'), "
                      f"so that no dataset-specific setting is picked by mistake.")
+  archive_names = ()
   if data_dir is not None:
     if os.path.isfile(data_dir) and data_dir.endswith(".npz"):
       arrays = _load_npz(data_dir)
-    elif not os.path.isdir(data_dir):
+    elif not os.path.exists(data_dir):
       raise DataError(f"data_dir {data_dir!r} does not exist.")
-    elif _has_idx(data_dir):
+    elif os.path.isdir(data_dir) and _has_idx(data_dir):
       arrays = _load_idx(data_dir)
-    elif _npz_path(data_dir, name):
+    elif os.path.isdir(data_dir) and _npz_path(data_dir, name):
       arrays = _load_npz(_npz_path(data_dir, name))
+    elif (found := _archive(name, data_dir)) is not None:
+      *arrays, archive_names = found
     else:
+      archive = f", nor {_ARCHIVE_HINT[name]}" if name in _ARCHIVE_HINT else ""
       raise DataError(f"{data_dir!r} holds neither IDX files ({', '.join(IDX_FILES['train'])}, "
-                      f"{', '.join(IDX_FILES['test'])}, optionally .gz) nor {name}.npz / data.npz.")
+                      f"{', '.join(IDX_FILES['test'])}, optionally .gz) nor {name}.npz / data.npz"
+                      f"{archive}.")
   elif source != "tfds" and info is not None and info.default_dir and os.path.isdir(info.default_dir):
     if not _has_idx(info.default_dir):
       raise DataError(f"{info.default_dir} exists but lacks some IDX files; reinstall it "
@@ -320,7 +656,7 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
     raise DataError(f"No local copy of {name!r} found"
                     f"{' in ' + info.default_dir if info and info.default_dir else ''}: {hint}.")
 
-  class_names = info.class_names if info else ()
+  class_names = (info.class_names if info else ()) or archive_names
   if arrays is None and info is not None and not info.in_tfds:
     raise DataError(f"{name!r} is not in TFDS and no data_dir= was given: {_INSTALL_HINT[name]}.")
   if arrays is None:  # TFDS
@@ -328,11 +664,21 @@ def load(name: str, data_dir: Optional[str] = None, *, source: str = "auto",
       raise ValueError(f"Unknown dataset {name!r}. Known: {', '.join(sorted(KNOWN))}, or any TFDS "
                        f"image-classification name; or pass data_dir= with IDX / npz files.")
     try:
-      arrays = (*_tfds_arrays(name, "train", tfds_data_dir), *_tfds_arrays(name, "test", tfds_data_dir))
+      # The stock CIFAR / SVHN builders extract, read and PNG-encode through tf.io / tf.image:
+      # without TensorFlow a copy TFDS prepared is read, else the files its builder downloads.
+      no_tf = name in _PUBLISHED_URLS and importlib.util.find_spec("tensorflow") is None
+      try:
+        arrays = (*_tfds_arrays(name, "train", tfds_data_dir, download=not no_tf),
+                  *_tfds_arrays(name, "test", tfds_data_dir, download=not no_tf))
+      except DataError:
+        if not no_tf:
+          raise
+        *arrays, archive_names = _published_via_tfds(name, tfds_data_dir)
     except DataError as e:
-      hint = _INSTALL_HINT.get(name)
+      hint = _INSTALL_HINT.get(name) or (f"download {_ARCHIVE_HINT[name]} and pass data_dir="
+                                         if name in _ARCHIVE_HINT else None)
       raise DataError(f"{e}{' Or ' + hint + '.' if hint else ''}") from e
-    class_names = class_names or _tfds_class_names(name, tfds_data_dir)
+    class_names = class_names or archive_names or _tfds_class_names(name, tfds_data_dir)
 
   x_train, y_train, x_test, y_test = arrays
   x_train = validate_images(x_train, f"{name} train images")

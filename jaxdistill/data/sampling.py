@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.checks import check_images_labels, check_label_range, check_positive_int
+from jaxdistill.checks import (check_finite_images, check_images_labels, check_label_range,
+                               check_positive_int)
 
 
 def class_indices(labels, num_classes: int) -> list:
@@ -40,9 +41,15 @@ def sample_balanced(key: jax.Array, labels, num_classes: int, per_class) -> np.n
 
 
 def subset_per_class(key: jax.Array, images, labels, num_classes: int, per_class: int) -> tuple:
-  """``(images, labels)`` restricted to ``per_class`` random images per class (class-major order)."""
+  """``(images, labels)`` restricted to ``per_class`` random images per class (class-major order).
+
+  Raises:
+    ValueError: as :func:`sample_balanced`, or if ``images`` hold NaN or inf (the rows named).
+  """
+  images = np.asarray(images)
+  check_finite_images(images, "Real images")
   idx = sample_balanced(key, labels, num_classes, per_class)
-  return np.asarray(images)[idx], np.asarray(labels)[idx]
+  return images[idx], np.asarray(labels)[idx]
 
 
 class Sampler(NamedTuple):
