@@ -162,7 +162,10 @@ def _read_pt(path: str):
     try:
       unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # pylint: disable=broad-except
-      unsafe = "unknown"
+      unsafe = None  # not a torch archive at all
+    if not unsafe:
+      raise _fail(path, f"not a readable torch file (not a torch.save archive, or a corrupt one: "
+                        f"{type(e).__name__}).") from e
     raise _fail(path, f"holds objects other than tensors, containers and numbers ({unsafe}), which "
                       f"torch.load(weights_only=True) refuses to build (unpickling them could run "
                       f"code). If you trust the file, torch.load(path, weights_only=False) it yourself "
