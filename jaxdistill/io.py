@@ -4,7 +4,8 @@ Three layouts (``FORMATS``):
 
 - ``"npz"``: this library's own file (what ``experiments/distill.py`` writes as ``synthetic.npz``):
   ``images`` ``[N, H, W, C]`` float32, ``labels`` ``[N]`` int class ids or ``[N, K]`` float soft labels,
-  and ``log_lr`` (the log of a learned step size) when the set has one. Other keys are ignored.
+  and ``log_lr`` (the log of the learned step size: a scalar, or DD's ``[S]``) when the set has one.
+  Other keys are ignored.
 - ``"mtt"``: mtt-distillation's ``distill.py`` (and its forks: DATM, FTD), which ``torch.save`` the
   tensors one per file into a run directory: ``images_<tag>.pt`` ``[N, C, H, W]`` float,
   ``labels_<tag>.pt`` ``[N]`` int64 (DATM: ``[N, K]`` float soft labels, read as logits as this
@@ -85,7 +86,7 @@ def load_set(path: str, *, format: Optional[str] = None, index: int = 0, tag: Op
 
   Returns:
     ``SyntheticSet(images [N, H, W, C] float32, labels [N] int32 or [N, K] float32, log_lr)``, with
-    ``log_lr`` a float32 scalar when the file holds a step size, else None. Pixel values are the
+    ``log_lr`` float32 (a scalar; an npz's may be ``[S]``) when the file holds a step size, else None. Pixel values are the
     file's (normalized with the dataset's mean / std, as ``jaxdistill.data.load`` gives them).
 
   Raises:
@@ -334,7 +335,8 @@ def save_set(path: str, syn: SyntheticSet, *, format: Optional[str] = None, tag:
       (mtt, with that tag; an ``lr_<tag>.pt`` or ``images_zca_<tag>.pt`` left there by an earlier set
       of that tag is removed, as it is not this set's); another ``*.pt`` (dc: ``{'data': [[image_syn, label_syn]],
       'accs_all_exps': accs_all_exps or {}}``, the one experiment ``res_*.pt`` holds per run).
-    syn: the set: images ``[N, H, W, C]``, labels ``[N]`` or ``[N, K]``, optional scalar ``log_lr``.
+    syn: the set: images ``[N, H, W, C]``, labels ``[N]`` or ``[N, K]``, optional ``log_lr`` (a scalar
+      for the ``.pt`` layouts; an npz keeps any shape, e.g. DD's ``[S]``, one per unrolled step).
     format: ``"npz"``, ``"mtt"`` or ``"dc"``; None picks it from ``path`` as above.
     tag: the mtt file names' tag when ``path`` is a directory (the originals use the iteration or
       ``"best"``).
@@ -345,7 +347,7 @@ def save_set(path: str, syn: SyntheticSet, *, format: Optional[str] = None, tag:
 
   Raises:
     SetFileError: a path whose layout cannot be told, a bad set (the checks of ``load_set``), a
-      ``log_lr`` that is not a scalar (DD's one per step: no reference layout holds it), or a dc file
+      ``log_lr`` that is not finite, or not a scalar for a ``.pt`` layout, or a dc file
       asked to hold a step size (DatasetCondensation stores none: write mtt or npz instead).
     ImportError: a ``.pt`` layout without PyTorch installed.
   """
@@ -367,10 +369,11 @@ def save_set(path: str, syn: SyntheticSet, *, format: Optional[str] = None, tag:
   log_lr = None
   if syn.log_lr is not None:
     log_lr = np.asarray(syn.log_lr, np.float32)
-    if log_lr.size != 1 or not np.isfinite(log_lr).all():
-      raise _fail(path, f"log_lr must be one finite number; got shape {log_lr.shape} (no reference "
-                        f"layout holds one step size per step).")
-    log_lr = log_lr.reshape(())
+    if not np.isfinite(log_lr).all():
+      raise _fail(path, f"log_lr is not finite ({log_lr}).")
+    if format != "npz" and log_lr.size != 1:
+      raise _fail(path, f"log_lr must be one number for the PyTorch layouts; got shape {log_lr.shape} "
+                        f"(DD's one step size per step: write an npz, which keeps it).")
   if format == "npz":
     extra = {} if log_lr is None else {"log_lr": log_lr}
     np.savez(path, images=images, labels=labels, **extra)
@@ -403,5 +406,5 @@ def save_set(path: str, syn: SyntheticSet, *, format: Optional[str] = None, tag:
   torch.save(label_t, written[1])
   if log_lr is None:
     return written[:2]
-  torch.save(torch.tensor(float(np.exp(log_lr)), dtype=torch.float32), written[2])
+  torch.save(torch.tensor(float(np.exp(log_lr.reshape(()))), dtype=torch.float32), written[2])
   return written

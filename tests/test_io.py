@@ -182,9 +182,14 @@ def test_npz_round_trip(tmp_path):
   assert load_set(tmp_path / "synthetic.npz").log_lr is None
 
 
-def test_per_step_log_lr_is_refused(tmp_path):
-  with pytest.raises(SetFileError, match="one finite number"):
-    save_set(tmp_path / "s.npz", _syn(np.zeros(3, np.float32)))
+def test_per_step_log_lr_stays_in_npz_and_is_refused_for_pt(tmp_path):
+  per_step = np.log(np.array([0.01, 0.02, 0.03], np.float32))  # DD: one step size per unrolled step
+  save_set(tmp_path / "dd.npz", _syn(per_step))
+  np.testing.assert_array_equal(load_set(tmp_path / "dd.npz").log_lr, per_step)
+  with pytest.raises(SetFileError, match=r"one number for the PyTorch layouts; got shape \(3,\)"):
+    save_set(tmp_path / "run", _syn(per_step))
+  with pytest.raises(SetFileError, match="log_lr is not finite"):
+    save_set(tmp_path / "s.npz", _syn(np.float32(np.nan)))
 
 
 # ----------------------------------------------------------------------------------------------------
