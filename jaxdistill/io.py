@@ -95,7 +95,7 @@ def load_set(path: str, *, format: Optional[str] = None, index: int = 0, tag: Op
       format, another layout (a dict without ``'data'``, a lone tensor, images not ``[N, C, H, W]``),
       ``index`` or ``tag`` that do not pick one set, NaN / inf images, labels that do not match the
       images, a step size that is not one positive number, a ZCA state that contradicts ``zca``, or
-      a ``.pt`` holding objects other than tensors and containers (not read: see ``_read_pt``).
+      a ``.pt`` holding objects other than tensors and containers (never unpickled: that could run code).
     ImportError: a ``.pt`` file without PyTorch installed.
   """
   path = os.fspath(path)
@@ -104,6 +104,10 @@ def load_set(path: str, *, format: Optional[str] = None, index: int = 0, tag: Op
   format = format or _detect(path)
   if format not in FORMATS:
     raise _fail(path, f"unknown format {format!r}; known: {list(FORMATS)}.")
+  if tag is not None and format != "mtt":
+    raise _fail(path, f"tag= picks one of an mtt-distillation directory's sets; this is a {format} file.")
+  if index != 0 and format != "dc":
+    raise _fail(path, f"index= picks a DatasetCondensation experiment; this is a {format} set.")
   if zca and format == "dc":
     raise _fail(path, "zca=True, but DatasetCondensation's code never whitens its sets.")
   log_lr = lr = None

@@ -118,6 +118,8 @@ def test_reads_dc_res_file_by_experiment(tmp_path):
     load_set(path, index=2)
   with pytest.raises(SetFileError, match="never whitens"):
     load_set(path, zca=True)
+  with pytest.raises(SetFileError, match="tag= picks one of an mtt-distillation directory's sets"):
+    load_set(path, tag="best")
 
 
 # ----------------------------------------------------------------------------------------------------
