@@ -20,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxdistill as jd
 from experiments import registry
@@ -103,8 +102,8 @@ def run(c) -> dict:
   distill_s = time.time() - t0
   syn = jd.distill.decoded(state, d)
   save_grid(os.path.join(workdir, "images.png"), syn)
-  np.savez(os.path.join(workdir, "synthetic.npz"), images=np.asarray(syn.images),
-           labels=np.asarray(syn.labels))
+  # The library's npz (jd.io.load_set reads it; the learned step size is kept when there is one).
+  jd.io.save_set(os.path.join(workdir, "synthetic.npz"), syn)
   t1 = time.time()
   rows = evaluate(c, m, syn, registry.random_init(c, data), eval_key)
   eval_s = time.time() - t1

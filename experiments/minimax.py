@@ -413,8 +413,7 @@ def run(c) -> dict:
                                                      data.y_train, data.num_classes, ipc))
     dm_path = os.path.join(c.dm_dir.format(ipc=ipc), "synthetic.npz")
     if os.path.exists(dm_path):
-      z = np.load(dm_path)
-      evaluate("DM", ipc, jd.SyntheticSet(jnp.asarray(z["images"]), jnp.asarray(z["labels"])))
+      evaluate("DM", ipc, jd.io.load_set(dm_path))
     else:
       print(f"no DM set at {dm_path}: run experiments.distill with dm_fmnist.py --config.ipc={ipc}")
     for name in ("vanilla", "minimax"):

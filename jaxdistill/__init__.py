@@ -17,6 +17,7 @@ from jaxdistill import kernels
 from jaxdistill import parameterization
 from jaxdistill import diffusion
 from jaxdistill import host
+from jaxdistill import io
 from jaxdistill.types import Dataset, EvalResult, SyntheticSet
 
 __version__ = "0.1.0"

@@ -17,6 +17,9 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" 2>&1 \
+# torch: jaxdistill.io's .pt sets, whose tests would otherwise be skipped (constraints.txt pins the
+# version; give pip a CPU index, e.g. --extra-index-url https://download.pytorch.org/whl/cpu, where
+# PyPI would bring the CUDA build).
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,torch]" 2>&1 \
   | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import jaxdistill" || { echo "jaxdistill failed to import" >&2; exit 1; }
