@@ -213,9 +213,9 @@ def _bad_cases(torch, d):
   nan = x.copy()
   nan[2, 0, 0, 0] = np.nan
   _save_mtt(torch, d / "nan", nan, y)
-  cases.append(("nan", SetFileError, r"images_best.pt: images contain NaN or inf values \(1 of 6"))
+  cases.append(("nan", SetFileError, r"images_best.pt: images: rows \[2\] contain NaN or inf \(1 of 6"))
   _save_dc(torch, d / "res_nan.pt", [(nan, y)])
-  cases.append(("res_nan.pt", SetFileError, r"res_nan.pt \('data'\[0\]\): images contain NaN"))
+  cases.append(("res_nan.pt", SetFileError, r"res_nan.pt \('data'\[0\]\): images: rows \[2\] contain NaN"))
   _save_mtt(torch, d / "nhwc", x.transpose(0, 2, 3, 1).copy(), y)
   cases.append(("nhwc", SetFileError, "look channels-last already"))
   _save_mtt(torch, d / "neglr", x, y, lr=-0.01)
