@@ -317,7 +317,7 @@ def test_batchnorm_networks_always_run_whole_batches():
   x, y = _toy(4, 2)
   model = models.get_model("convnet", 3, width=4, depth=1, norm="batchnorm")
   v = evaluate.init_variables(jax.random.key(0), model, x.shape[1:])
-  args = (model, v["params"], v["batch_stats"], jnp.asarray(x), jnp.asarray(y), jnp.ones(12), "ce")
+  args = (model, v["params"], models.state_of(v), jnp.asarray(x), jnp.asarray(y), jnp.ones(12), "ce")
   a, b = training.loss_and_grads(*args, microbatch=0), training.loss_and_grads(*args, microbatch=2)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 

@@ -260,7 +260,7 @@ class Net:
     from flax import nnx
     model = self._build_nnx(jax.random.key(0) if key is None else key)
     if train and key is None and any(isinstance(m, nnx.Dropout) and m.rate > 0
-                                     for _, m in model.iter_modules()):
+                                     for _, m in nnx.iter_modules(model)):
       raise ModelError(_NO_DROPOUT_KEY)
     nnx.update(model, variables["params"])
     if "state" in variables:
